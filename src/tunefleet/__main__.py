@@ -1,0 +1,3 @@
+from tunefleet.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""``tunefleet.optimize``: the one entry point of hub mode."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import optuna
+
+
+def optimize(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    n_trials: int | None = None,
+    *,
+    n_workers: int | None = None,
+    timeout: float | None = None,
+    callbacks: Iterable[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
+    catch: Iterable[type[Exception]] | type[Exception] = (),
+    show_progress_bar: bool = False,
+    gpus: Sequence[int | str] | None = None,
+    max_retries: int = 1,
+    backend: str = "processes",
+    setup: Callable[[], Any] | None = None,
+    **backend_options: Any,
+) -> optuna.Study:
+    """Run ``objective`` on a fleet of workers against ``study`` and return the study.
+
+    The calling process is the coordinator: it owns the study's sampler, pruner and storage,
+    and is its only writer. Workers run the objective with a proxy trial whose calls are
+    answered by the coordinator. ``n_trials``, ``timeout``, ``callbacks`` and ``catch`` mean
+    what they mean in ``Study.optimize``.
+
+    Args:
+        n_workers: how many workers (default: ``len(gpus)`` or the number of CPUs).
+        gpus: device ids handed out one per worker as ``CUDA_VISIBLE_DEVICES``.
+        max_retries: how many times the parameters of a trial whose worker died are run again.
+        backend: "processes" (local), "dask", "ray", "spark" or "tcp" (workers join by hand).
+        setup: run once in each worker before its first trial; its result is returned by
+            ``tunefleet.worker_data()`` inside the objective.
+    """
+    from tunefleet.hub.coordinator import run_hub
+
+    return run_hub(
+        study,
+        objective,
+        n_trials=n_trials,
+        n_workers=n_workers,
+        timeout=timeout,
+        callbacks=list(callbacks or []),
+        catch=catch,
+        show_progress_bar=show_progress_bar,
+        gpus=list(gpus) if gpus is not None else None,
+        max_retries=max_retries,
+        backend=backend,
+        setup=setup,
+        backend_options=backend_options,
+    )

@@ -1,0 +1,120 @@
+"""Hub workers on a Dask cluster: N long-lived tasks, each one a worker connected to the hub.
+
+Dask only starts the workers and keeps them alive; trials travel over the hub's own TCP
+channel, so the scheduler sees N tasks per study, not one per trial. Each task occupies one
+Dask worker thread for the length of the study.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from typing import Any, Sequence
+
+from tunefleet.backends.tcp import TcpBackend
+from tunefleet.errors import UsageError
+from tunefleet.transport._base import Link
+
+_logger = logging.getLogger("tunefleet")
+
+#: How long an engine-started worker keeps trying to reach the coordinator. The listener
+#: exists for the whole study, so a worker that cannot connect this long after it started
+#: is late for a study that is over and should give its slot back.
+CONNECT_TIMEOUT = 15.0
+
+
+def _dask_worker(address: str, key: bytes, token: str) -> int:
+    """What one Dask task runs: a hub worker, until the study is done."""
+    from tunefleet.hub.remote import run_worker
+
+    label = f"{token}@{socket.gethostname()}/{os.getpid()}"
+    return run_worker(address, key=key, label=label, connect_timeout=CONNECT_TIMEOUT)
+
+
+def token_of(link: Link) -> str:
+    """The task token an engine worker put in front of its label (``token@host/pid``)."""
+    return link.name.split("@", 1)[0] if "@" in link.name else ""
+
+
+class DaskBackend(TcpBackend):
+    """Hub workers as tasks of an existing ``distributed.Client``.
+
+    Args:
+        client: the Dask client (default: the current one, ``distributed.get_client()``).
+        resources: Dask resources each worker task needs, e.g. ``{"GPU": 1}``.
+        listen, advertise, key: see ``TcpBackend``; a cluster on other hosts needs
+            ``listen="tcp://0.0.0.0:PORT"`` and ``advertise`` set to an address they reach.
+    """
+
+    def __init__(self, client: Any = None, resources: dict[str, float] | None = None,
+                 gpus: Sequence[int | str] | None = None, **tcp: Any) -> None:
+        if gpus:
+            raise UsageError("backend='dask' does not take gpus=: give the worker tasks "
+                             "resources={'GPU': 1} and start Dask workers with GPU resources")
+        try:
+            import distributed
+        except ModuleNotFoundError:
+            raise UsageError("backend 'dask' needs 'distributed': "
+                             "pip install 'tunefleet[dask]'") from None
+        if client is None:
+            try:
+                client = distributed.get_client()
+            except ValueError:
+                raise UsageError("backend='dask' needs a Dask cluster: pass client=Client(...) "
+                                 "or create a Client first") from None
+        if not isinstance(client, distributed.Client):
+            raise UsageError(f"client= must be a distributed.Client, not {type(client).__name__}")
+        super().__init__(**tcp)
+        self.client = client
+        self.resources = resources
+        self._futures: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._run = uuid.uuid4().hex[:8]
+        self._count = 0
+
+    def default_workers(self) -> int:
+        """One worker per Dask worker thread."""
+        return max(1, sum(self.client.nthreads().values()))
+
+    def start(self, n_workers: int) -> None:
+        for _ in range(n_workers):
+            self._submit()
+
+    def _submit(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._count += 1
+            token = f"dask-{self._run}-{self._count}"
+            # pure=False and a unique key: every task is a new worker, never a cached result;
+            # retries=0: a replacement is this backend's decision (see replace), not Dask's.
+            self._futures[token] = self.client.submit(
+                _dask_worker, self.address, self.key, token, key=f"tunefleet-worker-{token}",
+                pure=False, retries=0, resources=self.resources)
+
+    def replace(self, link: Link) -> None:
+        """Cancel the lost worker's task (Dask would otherwise run it again on another
+        worker once it notices the death) and submit a fresh one."""
+        future = self._futures.pop(token_of(link), None)
+        if future is not None:
+            future.cancel()
+        self._submit()
+
+    def shutdown(self, grace: float = 2.0) -> None:
+        from distributed import wait
+
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures.values())
+            self._futures.clear()
+        self.listener.close()  # workers still connected see the end of the stream and exit
+        if futures:
+            try:
+                wait(futures, timeout=max(grace, 0.1))
+            except Exception:  # dask's TimeoutError: some tasks are still queued or starting
+                pass
+            self.client.cancel([f for f in futures if not f.done()])

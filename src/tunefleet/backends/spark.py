@@ -1,0 +1,162 @@
+"""Hub workers on Spark: one long-lived Spark task per worker, each task a hub worker.
+
+Each worker is a one-task Spark job submitted from its own background thread. One job per
+worker rather than one job of N tasks: Spark fails a whole job when one of its tasks fails
+(after ``spark.task.maxFailures`` attempts, 1 in local mode) and kills the job's other tasks,
+so one lost Python worker would take every other worker with it. A task attempt after the
+first returns at once: the coordinator has already failed the trial and started a fresh job.
+
+Per-worker data (``data=``), the two ways of the Spark seed notes:
+- a ``Broadcast`` (or any picklable value, broadcast here): ``tunefleet.worker_data()`` is its
+  value, fetched once per worker;
+- a ``DataFrame``: it is coalesced to one partition and each worker's task runs on a copy of
+  it, so ``tunefleet.worker_data()`` is the list of its ``Row`` objects, read by Spark.
+A ``setup=`` function given to ``optimize`` runs after that, and its result wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from typing import Any, Iterator, Sequence
+
+from tunefleet.backends.dask import CONNECT_TIMEOUT
+from tunefleet.backends.tcp import TcpBackend
+from tunefleet.errors import UsageError
+from tunefleet.transport._base import Link
+
+_logger = logging.getLogger("tunefleet")
+
+
+def _spark_worker(address: str, key: bytes, token: str, broadcast: Any,
+                  rows: Iterator[Any]) -> Iterator[int]:
+    """What one Spark task runs: a hub worker, until the study is done."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None and ctx.attemptNumber() > 0:
+        yield 0  # Spark retried a lost worker's task: its replacement already runs elsewhere
+        return
+    if ctx is not None:
+        gpus = ctx.resources().get("gpu")
+        if gpus is not None and gpus.addresses:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses)
+    import tunefleet.hub.worker as hub_worker
+    from tunefleet.hub.remote import run_worker
+
+    if broadcast is not None:
+        hub_worker._worker_data = broadcast.value
+    else:
+        data = list(rows)
+        hub_worker._worker_data = data if data else None
+    label = f"{token}@{socket.gethostname()}/{os.getpid()}"
+    yield run_worker(address, key=key, label=label, connect_timeout=CONNECT_TIMEOUT)
+
+
+class SparkBackend(TcpBackend):
+    """Hub workers as Spark tasks of the active ``SparkSession``.
+
+    Args:
+        spark: the session (default: the active one).
+        data: per-worker data, a ``Broadcast``, a picklable value or a ``DataFrame`` (see the
+            module docstring).
+        listen, advertise, key: see ``TcpBackend``; executors on other hosts need
+            ``listen="tcp://0.0.0.0:PORT"`` and an ``advertise`` address they reach.
+    """
+
+    def __init__(self, spark: Any = None, data: Any = None,
+                 gpus: Sequence[int | str] | None = None, **tcp: Any) -> None:
+        if gpus:
+            raise UsageError("backend='spark' does not take gpus=: set "
+                             "spark.task.resource.gpu.amount and Spark gives each task its GPU")
+        try:
+            from pyspark.sql import DataFrame, SparkSession
+        except ModuleNotFoundError:
+            raise UsageError("backend 'spark' needs 'pyspark': "
+                             "pip install 'tunefleet[spark]'") from None
+        spark = spark or SparkSession.getActiveSession()
+        if spark is None:
+            raise UsageError("backend='spark' needs an active SparkSession: create one first "
+                             "(SparkSession.builder...getOrCreate()) or pass spark=")
+        super().__init__(**tcp)
+        self.spark = spark
+        self.sc = spark.sparkContext
+        self._frame = data if isinstance(data, DataFrame) else None
+        self._broadcast = None
+        if data is not None and self._frame is None:
+            from pyspark import Broadcast
+
+            self._broadcast = data if isinstance(data, Broadcast) else self.sc.broadcast(data)
+        self._owns_broadcast = self._broadcast is not None and self._broadcast is not data
+        self._group = f"tunefleet-{uuid.uuid4().hex[:8]}"
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._count = 0
+
+    def default_workers(self) -> int:
+        """One worker per task slot, or per GPU when Spark schedules GPUs to tasks."""
+        conf = self.sc.getConf()
+        per_task = float(conf.get("spark.task.resource.gpu.amount", "0") or 0)
+        per_executor = float(conf.get("spark.executor.resource.gpu.amount", "0") or 0)
+        if per_task > 0 and per_executor > 0:
+            executors = max(1, self.sc._jsc.sc().getExecutorMemoryStatus().size() - 1)
+            return max(1, int(executors * per_executor // per_task))
+        return max(1, self.sc.defaultParallelism)
+
+    def start(self, n_workers: int) -> None:
+        for _ in range(n_workers):
+            self._submit()
+
+    def _submit(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._count += 1
+            token = f"spark-{self._group[10:]}-{self._count}"
+            thread = threading.Thread(target=self._run_job, args=(token,), daemon=True,
+                                      name=f"tunefleet-{token}")
+            self._threads.append(thread)
+        thread.start()
+
+    def _run_job(self, token: str) -> None:
+        """One Spark job holding one worker; it ends when the worker does."""
+        address, key, broadcast = self.address, self.key, self._broadcast
+
+        def task(rows: Iterator[Any]) -> Iterator[int]:
+            return _spark_worker(address, key, token, broadcast, rows)
+
+        try:
+            self.sc.setJobGroup(self._group, f"tunefleet worker {token}", True)
+            if self._frame is not None:
+                rdd = self._frame.coalesce(1).rdd
+            else:
+                rdd = self.sc.parallelize([0], 1)
+            rdd.mapPartitions(task).collect()
+        except Exception as exc:  # the worker's task failed: the coordinator saw the link go
+            if not self._closed:
+                _logger.info(f"tunefleet: Spark job of worker {token} ended: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+    def replace(self, link: Link) -> None:
+        self._submit()
+
+    def shutdown(self, grace: float = 2.0) -> None:
+        import time
+
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        self.listener.close()
+        deadline = time.monotonic() + max(grace, 0.1)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(t.is_alive() for t in threads):
+            self.sc.cancelJobGroup(self._group)  # queued tasks, or workers still connecting
+            for thread in threads:
+                thread.join(5.0)
+        if self._owns_broadcast:
+            self._broadcast.unpersist()

@@ -1,0 +1,72 @@
+"""The ``tunefleet`` command. Each sub-command lives in its own module and is imported only
+when it is used, so ``tunefleet --help`` stays fast and an optional extra is never imported
+by a command that does not need it."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from tunefleet.errors import TunefleetError
+
+# name -> "module:attribute"; a module that does not exist yet is left out of the listing.
+COMMANDS = {
+    "run": "tunefleet.cli.run:run",
+    "best": "tunefleet.cli.inspect:best",
+    "studies": "tunefleet.cli.inspect:studies",
+    "serve": "tunefleet.cli.serve:serve",
+    "worker": "tunefleet.cli.worker:worker",
+    "init": "tunefleet.cli.init:init",
+    "slurm": "tunefleet.cli.slurm:slurm",
+    "peer": "tunefleet.cli.peer:peer",
+    "report": "tunefleet.cli.report:report",
+    "status": "tunefleet.cli.report:status",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if self._load(name) is not None]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load(cmd_name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        path = COMMANDS.get(name)
+        if path is None:
+            return None
+        module_name, attr = path.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                return None
+            raise
+        return getattr(module, attr)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tunefleet")
+def cli() -> None:
+    """Run one Optuna study on a fleet of workers."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: tunefleet's own errors become one line on stderr and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="tunefleet", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except TunefleetError as exc:
+        click.echo(f"tunefleet: error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(0)

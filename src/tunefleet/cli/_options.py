@@ -1,0 +1,92 @@
+"""Options shared by the commands that open or create a study, so they mean the same everywhere."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable
+
+import click
+
+from tunefleet.studies import PRUNERS, SAMPLERS, StudySpec
+
+
+def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--storage, --study, --direction (repeatable), --sampler, --seed, --pruner."""
+    options = [
+        click.option("--storage", default=None,
+                     help="Optuna storage URL (sqlite:///f.db, postgresql://..., mysql+pymysql://..., "
+                          "journal:///f.log). Default: sqlite:///tunefleet.db in this folder."),
+        click.option("--study", "study_name", default=None, help="Study name (default: tunefleet)."),
+        click.option("--direction", "directions", multiple=True,
+                     type=click.Choice(["minimize", "maximize"], case_sensitive=False),
+                     help="Repeat for multi-objective studies. Default: minimize."),
+        click.option("--sampler", type=click.Choice(SAMPLERS, case_sensitive=False), default=None,
+                     help="Default: tpe (nsga2 for several objectives)."),
+        click.option("--seed", type=int, default=None, help="Sampler seed."),
+        click.option("--pruner", type=click.Choice(PRUNERS, case_sensitive=False), default=None,
+                     help="Default: median."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def spec_from_options(directions: tuple[str, ...], sampler: str | None, seed: int | None,
+                      pruner: str | None) -> StudySpec:
+    return StudySpec(directions=[d.lower() for d in directions] or ["minimize"],
+                     sampler=sampler, seed=seed, pruner=pruner)
+
+
+def parse_gpus(text: str | None) -> list[str] | None:
+    """``--gpus 0,1`` -> ["0", "1"]."""
+    if not text:
+        return None
+    return [g.strip() for g in text.split(",") if g.strip()]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def best_summary(study: Any) -> dict[str, Any]:
+    """Best value(s) and parameters of a study as plain data, for printing or ``--json``."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    states = {s.name.lower(): 0 for s in TrialState}
+    for t in trials:
+        states[t.state.name.lower()] += 1
+    out: dict[str, Any] = {"study": study.study_name, "n_trials": len(trials), "states": states}
+    if len(study.directions) > 1:
+        out["best_trials"] = [
+            {"number": t.number, "values": [_clean(v) for v in t.values], "params": t.params}
+            for t in study.best_trials
+        ]
+        return out
+    try:
+        best = study.best_trial
+    except ValueError:
+        out.update(best_value=None, best_params=None, best_trial=None)
+        return out
+    out.update(best_value=_clean(best.value), best_params=best.params, best_trial=best.number)
+    return out
+
+
+def echo_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+        return
+    states = ", ".join(f"{n} {k}" for k, n in summary["states"].items() if n)
+    click.echo(f"study {summary['study']}: {summary['n_trials']} trials ({states or 'none'})")
+    if "best_trials" in summary:
+        click.echo(f"Pareto front: {len(summary['best_trials'])} trials")
+        for t in summary["best_trials"]:
+            click.echo(f"  trial {t['number']}: values {t['values']} params {t['params']}")
+    elif summary.get("best_trial") is None:
+        click.echo("no completed trial yet")
+    else:
+        click.echo(f"best value {summary['best_value']} (trial {summary['best_trial']})")
+        click.echo(f"best params {summary['best_params']}")

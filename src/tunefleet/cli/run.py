@@ -1,0 +1,63 @@
+"""``tunefleet run``: hub mode from the command line, on local worker processes."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from tunefleet.cli._options import (best_summary, echo_summary, parse_gpus, spec_from_options,
+                                    study_options)
+from tunefleet.studies import DEFAULT_STORAGE, create_or_load_study, open_storage
+from tunefleet.targets import load_target
+
+
+@click.command()
+@click.argument("target")
+@click.option("--n-trials", type=click.IntRange(min=0), default=None,
+              help="Trials to run in this call (default: until --timeout or Ctrl-C).")
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per GPU of --gpus, else one per CPU).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Stop starting trials after this many seconds.")
+@study_options
+@click.option("--gpus", default=None, help="GPU ids handed out one per worker, e.g. 0,1.")
+@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Runs of the parameters of a trial whose worker died.")
+@click.option("--keep-going", is_flag=True,
+              help="A trial whose objective raises fails, and the study goes on.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Live progress bar on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float | None,
+        storage: str | None, study_name: str | None, directions: tuple[str, ...],
+        sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
+        max_retries: int, keep_going: bool, progress: bool, as_json: bool) -> None:
+    """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
+
+    The study is stored in --storage (a SQLite file in this folder by default), so running the
+    same command again continues it.
+    """
+    import tunefleet
+
+    if n_trials is None and timeout is None:
+        raise click.UsageError("give --n-trials or --timeout (or both)")
+    objective = load_target(target)
+    spec = spec_from_options(directions, sampler, seed, pruner)
+    store = open_storage(storage, sqlite_wal=True)  # the coordinator is the only writer
+    study = create_or_load_study(store, study_name, spec, directions_given=bool(directions))
+    try:
+        tunefleet.optimize(study, objective, n_trials=n_trials, n_workers=n_workers,
+                           timeout=timeout, gpus=parse_gpus(gpus), max_retries=max_retries,
+                           catch=(Exception,) if keep_going else (),
+                           show_progress_bar=progress)
+    except KeyboardInterrupt:
+        summary = best_summary(study)
+        click.echo(
+            f"interrupted: running trials were closed as FAIL; study {study.study_name!r} in "
+            f"{storage or DEFAULT_STORAGE} holds {summary['n_trials']} trials. "
+            f"Run the same command again to continue: tunefleet {shlex.join(sys.argv[1:])}",
+            err=True)
+        sys.exit(130)
+    echo_summary(best_summary(study), as_json)

@@ -1,0 +1,116 @@
+"""``tunefleet worker``: one worker of a study, on a shared storage or connected to a hub."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import traceback
+import zlib
+
+import click
+
+from tunefleet.cli._options import spec_from_options, study_options
+from tunefleet.errors import UsageError
+
+
+@click.command()
+@click.argument("target", required=False)
+@study_options
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Trials the study must hold, complete or pruned, counted over ALL workers.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Start no trial after this many seconds.")
+@click.option("--catch", is_flag=True,
+              help="Keep going when the objective raises (the failed trial does not count).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="How often the parameters of a trial whose worker died are run again.")
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Seconds between heartbeats of the running trial.")
+@click.option("--grace-period", type=click.IntRange(min=1), default=None,
+              help="Seconds without heartbeat after which a trial is failed by the other "
+                   "workers. Default: 3 x the heartbeat interval.")
+@click.option("--connect", default=None, help="Hub mode: tcp://HOST:PORT of `tunefleet serve`.")
+@click.option("--key-file", default=None, help="Hub mode: the shared secret of the hub.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final line.")
+def worker(target: str | None, storage: str | None, study_name: str | None,
+           directions: tuple[str, ...], sampler: str | None, seed: int | None,
+           pruner: str | None, n_trials: int | None, timeout: float | None, catch: bool,
+           max_retries: int, heartbeat_interval: int, grace_period: int | None,
+           connect: str | None, key_file: str | None, quiet: bool) -> None:
+    """Run TARGET (path/file.py:objective or pkg.module:objective) on the study in --storage
+    until the study holds --n-trials complete-or-pruned trials; start as many workers as you
+    like, anywhere that reaches the storage. With --connect, join a hub instead (no TARGET)."""
+    if connect is not None:
+        _join_hub(target, connect, key_file)
+        return
+    if target is None:
+        raise UsageError("worker needs a TARGET (path/file.py:objective), or --connect tcp://HOST:PORT")
+    if n_trials is None:
+        raise UsageError("worker needs --n-trials: the total the study must hold, over all workers")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="[tunefleet %(asctime)s] %(message)s", datefmt="%H:%M:%S")
+
+    from tunefleet.storage_mode.db import open_worker_storage
+    from tunefleet.storage_mode.backoff import with_backoff
+    from tunefleet.storage_mode.worker import (ObjectiveFailed, WorkerOptions, WorkerStopped,
+                                               run_storage_worker)
+    from tunefleet.studies import SPEC_ATTR, StudySpec, build_sampler, create_or_load_study
+    from tunefleet.targets import load_target
+
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    objective = load_target(target)
+    grace = grace_period or 3 * heartbeat_interval
+    store = open_worker_storage(storage, heartbeat_interval=heartbeat_interval,
+                                grace_period=grace)
+    spec = spec_from_options(directions, sampler, seed, pruner)
+    study = with_backoff(lambda: create_or_load_study(store, study_name, spec,
+                                                      directions_given=bool(directions)),
+                         what="open study")
+    opts = WorkerOptions(n_trials=n_trials, timeout=timeout, catch=catch,
+                         max_retries=max_retries, heartbeat_interval=heartbeat_interval,
+                         grace_period=grace)
+    recorded = study._storage.get_study_system_attrs(study._study_id).get(SPEC_ATTR)
+    used = StudySpec.from_json(recorded) if recorded and seed is None and sampler is None else spec
+    if used.seed is not None:
+        # One seed for all workers would make them all draw the same parameters.
+        own = (used.seed * 1_000_003 + zlib.crc32(opts.worker_id.encode())) % 2**32
+        study.sampler = build_sampler(used.sampler, own, len(study.directions))
+
+    def stop(signum: int, frame: object) -> None:
+        raise WorkerStopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        result = run_storage_worker(study, objective, opts)
+    except WorkerStopped as exc:
+        click.echo(f"worker {opts.worker_id}: stopped by {exc}", err=True)
+        sys.exit(130)
+    except ObjectiveFailed as exc:
+        traceback.print_exception(exc.original)
+        click.echo(f"tunefleet: worker {opts.worker_id}: {exc} (pass --catch to go on)", err=True)
+        sys.exit(1)
+    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+    click.echo(f"worker {opts.worker_id}: {result.complete} complete, {result.pruned} pruned, "
+               f"{result.failed} failed, {result.reaped} taken over from dead workers; "
+               f"{result.reason}: the study holds {done}/{n_trials}")
+
+
+def _join_hub(target: str | None, address: str, key_file: str | None) -> None:
+    if target is not None:
+        raise UsageError("--connect joins a hub, which sends the objective: drop TARGET")
+    if not address.startswith("tcp://"):
+        raise UsageError(f"--connect {address!r} must look like tcp://HOST:PORT")
+    try:
+        from tunefleet.hub.remote import run_worker
+    except ImportError:
+        click.echo("tunefleet: error: this tunefleet cannot join a hub yet "
+                   "(tunefleet.hub.remote is missing)", err=True)
+        sys.exit(2)
+    sys.exit(run_worker(address, key_file=key_file))

@@ -1,0 +1,1 @@
+"""Hub mode: one coordinator owns the study, workers run the objective through a proxy trial."""

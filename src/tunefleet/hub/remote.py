@@ -1,0 +1,28 @@
+"""A hub worker on any host: connect to a coordinator over authenticated TCP and run trials."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from tunefleet.errors import CoordinatorGone
+from tunefleet.hub.worker import serve
+from tunefleet.transport.tcp import TcpChannel, load_key
+
+
+def run_worker(address: str, key_file: str | None = None, *, key: bytes | None = None,
+               label: str | None = None, connect_timeout: float = 60.0) -> int:
+    """Join the coordinator at ``address`` and run trials until the study is done.
+
+    Returns 0 when the study is done (or the coordinator went away), 1 when the objective
+    could not be loaded here, 2 when the coordinator cannot be reached or authenticated.
+    """
+    secret = key if key is not None else load_key(key_file)
+    try:
+        channel = TcpChannel(address, secret, connect_timeout=connect_timeout)
+    except CoordinatorGone as exc:
+        print(f"tunefleet worker: {exc}", file=sys.stderr)
+        return 2
+    channel.watch_while_running()
+    logging.getLogger("tunefleet").debug("connected to %s", address)
+    return serve(channel, label=label)

@@ -1,0 +1,181 @@
+"""What peers say to each other: JSON messages, HMAC-SHA256 tagged when a key is shared.
+
+A message is three ZeroMQ frames: the protocol name, the tag (empty without a key) and the JSON
+body. The tag is checked before the body is even parsed, nothing is ever unpickled, and every
+field is checked, so a stranger's bytes can only be dropped (``WireError``), never run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import math
+from typing import Any
+
+import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.trial import FrozenTrial, TrialState
+
+from tunefleet import attrs
+
+PROTOCOL = b"tunefleet-p2p/1"
+TYPES = ("join", "welcome", "refuse", "gossip", "trials", "bye")
+MAX_TRIALS_PER_MESSAGE = 500
+_COPIED_ATTRS = (attrs.WORKER, attrs.HOST, attrs.STARTED, attrs.FINISHED)
+
+
+class WireError(ValueError):
+    """A message that is not ours, not authentic or not well formed: it is dropped."""
+
+
+def _tag(key: bytes, body: bytes) -> bytes:
+    return hmac.new(key, PROTOCOL + body, hashlib.sha256).digest()
+
+
+def encode(message: dict[str, Any], key: bytes | None) -> list[bytes]:
+    body = json.dumps(message, separators=(",", ":"), allow_nan=True).encode()
+    return [PROTOCOL, _tag(key, body) if key else b"", body]
+
+
+def decode(frames: list[bytes], key: bytes | None) -> dict[str, Any]:
+    """Check and parse a received message; raise WireError for anything else."""
+    if len(frames) != 3 or frames[0] != PROTOCOL:
+        raise WireError("not a tunefleet peer message")
+    tag, body = frames[1], frames[2]
+    if key is not None and not hmac.compare_digest(tag, _tag(key, body)):
+        raise WireError("bad or missing HMAC tag (different key?)")
+    try:
+        message = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise WireError("body is not JSON") from None
+    if not isinstance(message, dict) or message.get("type") not in TYPES:
+        raise WireError("unknown message type")
+    if not isinstance(message.get("from"), str) or not message["from"]:
+        raise WireError("message has no sender")
+    return message
+
+
+def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    """message[name], which must be of type KIND (bool is never taken for a number)."""
+    value = message.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _kinds(kind)):
+        raise WireError(f"field {name!r} missing or not {kind}")
+    return value
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+# ---- trials as plain data ------------------------------------------------------------------
+
+def trial_key(trial: FrozenTrial, own_uid: str) -> str:
+    """``UID#number`` of the peer that ran the trial first: the same everywhere, never reused."""
+    return str(trial.system_attrs.get(attrs.ORIGIN) or f"{own_uid}#{trial.number}")
+
+
+def _ts(when: datetime.datetime | None) -> float | None:
+    return when.timestamp() if when is not None else None
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def trial_to_payload(trial: FrozenTrial, own_uid: str) -> dict[str, Any]:
+    """A completed trial as JSON-ready data; the origin of a received trial is kept."""
+    system = {k: trial.system_attrs[k] for k in _COPIED_ATTRS if k in trial.system_attrs}
+    system.setdefault(attrs.WORKER, own_uid)
+    return {
+        "key": trial_key(trial, own_uid),
+        "params": trial.params,
+        "dists": {n: distribution_to_json(d) for n, d in trial.distributions.items()},
+        "values": list(trial.values),
+        "inter": {str(s): v for s, v in trial.intermediate_values.items()},
+        "user_attrs": {k: v for k, v in trial.user_attrs.items() if _json_safe(v)},
+        "system": system,
+        "start": _ts(trial.datetime_start),
+        "end": _ts(trial.datetime_complete),
+    }
+
+
+def _finite(x: Any, what: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x):
+        raise WireError(f"{what} is not a number")
+    return float(x)
+
+
+def _when(x: Any) -> datetime.datetime | None:
+    if x is None:
+        return None
+    return datetime.datetime.fromtimestamp(_finite(x, "timestamp"))
+
+
+def payload_to_trial(p: Any, sender: str) -> tuple[str, FrozenTrial]:
+    """Rebuild a received trial, marked with its origin; WireError when it does not hold up."""
+    if not isinstance(p, dict):
+        raise WireError("trial is not an object")
+    key = field(p, "key", str)
+    origin, sep, number = key.rpartition("#")
+    if not sep or not origin or not number.isdigit():
+        raise WireError(f"bad trial key {key!r}")
+    params, dists = field(p, "params", dict), field(p, "dists", dict)
+    values = [_finite(v, "value") for v in field(p, "values", list)]
+    system_in = field(p, "system", dict)
+    if set(params) != set(dists) or not values:
+        raise WireError("trial parameters and distributions do not match")
+    try:
+        distributions = {str(n): json_to_distribution(d) for n, d in dists.items()}
+        inter = {int(s): _finite(v, "intermediate value")
+                 for s, v in field(p, "inter", dict).items()}
+    except WireError:
+        raise
+    except Exception as exc:  # json_to_distribution raises several kinds
+        raise WireError(f"bad distribution: {exc}") from None
+    system: dict[str, Any] = {}
+    for k in _COPIED_ATTRS:
+        if k in system_in:
+            v = system_in[k]
+            ok = isinstance(v, str) if k in (attrs.WORKER, attrs.HOST) else isinstance(v, (int, float))
+            if ok and not isinstance(v, bool):
+                system[k] = v
+    system[attrs.WORKER] = origin  # the peer that ran it, whatever the message says
+    system[attrs.ORIGIN] = key
+    trial = FrozenTrial(
+        number=-1, state=TrialState.COMPLETE, value=None,
+        datetime_start=_when(p.get("start")), datetime_complete=_when(p.get("end")),
+        params=params, distributions=distributions,
+        user_attrs=field(p, "user_attrs", dict), system_attrs=system,
+        intermediate_values=inter, trial_id=-1, values=values,
+    )
+    try:
+        trial._validate()
+    except Exception as exc:  # a parameter outside its distribution, ...
+        raise WireError(f"invalid trial {key}: {exc}") from None
+    return key, trial
+
+
+def best_trials(study: optuna.Study, mode: str, top_k: int) -> list[FrozenTrial]:
+    """The trials a peer shares after a round: its best, its k best, or its own completed ones."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return []
+    if len(study.directions) > 1:
+        front = study.best_trials
+        if mode == "all":
+            return front + [t for t in done if attrs.ORIGIN not in t.system_attrs and t not in front]
+        return front
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    ranked = sorted(done, key=lambda t: sign * t.values[0])
+    if mode == "best":
+        return ranked[:1]
+    if mode == "top-k":
+        return ranked[:top_k]
+    own = [t for t in done if attrs.ORIGIN not in t.system_attrs]
+    return ranked[:1] + [t for t in own if t is not ranked[0]]

@@ -1,0 +1,54 @@
+"""The two steps that must be won by exactly one worker: claiming a WAITING trial and failing
+the RUNNING trial of a dead worker.
+
+Optuna's ``set_trial_state_values`` reads the state, then writes it. On PostgreSQL and MySQL the
+read locks the row (SELECT ... FOR UPDATE), but SQLite ignores FOR UPDATE and Python's sqlite3
+runs that read outside the write transaction, so two workers can both "win" (seen in the
+tests: one dead worker's trial retried three times). A conditional UPDATE
+(``... WHERE state = expected``) is atomic on every database; the row count says who won.
+Journal files are already exact: the order of the log decides.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import optuna
+from optuna.trial import TrialState
+
+
+def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def compare_and_set(storage: optuna.storages.BaseStorage, trial_id: int,
+                    expected: TrialState, new: TrialState) -> bool:
+    """Move the trial from EXPECTED to NEW state; True only for the one caller that did."""
+    rdb = _rdb(storage)
+    if rdb is None:
+        try:
+            return bool(storage.set_trial_state_values(trial_id, state=new))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+    from optuna.storages._rdb import models
+
+    table = models.TrialModel.__table__
+    values: dict = {"state": new}
+    if new == TrialState.RUNNING:
+        values["datetime_start"] = datetime.now()
+    if new.is_finished():
+        values["datetime_complete"] = datetime.now()
+    stmt = (table.update().where(table.c.trial_id == trial_id)
+            .where(table.c.state == expected).values(**values))
+    with rdb.engine.begin() as conn:
+        return conn.execute(stmt).rowcount == 1
+
+
+def pop_waiting(study: optuna.Study) -> int | None:
+    """Claim the first WAITING trial (a retry or an enqueued one) that no one else claimed."""
+    storage = study._storage
+    for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
+        if compare_and_set(storage, t._trial_id, TrialState.WAITING, TrialState.RUNNING):
+            return t._trial_id
+    return None

@@ -1,0 +1,60 @@
+"""Retry a storage call when SQLite says "database is locked", instead of letting a worker die.
+
+SQLite lets one writer in at a time. The busy timeout (see :mod:`.db`) makes most waits happen
+inside SQLite; this is the second line for the waits that outlast it, and for MySQL/PostgreSQL
+deadlock or serialization errors that are safe to run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+_log = logging.getLogger("tunefleet.storage")
+
+_TRANSIENT = (
+    "database is locked",
+    "database table is locked",
+    "deadlock found",
+    "deadlock detected",
+    "could not serialize access",
+    "lock wait timeout exceeded",
+    "server has gone away",
+    "lost connection to mysql server",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when EXC (or what it wraps) is a lock or deadlock error worth retrying."""
+    seen = 0
+    while exc is not None and seen < 5:
+        text = str(exc).lower()
+        if any(t in text for t in _TRANSIENT):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        seen += 1
+    return False
+
+
+def with_backoff(call: Callable[[], T], *, what: str, max_wait: float = 600.0,
+                 first: float = 0.05, cap: float = 5.0) -> T:
+    """Run CALL, retrying transient storage errors with jittered exponential back-off for up to
+    MAX_WAIT seconds in all; other errors, and the last transient one, propagate."""
+    deadline = time.monotonic() + max_wait
+    delay = first
+    tries = 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            tries += 1
+            if tries in (1, 10, 100):
+                _log.warning("storage busy during %s (%s); retrying with back-off", what,
+                             str(exc).splitlines()[0][:120])
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(cap, delay * 2)

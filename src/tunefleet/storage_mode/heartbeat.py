@@ -1,0 +1,109 @@
+"""Heartbeats: a worker says "alive" for its running trial; the others fail the trials of the
+dead ones, and exactly one of them (the one whose FAIL write wins) queues the retry.
+
+Databases use Optuna's own heartbeat table (times come from the database server, so clocks of
+the nodes do not matter). Optuna's journal storage has no heartbeat, so there the beat is the
+trial system attribute ``tunefleet:heartbeat`` (unix time of the writing node: keep the nodes'
+clocks in sync, as NTP does, to within the grace period).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Iterable
+
+import optuna
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+from optuna.trial import FrozenTrial, TrialState
+
+from tunefleet import attrs
+
+_log = logging.getLogger("tunefleet.storage")
+
+
+class Heartbeat:
+    """Beats for one trial at a time from a background thread; finds stale trials of others."""
+
+    def __init__(self, study: optuna.Study, interval: float, grace: float) -> None:
+        self.study = study
+        self.interval = interval
+        self.grace = grace
+        self.native = is_heartbeat_enabled(study._storage)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self, trial_id: int) -> None:
+        """Record one beat now (called right after a trial is claimed, before any work)."""
+        storage = self.study._storage
+        if self.native:
+            assert isinstance(storage, BaseHeartbeat)
+            storage.record_heartbeat(trial_id)
+        else:
+            storage.set_trial_system_attr(trial_id, attrs.HEARTBEAT, time.time())
+
+    def start(self, trial_id: int) -> None:
+        self._stop = threading.Event()
+        stop = self._stop
+
+        def loop() -> None:
+            first = self.native  # a new journal trial carries its first beat already
+            while first or not stop.wait(self.interval):
+                first = False
+                try:
+                    self.beat(trial_id)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    return  # someone declared us dead, or the trial just ended
+                except Exception as exc:  # a busy database: the next beat will do
+                    _log.debug("heartbeat of trial id %s failed: %s", trial_id, exc)
+
+        self._thread = threading.Thread(target=loop, name="tunefleet-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def stale(self, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+        """RUNNING trials whose worker stopped beating for longer than the grace period."""
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if not running:
+            return []
+        if self.native:
+            storage = self.study._storage
+            assert isinstance(storage, BaseHeartbeat)
+            ids = set(storage._get_stale_trial_ids(self.study._study_id))
+            return [t for t in running if t._trial_id in ids]
+        now = time.time()
+        return [t for t in running
+                if isinstance(t.system_attrs.get(attrs.HEARTBEAT), (int, float))
+                and now - t.system_attrs[attrs.HEARTBEAT] > self.grace]
+
+
+def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark TRIAL failed with REASON; True only for the one process whose write won."""
+    from tunefleet.storage_mode.atomic import compare_and_set
+
+    storage = study._storage
+    try:
+        storage.set_trial_system_attr(trial._trial_id, attrs.FAIL_REASON, reason)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    return compare_and_set(storage, trial._trial_id, TrialState.RUNNING, TrialState.FAIL)
+
+
+def queue_retry(study: optuna.Study, failed: FrozenTrial, max_retries: int) -> bool:
+    """Queue the parameters of FAILED as a WAITING trial, unless they were retried enough."""
+    count = int(failed.system_attrs.get(attrs.RETRY_COUNT, 0))
+    if count >= max_retries:
+        return False
+    params = dict(failed.system_attrs.get("fixed_params", {}))
+    params.update(failed.params)
+    system_attrs = {"fixed_params": params, attrs.RETRY_OF: failed.number,
+                    attrs.RETRY_COUNT: count + 1}
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING,
+                                              system_attrs=system_attrs))
+    return True

@@ -1,0 +1,33 @@
+"""PyTorch trainer with hooks, and a tuner that runs it on tunefleet workers.
+
+Everything here is imported on first use (``from tunefleet.trainer import Trainer``), so that
+``import tunefleet`` and the coordinator of a study never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Trainer": "tunefleet.trainer.base",
+    "send_to_device": "tunefleet.trainer.base",
+    "HookBase": "tunefleet.trainer.hooks",
+    "TrackingHook": "tunefleet.trainer.hooks",
+    "MetricHistory": "tunefleet.trainer.history",
+    "LogHook": "tunefleet.trainer.log_hook",
+    "TrialHook": "tunefleet.trainer.trial_hook",
+    "Tuner": "tunefleet.trainer.tuner",
+    "direction_for": "tunefleet.trainer.tuner",
+    "seed_everything": "tunefleet.trainer.seeding",
+    "plot_metrics": "tunefleet.trainer.plots",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tunefleet.trainer' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

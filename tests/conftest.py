@@ -1,0 +1,30 @@
+"""Shared fixtures. Each mode's own fixtures live in its own tests/<mode>/conftest.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 120,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m tunefleet ARGS`` as a user would, and capture its output."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "tunefleet", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

@@ -1,0 +1,256 @@
+"""The hub's write-behind mirror: memory and the durable storage end up holding the same study."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from optuna.trial import TrialState
+
+from tunefleet.hub.mirror import MirroredStorage, MirrorError, mirrored_study
+from tunefleet.studies import open_storage
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mirror.db'}"
+
+
+def journal_url(tmp_path) -> str:
+    return f"journal:///{tmp_path / 'mirror.log'}"
+
+
+def fresh(url: str) -> optuna.storages.BaseStorage:
+    """A new connection to the durable storage, sharing no cache with the mirror (SQLite in
+    WAL mode, as ``tunefleet run`` opens it)."""
+    return open_storage(url, sqlite_wal=True)
+
+
+def objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -10, 10)
+    n = trial.suggest_int("n", 1, 4)
+    kind = trial.suggest_categorical("kind", ["a", "b"])
+    trial.set_user_attr("label", f"{kind}{n}")
+    trial.storage.set_trial_system_attr(trial._trial_id, "tunefleet:worker", "w0")
+    for step in range(3):
+        trial.report(x * x + step, step)
+    if n == 4:
+        raise optuna.TrialPruned()
+    if kind == "b" and x > 8:
+        raise ValueError("objective failed on purpose")
+    return x * x + n
+
+
+def fields(trial: optuna.trial.FrozenTrial) -> dict:
+    return {"number": trial.number, "state": trial.state, "params": trial.params,
+            "distributions": trial.distributions, "values": trial.values,
+            "intermediate_values": trial.intermediate_values, "user_attrs": trial.user_attrs,
+            "system_attrs": trial.system_attrs}
+
+
+def durable_trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=fresh(url)).trials
+
+
+def assert_same(memory: list, durable: list) -> None:
+    assert [fields(t) for t in durable] == [fields(t) for t in memory]
+
+
+@pytest.mark.parametrize("make_url,n_jobs", [(sqlite_url, 1), (sqlite_url, 2), (journal_url, 1)],
+                         ids=["sqlite", "sqlite-2-threads", "journal"])
+def test_optimize_leaves_the_same_trials_in_memory_and_durable(tmp_path, make_url, n_jobs):
+    url = make_url(tmp_path)
+    study = optuna.create_study(study_name="s", storage=fresh(url),
+                                sampler=optuna.samplers.TPESampler(seed=3, n_startup_trials=5))
+    study.set_user_attr("owner", "me")
+    mirrored, mirror = mirrored_study(study)
+    assert isinstance(mirror, MirroredStorage)
+    assert mirrored.study_name == "s" and mirrored.sampler is study.sampler
+    assert mirrored.pruner is study.pruner
+    mirrored.set_metric_names(["loss"])
+    mirrored.optimize(objective, n_trials=30, n_jobs=n_jobs, catch=(ValueError,))
+    mirror.close()
+
+    memory = mirrored.trials
+    assert [t.number for t in memory] == list(range(30))
+    assert {t.state for t in memory} >= {TrialState.COMPLETE, TrialState.PRUNED}
+    durable = durable_trials(url, "s")
+    assert_same(memory, durable)
+    # the times memory recorded, not those at which the writes reached the durable storage
+    assert [(t.datetime_start, t.datetime_complete) for t in durable] == [
+        (t.datetime_start, t.datetime_complete) for t in memory]
+    reloaded = optuna.load_study(study_name="s", storage=fresh(url))
+    assert reloaded.user_attrs == {"owner": "me"}
+    assert reloaded.metric_names == ["loss"]
+    assert reloaded.best_trial.number == mirrored.best_trial.number
+
+
+@pytest.mark.parametrize("make_url", [sqlite_url, journal_url], ids=["sqlite", "journal"])
+def test_existing_trials_are_loaded_and_numbering_goes_on(tmp_path, make_url):
+    url = make_url(tmp_path)
+    study = optuna.create_study(study_name="s", storage=fresh(url),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=6, catch=(ValueError,))
+    before = study.trials
+    left_running = study.ask()  # an orphan of an earlier run stays RUNNING
+
+    mirrored, mirror = mirrored_study(study)
+    assert_same(before + [left_running._cached_frozen_trial], mirrored.trials)
+    assert mirrored.best_trial.number == study.best_trial.number
+    mirrored.optimize(objective, n_trials=5, catch=(ValueError,))
+    mirror.close()
+
+    memory = mirrored.trials
+    assert [t.number for t in memory] == list(range(12))
+    assert memory[6].state == TrialState.RUNNING
+    assert_same(memory, durable_trials(url, "s"))
+
+
+def test_enqueued_trials_round_trip(tmp_path):
+    url = sqlite_url(tmp_path)
+    study = optuna.create_study(study_name="s", storage=fresh(url),
+                                directions=["minimize", "maximize"])
+    study.enqueue_trial({"x": 1.5, "n": 2, "kind": "a"}, user_attrs={"from": "before"})
+    mirrored, mirror = mirrored_study(study)
+    mirrored.enqueue_trial({"x": -2.0, "n": 3, "kind": "b"}, user_attrs={"from": "mirror"})
+    mirror.flush()
+
+    waiting = durable_trials(url, "s")
+    assert [t.state for t in waiting] == [TrialState.WAITING, TrialState.WAITING]
+    assert_same(mirrored.trials, waiting)
+    assert waiting[1].system_attrs["fixed_params"] == {"x": -2.0, "n": 3, "kind": "b"}
+
+    def two(trial):
+        x = trial.suggest_float("x", -10, 10)
+        trial.suggest_int("n", 1, 4)
+        trial.suggest_categorical("kind", ["a", "b"])
+        return x * x, -x
+
+    mirrored.optimize(two, n_trials=3)
+    mirror.close()
+    done = durable_trials(url, "s")
+    assert [t.state for t in done] == [TrialState.COMPLETE] * 3
+    assert [t.params["x"] for t in done[:2]] == [1.5, -2.0]
+    assert [t.datetime_start for t in done] == [t.datetime_start for t in mirrored.trials]
+    assert done[1].values == [4.0, 2.0] and done[1].user_attrs == {"from": "mirror"}
+    assert_same(mirrored.trials, done)
+
+
+def test_a_writer_that_fell_behind_writes_finished_trials_whole(tmp_path):
+    url = journal_url(tmp_path)
+    study = optuna.create_study(study_name="s", storage=fresh(url))
+    mirrored, mirror = mirrored_study(study)
+    with mirror._durable._thread_lock:  # the durable storage stalls: the writer waits
+        mirrored.optimize(objective, n_trials=8, catch=(ValueError,))
+        assert mirror.pending > 8 * 5
+    mirror.close()
+    assert len(mirror._collapsed) >= 7  # all but the trial whose creation was in flight
+    assert_same(mirrored.trials, durable_trials(url, "s"))
+
+
+def test_a_durable_failure_surfaces_on_flush_and_close(tmp_path, caplog):
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    url = f"journal:///{folder / 'study.log'}"
+    study = optuna.create_study(study_name="s", storage=fresh(url))
+    mirrored, mirror = mirrored_study(study)
+    mirrored.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    mirror.flush()  # nothing failed yet
+
+    shutil.rmtree(folder)  # the disk holding the journal is gone
+    with caplog.at_level(logging.ERROR, logger="tunefleet.mirror"):
+        mirrored.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        assert len(mirrored.trials) == 5  # memory carries on
+        with pytest.raises(MirrorError, match="no longer matches"):
+            mirror.flush()
+        with pytest.raises(MirrorError):
+            mirror.close()
+    assert len([r for r in caplog.records if r.name == "tunefleet.mirror"]) == 1
+    assert isinstance(mirror.error, OSError)
+    assert not mirror._thread.is_alive()
+
+
+def test_someone_else_writing_is_detected(tmp_path):
+    url = sqlite_url(tmp_path)
+    study = optuna.create_study(study_name="s", storage=fresh(url))
+    mirrored, mirror = mirrored_study(study)
+    study.ask()  # another writer takes number 0 in the durable storage
+    mirrored.ask()
+    with pytest.raises(MirrorError, match="numbered trial 0 as 1"):
+        mirror.close()
+
+
+def test_non_json_attributes_are_refused_at_once(tmp_path):
+    url = sqlite_url(tmp_path)
+    mirrored, mirror = mirrored_study(optuna.create_study(study_name="s", storage=fresh(url)))
+    trial = mirrored.ask()
+    with pytest.raises(TypeError, match="JSON"):
+        trial.set_user_attr("bad", object())
+    trial.set_user_attr("good", [1, 2])
+    mirrored.tell(trial, 1.0)
+    mirror.close()
+    assert durable_trials(url, "s")[0].user_attrs == {"good": [1, 2]}
+
+
+def test_writes_after_close_still_reach_the_durable_storage(tmp_path):
+    url = sqlite_url(tmp_path)
+    mirrored, mirror = mirrored_study(optuna.create_study(study_name="s", storage=fresh(url)))
+    mirror.close()
+    mirrored.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    mirrored.set_user_attr("after", True)
+    assert_same(mirrored.trials, durable_trials(url, "s"))
+    assert optuna.load_study(study_name="s", storage=fresh(url)).user_attrs == {"after": True}
+
+
+def test_new_studies_through_the_mirror(tmp_path):
+    url = sqlite_url(tmp_path)
+    optuna.create_study(study_name="s", storage=fresh(url))
+    mirror = MirroredStorage(fresh(url), "s")
+    with pytest.raises(optuna.exceptions.DuplicatedStudyError):
+        mirror.create_new_study([optuna.study.StudyDirection.MAXIMIZE], "s")
+    other = optuna.create_study(study_name="t", storage=mirror, direction="maximize")
+    other.optimize(lambda t: t.suggest_int("k", 0, 9), n_trials=4)
+    mirror.close()
+    assert_same(other.trials, durable_trials(url, "t"))
+    assert sorted(s.study_name for s in mirror.get_all_studies()) == ["s", "t"]
+
+
+def test_heartbeats_fail_stale_trials_in_both(tmp_path):
+    url = sqlite_url(tmp_path)
+    durable = open_storage(url, heartbeat_interval=1, grace_period=1, sqlite_wal=True)
+    study = optuna.create_study(study_name="s", storage=durable)
+    mirrored, mirror = mirrored_study(study)
+    assert optuna.storages._heartbeat.is_heartbeat_enabled(mirror)
+    alive, dead = mirrored.ask(), mirrored.ask()
+    mirror.record_heartbeat(dead._trial_id)
+    time.sleep(1.5)
+    mirror.record_heartbeat(alive._trial_id)
+    optuna.storages.fail_stale_trials(mirrored)
+    assert [t.state for t in mirrored.trials] == [TrialState.RUNNING, TrialState.FAIL]
+    mirror.close()
+    assert [t.state for t in durable_trials(url, "s")] == [TrialState.RUNNING, TrialState.FAIL]
+
+
+def test_only_rdb_and_journal_studies_are_mirrored(tmp_path):
+    study = optuna.create_study()
+    assert mirrored_study(study) == (study, None)
+    url = sqlite_url(tmp_path)
+    cached = optuna.create_study(study_name="s", storage=url)  # Optuna wraps it in a cache
+    mirrored, mirror = mirrored_study(cached)
+    assert mirror is not None and mirror._durable is cached._storage._backend
+    assert mirrored._storage is mirror
+    mirror.close()
+
+
+def test_a_missing_study_is_a_key_error(tmp_path):
+    url = sqlite_url(tmp_path)
+    optuna.create_study(study_name="s", storage=fresh(url))
+    with pytest.raises(KeyError):
+        MirroredStorage(fresh(url), "nope")
+    assert os.path.exists(tmp_path / "mirror.db")

@@ -1,0 +1,176 @@
+"""The pieces of a peer without processes: wire format, membership, settings, the Python API."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from tunefleet import attrs
+from tunefleet.errors import UsageError
+from tunefleet.p2p import Peer, PeerConfig, wire
+from tunefleet.p2p.config import resolve_addresses
+from tunefleet.p2p.membership import FAILED, FINISHED, LEFT, RUNNING, Membership
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _study_with_trials(n: int = 5) -> optuna.Study:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    study.optimize(lambda t: t.suggest_float("x", -10, 10) ** 2
+                   + t.suggest_categorical("c", ["a", "b"]).count("a"), n_trials=n)
+    return study
+
+
+# ---- wire -----------------------------------------------------------------------------------
+
+def test_messages_round_trip_and_tampering_is_caught():
+    msg = {"type": "gossip", "from": "p1", "table": {}}
+    assert wire.decode(wire.encode(msg, b"k"), b"k") == msg
+    assert wire.decode(wire.encode(msg, None), None) == msg
+    frames = wire.encode(msg, b"k")
+    with pytest.raises(wire.WireError, match="HMAC"):
+        wire.decode([frames[0], frames[1], frames[2].replace(b"p1", b"p2")], b"k")
+    with pytest.raises(wire.WireError, match="HMAC"):
+        wire.decode(wire.encode(msg, None), b"k")  # unsigned, but we expect a key
+    with pytest.raises(wire.WireError):
+        wire.decode([b"x"], None)
+    with pytest.raises(wire.WireError, match="JSON"):
+        wire.decode([wire.PROTOCOL, b"", b"\xff\xfe"], None)
+    with pytest.raises(wire.WireError, match="type"):
+        wire.decode(wire.encode({"type": "exec", "from": "p1"}, None), None)
+    with pytest.raises(wire.WireError, match="sender"):
+        wire.decode(wire.encode({"type": "bye"}, None), None)
+
+
+def test_a_trial_travels_as_json_and_keeps_its_origin():
+    study = _study_with_trials()
+    best = study.best_trial
+    payload = json.loads(json.dumps(wire.trial_to_payload(best, "p1")))
+    key, copy = wire.payload_to_trial(payload, "p1")
+    assert key == f"p1#{best.number}"
+    assert copy.params == best.params and copy.values == best.values
+    assert copy.distributions == best.distributions
+    assert copy.system_attrs[attrs.WORKER] == "p1" and copy.system_attrs[attrs.ORIGIN] == key
+    other = optuna.create_study()
+    other.add_trial(copy)
+    forwarded = wire.trial_to_payload(other.trials[0], "p2")  # p2 passes it on
+    assert forwarded["key"] == key and forwarded["system"][attrs.WORKER] == "p1"
+
+
+@pytest.mark.parametrize("change", [
+    {"params": {"x": 99.0, "c": "a"}},  # outside its distribution
+    {"values": []},
+    {"values": ["1"]},
+    {"key": "no-number"},
+    {"dists": {"x": "{}", "c": "{}"}},
+    {"params": {"x": 1.0}},  # params and distributions disagree
+])
+def test_malformed_trials_are_refused(change):
+    payload = wire.trial_to_payload(_study_with_trials().best_trial, "p1")
+    payload.update(change)
+    with pytest.raises(wire.WireError):
+        wire.payload_to_trial(payload, "p1")
+
+
+def test_what_a_peer_shares():
+    study = _study_with_trials(8)
+    ranked = sorted(study.trials, key=lambda t: t.value)
+    assert wire.best_trials(study, "best", 3) == ranked[:1]
+    assert wire.best_trials(study, "top-k", 3) == ranked[:3]
+    assert len(wire.best_trials(study, "all", 3)) == 8
+    maxi = optuna.create_study(direction="maximize")
+    maxi.add_trials(study.trials)
+    assert wire.best_trials(maxi, "best", 1)[0].value == ranked[-1].value
+
+
+# ---- membership ------------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_gossip_spreads_members_and_drops_the_silent():
+    clock = Clock()
+    a = Membership("a", "tcp://h:1", suspect_after=1, drop_after=2, clock=clock, incarnation=1)
+    b = Membership("b", "tcp://h:2", suspect_after=1, drop_after=2, clock=clock, incarnation=1)
+    c = Membership("c", "tcp://h:3", suspect_after=1, drop_after=2, clock=clock, incarnation=1)
+    b.merge(c.table(), "c")
+    fresh = a.merge(b.table(), "b")  # a learns of c through b
+    assert {m.uid for m in fresh} == {"b", "c"}
+    assert a.merge(b.table(), "b") == []  # nothing new the second time
+    clock.now = 1.5
+    b.tick()
+    a.merge(b.table(), "b")
+    suspected, dropped = a.check()
+    assert [m.uid for m in suspected] == ["c"] and dropped == []
+    clock.now = 2.5
+    suspected, dropped = a.check()
+    assert [m.uid for m in dropped] == ["c"] and a.members["c"].status == FAILED
+    a.merge(b.table(), "b")  # b's old news about c does not bring it back
+    assert a.members["c"].status == FAILED
+    c.tick()
+    assert [m.uid for m in a.merge(c.table(), "c")] == ["c"]  # c itself does
+    assert a.members["c"].status == RUNNING
+
+
+def test_termination_waits_for_every_live_peer():
+    clock = Clock()
+    a = Membership("a", "tcp://h:1", suspect_after=1, drop_after=2, clock=clock, incarnation=1)
+    b = Membership("b", "tcp://h:2", suspect_after=1, drop_after=2, clock=clock, incarnation=1)
+    a.merge(b.table(), "b")
+    a.set_status(FINISHED)
+    assert not a.all_finished()
+    b.set_status(FINISHED)
+    a.merge(b.table(), "b")
+    assert a.all_finished()
+    a.mark_left("b")
+    old_news = {"b": ["tcp://h:2", 1, b.me.counter + 1, FINISHED]}
+    a.merge(old_news, "x")
+    assert a.members["b"].status == LEFT  # a peer's status never goes backwards
+
+
+# ---- settings ------------------------------------------------------------------------------
+
+def test_default_addresses_stay_on_loopback_unless_told():
+    assert resolve_addresses(None, None) == ("tcp://127.0.0.1:5555", "tcp://localhost:5555")
+    assert resolve_addresses(None, "tcp://node7:6000") == ("tcp://*:6000", "tcp://node7:6000")
+    assert resolve_addresses("tcp://*:5556", None) == ("tcp://*:5556", "tcp://localhost:5556")
+    assert resolve_addresses("tcp://*:5556", "tcp://localhost:5556")[0] == "tcp://*:5556"
+    with pytest.raises(UsageError, match="must look like"):
+        resolve_addresses("5555", None)
+
+
+def test_peer_needs_one_objective():
+    with pytest.raises(UsageError, match="exactly one"):
+        Peer()
+    with pytest.raises(UsageError, match="exactly one"):
+        Peer(lambda t: 0.0, objective_object=lambda t: 0.0)
+    with pytest.raises(UsageError, match="rounds"):
+        Peer(lambda t: 0.0, rounds=0)
+
+
+def test_python_api_alone_records_worker_and_times():
+    peer = Peer(objective_function=lambda t: t.suggest_float("x", 0, 1), uid="solo",
+                bind="tcp://127.0.0.1:0", rounds=2, trials=3, heartbeat=0.05, peer_timeout=1)
+    study = peer.optimize()
+    summary = peer.terminate(timeout=10)
+    assert summary["n_trials"] == 6 and summary["found_by"] == "solo"
+    assert summary["best_value"] == min(t.value for t in study.trials)
+    for t in study.trials:
+        assert t.system_attrs[attrs.WORKER] == "solo"
+        assert t.system_attrs[attrs.STARTED] <= t.system_attrs[attrs.FINISHED]
+    assert peer.node is not None and peer.node.stopped.is_set()
+
+
+def test_config_checks():
+    with pytest.raises(UsageError, match="twice"):
+        PeerConfig(heartbeat=1, peer_timeout=1).checked()
+    with pytest.raises(UsageError, match="--share"):
+        PeerConfig(share="some").checked()
+    assert PeerConfig(uid="p1").checked().study_name == "p2p-p1"

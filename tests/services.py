@@ -1,0 +1,266 @@
+"""Real servers for the tests, started on loopback in private temporary folders and stopped
+afterwards: PostgreSQL and MariaDB (Debian's packages), and a single-node Slurm with munge.
+
+Each server gets its own data folder, port and socket, so a test run never touches the
+machine's own instances (if any) nor another engineer's. The Debian packages come from
+``scripts/install-system-deps.sh``; a missing one is an error that says so, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A server could not be started; the message says what to install or read."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _need(path: str, package: str) -> str:
+    found = shutil.which(path) or (path if os.path.exists(path) else None)
+    if not found:
+        raise ServiceError(f"{path} not found: install Debian's {package} "
+                           "(bash scripts/install-system-deps.sh)")
+    return found
+
+
+def _private_dir(prefix: str, owner: str | None) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    if owner:
+        shutil.chown(path, owner, owner)
+    return path
+
+
+def _run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+    if proc.returncode != 0:
+        raise ServiceError(f"{what} failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    return proc
+
+
+def _pg_bin() -> Path:
+    roots = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not roots:
+        raise ServiceError("PostgreSQL's initdb not found: install Debian's postgresql")
+    return roots[-1].parent
+
+
+@dataclass
+class Postgres:
+    """A private PostgreSQL cluster on 127.0.0.1:PORT with database ``tunefleet``."""
+
+    fsync: bool = False
+    base: Path = field(init=False)
+    port: int = field(init=False)
+
+    def start(self) -> "Postgres":
+        bin_ = _pg_bin()
+        self.base = _private_dir("tunefleet-pg-", "postgres")
+        self.port = free_port()
+        _run(["runuser", "-u", "postgres", "--", str(bin_ / "initdb"), "-D",
+              str(self.base / "data"), "-A", "trust", "-U", "postgres", "--no-sync"], "initdb")
+        opts = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not self.fsync:
+            opts += " -c fsync=off -c synchronous_commit=off"
+        _run(["runuser", "-u", "postgres", "--", str(bin_ / "pg_ctl"), "-D", str(self.base / "data"),
+              "-o", opts, "-l", str(self.base / "log"), "-w", "-t", "60", "start"], "pg_ctl start")
+        _run([str(bin_ / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+              "-c", "CREATE DATABASE tunefleet"], "createdb")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/tunefleet"
+
+    def new_database(self, name: str) -> str:
+        _run([str(_pg_bin() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+              "-c", f"CREATE DATABASE {name}"], "createdb")
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(_pg_bin() / "pg_ctl"), "-D",
+                        str(self.base / "data"), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=60)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@dataclass
+class MariaDB:
+    """A private MariaDB server on 127.0.0.1:PORT; user ``tf``/``tf`` owns database ``tunefleet``."""
+
+    base: Path = field(init=False)
+    port: int = field(init=False)
+    proc: subprocess.Popen | None = field(init=False, default=None)
+
+    def start(self) -> "MariaDB":
+        install = _need("mariadb-install-db", "mariadb-server")
+        server = _need("mariadbd", "mariadb-server")
+        self.base = _private_dir("tunefleet-my-", "mysql")
+        self.port = free_port()
+        _run([install, "--no-defaults", "--user=mysql", f"--datadir={self.base / 'data'}",
+              "--auth-root-authentication-method=normal", "--skip-test-db"], "mariadb-install-db")
+        self.proc = subprocess.Popen(
+            [server, "--no-defaults", "--user=mysql", f"--datadir={self.base / 'data'}",
+             f"--socket={self.sock}", f"--port={self.port}", "--bind-address=127.0.0.1",
+             f"--pid-file={self.base / 'pid'}", "--max-connections=300",
+             "--innodb-flush-log-at-trx-commit=2"],
+            stdout=subprocess.DEVNULL, stderr=open(self.base / "server.log", "w"))
+        deadline = time.monotonic() + 60
+        while not self._sql("SELECT 1", check=False):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError("mariadbd did not start: "
+                                   + (self.base / "server.log").read_text()[-800:])
+            time.sleep(0.3)
+        self._sql("CREATE DATABASE tunefleet; CREATE USER 'tf'@'127.0.0.1' IDENTIFIED BY 'tf'; "
+                  "GRANT ALL ON *.* TO 'tf'@'127.0.0.1';")
+        return self
+
+    @property
+    def sock(self) -> Path:
+        return self.base / "mysqld.sock"
+
+    @property
+    def url(self) -> str:
+        return f"mysql+pymysql://tf:tf@127.0.0.1:{self.port}/tunefleet"
+
+    def new_database(self, name: str) -> str:
+        self._sql(f"CREATE DATABASE {name}")
+        return f"mysql+pymysql://tf:tf@127.0.0.1:{self.port}/{name}"
+
+    def _sql(self, sql: str, check: bool = True) -> bool:
+        proc = subprocess.run(["mariadb", "--no-defaults", "-uroot", f"--socket={self.sock}",
+                               "-e", sql], capture_output=True, text=True, timeout=30)
+        if check and proc.returncode != 0:
+            raise ServiceError(f"mariadb: {proc.stderr.strip()}")
+        return proc.returncode == 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            subprocess.run(["mariadb-admin", "--no-defaults", "-uroot", f"--socket={self.sock}",
+                            "shutdown"], capture_output=True, timeout=60)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@dataclass
+class Slurm:
+    """A one-node Slurm cluster (slurmctld + slurmd + its own munged) with a private slurm.conf;
+    clients find it through ``env`` (SLURM_CONF)."""
+
+    base: Path = field(init=False)
+    pids: dict[str, Path] = field(init=False, default_factory=dict)
+
+    @property
+    def conf(self) -> Path:
+        return self.base / "slurm.conf"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.conf)}
+
+    def write_config(self) -> "Slurm":
+        """Only the files: enough for Slurm's own parsers (``sbatch``) without daemons."""
+        self.base = _private_dir("tunefleet-slurm-", None)
+        munge_dir = self.base / "munge"
+        munge_dir.mkdir()
+        shutil.chown(munge_dir, "munge", "munge")
+        munge_dir.chmod(0o755)
+        for sub in ("state", "spool", "log"):
+            (self.base / sub).mkdir()
+        host = socket.gethostname()
+        cpus = os.cpu_count() or 1
+        self.conf.write_text("\n".join([
+            "ClusterName=tunefleet-test",
+            f"SlurmctldHost={host}",
+            f"SlurmctldPort={free_port()}",
+            f"SlurmdPort={free_port()}",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={munge_dir / 'munge.sock'}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            f"StateSaveLocation={self.base / 'state'}",
+            f"SlurmdSpoolDir={self.base / 'spool'}",
+            f"SlurmctldPidFile={self.base / 'slurmctld.pid'}",
+            f"SlurmdPidFile={self.base / 'slurmd.pid'}",
+            f"SlurmctldLogFile={self.base / 'log' / 'slurmctld.log'}",
+            f"SlurmdLogFile={self.base / 'log' / 'slurmd.log'}",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "SchedulerType=sched/backfill",
+            "SlurmctldTimeout=30",
+            "SlurmdTimeout=30",
+            f"NodeName={host} CPUs={cpus} State=UNKNOWN",
+            f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP "
+            "OverSubscribe=FORCE:8",
+            "",
+        ]))
+        return self
+
+    def start(self) -> "Slurm":
+        munged = _need("munged", "munge")
+        slurmctld = _need("slurmctld", "slurmctld (slurm-wlm)")
+        slurmd = _need("slurmd", "slurmd (slurm-wlm)")
+        self.write_config()
+        m = self.base / "munge"
+        key = m / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        shutil.chown(key, "munge", "munge")
+        key.chmod(0o400)
+        _run(["runuser", "-u", "munge", "--", munged, f"--socket={m / 'munge.sock'}",
+              f"--key-file={key}", f"--pid-file={m / 'munged.pid'}",
+              f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}"], "munged")
+        self.pids["munged"] = m / "munged.pid"
+        env = {**os.environ, **self.env}
+        _run([slurmctld, "-f", str(self.conf)], "slurmctld", env=env)
+        self.pids["slurmctld"] = self.base / "slurmctld.pid"
+        _run([slurmd, "-f", str(self.conf)], "slurmd", env=env)
+        self.pids["slurmd"] = self.base / "slurmd.pid"
+        deadline = time.monotonic() + 60
+        while True:
+            proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                                  env=env, timeout=30)
+            state = proc.stdout.strip()
+            if proc.returncode == 0 and state.startswith(("idle", "mixed", "allocated")):
+                return self
+            if time.monotonic() > deadline:
+                raise ServiceError(f"Slurm node not idle after 60 s (sinfo: {state!r} "
+                                   f"{proc.stderr.strip()}); logs in {self.base / 'log'}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        for name in ("slurmd", "slurmctld", "munged"):
+            path = self.pids.get(name)
+            if path is None or not path.exists():
+                continue
+            try:
+                pid = int(path.read_text().strip())
+                os.kill(pid, 15)
+                for _ in range(100):
+                    os.kill(pid, 0)
+                    time.sleep(0.1)
+            except (ValueError, ProcessLookupError):
+                pass
+        shutil.rmtree(self.base, ignore_errors=True)
