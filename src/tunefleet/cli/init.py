@@ -19,7 +19,8 @@ def init(storage: str | None, study_name: str | None, directions: tuple[str, ...
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = spec_from_options(directions, sampler, seed, pruner)
     explicit = sampler is not None or seed is not None or pruner is not None
-    study, created = init_study(storage, study_name, spec, explicit=explicit)
+    study, created = init_study(storage, study_name, spec, explicit=explicit,
+                                directions_given=bool(directions))
     n = len(study.get_trials(deepcopy=False))
     what = "created" if created else f"exists ({n} trials)"
     click.echo(f"study {study.study_name} {what}: "

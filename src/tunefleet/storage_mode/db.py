@@ -8,7 +8,7 @@ import optuna
 
 from tunefleet import attrs
 from tunefleet.errors import UsageError
-from tunefleet.storage_mode.backoff import with_backoff
+from tunefleet.storage_mode.backoff import is_schema_race, with_backoff
 from tunefleet.studies import (SPEC_ATTR, StudySpec, _find_study, create_or_load_study,
                                open_storage)
 
@@ -36,7 +36,14 @@ def open_worker_storage(url: str | None, *, heartbeat_interval: int | None = Non
                         grace_period: int | None = None) -> optuna.storages.BaseStorage:
     """The storage for a worker: SQLite with a long busy timeout, databases with Optuna's own
     heartbeat table when HEARTBEAT_INTERVAL is set (journal files get tunefleet's heartbeat,
-    see :mod:`.heartbeat`). Opening is retried while SQLite is busy creating its tables."""
+    see :mod:`.heartbeat`).
+
+    Workers started together on a fresh database all create its tables at once, and all but
+    one lose that race ("table trials already exists" on SQLite, a duplicate pg_type row on
+    PostgreSQL, error 1050 on MySQL). Every step of Optuna's set-up checks before it writes, so
+    the losers simply open the storage again, with back-off, and find the tables made. This
+    holds across nodes, which a file lock would not (journal files have no tables to race on).
+    """
     from tunefleet.studies import DEFAULT_STORAGE
 
     url = url or DEFAULT_STORAGE
@@ -44,16 +51,19 @@ def open_worker_storage(url: str | None, *, heartbeat_interval: int | None = Non
         url = with_sqlite_timeout(url)
     if is_rdb_url(url) and heartbeat_interval is not None:
         return with_backoff(lambda: open_storage(url, heartbeat_interval=heartbeat_interval,
-                                                 grace_period=grace_period), what="open storage")
-    return with_backoff(lambda: open_storage(url), what="open storage")
+                                                 grace_period=grace_period),
+                            what="open storage", retry_if=is_schema_race, max_wait=120)
+    return with_backoff(lambda: open_storage(url), what="open storage", retry_if=is_schema_race,
+                        max_wait=120)
 
 
 def init_study(url: str | None, study_name: str | None, spec: StudySpec,
-               *, explicit: bool) -> tuple[optuna.Study, bool]:
+               *, explicit: bool, directions_given: bool = True) -> tuple[optuna.Study, bool]:
     """Create the study with SPEC, or check an existing one against it; return (study, created).
 
     EXPLICIT says the caller named a sampler, seed or pruner: an existing study recorded with
     other settings is then refused, so that no worker silently runs a different sampler.
+    DIRECTIONS_GIVEN False accepts the directions the study has.
     """
     store = open_worker_storage(url)
     name = study_name or "tunefleet"
@@ -69,7 +79,9 @@ def init_study(url: str | None, study_name: str | None, spec: StudySpec,
                     f"{have.seed}, pruner {have.pruner or 'default'}; it keeps them: drop those "
                     "options or use another --study"
                 )
-    study = with_backoff(lambda: create_or_load_study(store, name, spec), what="create study")
+    study = with_backoff(lambda: create_or_load_study(store, name, spec,
+                                                      directions_given=directions_given),
+                         what="create study")
     if existing is None:
         with_backoff(lambda: study._storage.set_study_system_attr(study._study_id, attrs.MODE,
                                                                   "storage"), what="mark study")
