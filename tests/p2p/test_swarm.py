@@ -137,6 +137,13 @@ def test_garbage_and_forged_messages_are_dropped(swarm, tmp_path):
                  "values": [-1e9], "inter": {}, "user_attrs": {}, "system": {}}
     push.send_multipart(wire.encode({"type": "trials", "from": "x", "trials": [bad_trial]},
                                     b"swarm secret"))  # authentic but not a valid trial
+    far_future = dict(bad_trial, params={"x": 0.5}, start=1e300)
+    push.send_multipart(wire.encode({"type": "trials", "from": "x", "trials": [far_future]},
+                                    b"swarm secret"))  # a timestamp no clock can hold
+    deep = b"[" * 100_000 + b"]" * 100_000
+    push.send_multipart([wire.PROTOCOL, wire._tag(b"swarm secret", deep), deep])  # too deep
+    bad_join = dict(forged_join, address="tcp://*:0")
+    push.send_multipart(wire.encode(bad_join, b"swarm secret"))  # nobody can reach that
     push.close(linger=2000)
     ctx.term()
     seed.wait_for("dropped a message")
@@ -150,6 +157,8 @@ def test_garbage_and_forged_messages_are_dropped(swarm, tmp_path):
     r_seed, r_good = seed.result(), good.result()
     assert {p["uid"] for p in r_seed["peers"]} == {"seed", "p1"}
     assert r_seed["best_value"] == r_good["best_value"] > -1e9  # the forged trial never got in
+    assert "intruder" not in {p["uid"] for p in r_good["peers"]}
+    assert "Traceback" not in seed.stderr and "network thread failed" not in seed.stderr
 
 
 def test_seed_document_two_terminals():
@@ -185,6 +194,16 @@ def test_bad_input_is_one_line(args, message):
     r = run_cli("peer", f"{HERE / 'objectives.py'}:quadratic", *args, cwd=ROOT, timeout=60)
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
+
+
+def test_agent_script_bad_input_is_one_line():
+    """A script built like the seed document's agent (parse=True) behaves like the command."""
+    for args, message in [(["-r", "0"], "Invalid value for '-r'"),
+                          (["-b", "nowhere"], "-b/--bind 'nowhere' must look like")]:
+        r = subprocess.run([sys.executable, str(HERE / "agent.py"), *args], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2, r.stderr
+        assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_busy_port_is_one_line(swarm):

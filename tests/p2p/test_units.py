@@ -168,6 +168,23 @@ def test_python_api_alone_records_worker_and_times():
     assert peer.node is not None and peer.node.stopped.is_set()
 
 
+def test_a_joiner_without_uid_gets_host_and_port():
+    """The seed document's second terminal gives no -u: it must not collide with 'seed'."""
+    joiner = PeerConfig(bind="tcp://*:5556", advertise="tcp://localhost:5556", seed_uid="seed",
+                        seed_address="tcp://localhost:5555").checked()
+    assert joiner.uid.endswith("-5556") and joiner.uid != "seed"
+    assert joiner.study_name == f"p2p-{joiner.uid}"
+    assert PeerConfig().checked().uid == "seed"
+    assert PeerConfig(uid="p7", seed_uid="seed", seed_address="tcp://h:1").checked().uid == "p7"
+
+
+def test_out_of_range_timestamp_is_a_wire_error():
+    payload = wire.trial_to_payload(_study_with_trials().best_trial, "p1")
+    payload["start"] = 1e300
+    with pytest.raises(wire.WireError, match="timestamp"):
+        wire.payload_to_trial(payload, "p1")
+
+
 def test_config_checks():
     with pytest.raises(UsageError, match="twice"):
         PeerConfig(heartbeat=1, peer_timeout=1).checked()

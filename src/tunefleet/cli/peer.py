@@ -9,18 +9,20 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import click
 
+from tunefleet.errors import TunefleetError, UsageError
 from tunefleet.studies import SAMPLERS
 
 
 def peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Every peer option, shared by the command and ``Peer(parse=True)``."""
     options = [
-        click.option("-u", "--uid", default="seed", show_default=True,
-                     help="This peer's unique id."),
+        click.option("-u", "--uid", default=None,
+                     help="This peer's unique id. Default: seed, or HOST-PORT for a peer "
+                          "that joins with -s/-d."),
         click.option("-r", "--rounds", type=click.IntRange(min=1), default=10, show_default=True,
                      help="Rounds to run."),
         click.option("-t", "--trials", type=click.IntRange(min=1), default=10, show_default=True,
@@ -84,7 +86,7 @@ def config_kwargs(params: dict[str, Any]) -> tuple[dict[str, Any], bool, bool]:
     return p, as_json, quiet
 
 
-def parse_peer_argv(argv: Sequence[str] | None) -> tuple[dict[str, Any], bool]:
+def parse_peer_argv(argv: Sequence[str] | None) -> tuple[dict[str, Any], bool, bool]:
     """``Peer(parse=True)``: read the peer options from ARGV (default ``sys.argv[1:]``)."""
 
     @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -100,12 +102,16 @@ def parse_peer_argv(argv: Sequence[str] | None) -> tuple[dict[str, Any], bool]:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    kwargs, as_json, quiet = config_kwargs(params)
-    if quiet:
-        import logging
+    try:
+        return config_kwargs(params)
+    except UsageError as exc:
+        usage_exit(exc)
 
-        logging.getLogger("tunefleet.p2p").setLevel(logging.WARNING)
-    return kwargs, as_json
+
+def usage_exit(exc: TunefleetError) -> NoReturn:
+    """What ``tunefleet`` does with its own errors, for scripts using ``Peer(parse=True)``."""
+    click.echo(f"tunefleet: error: {exc}", err=True)
+    sys.exit(2)
 
 
 def _num(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
 from typing import Sequence
 
 from tunefleet.errors import UsageError
@@ -21,7 +22,7 @@ _LOOPBACK = ("localhost", "127.0.0.1", "[::1]", "ip6-localhost")
 class PeerConfig:
     """Everything a peer needs besides the objective; the CLI and ``parse=True`` fill it."""
 
-    uid: str = "seed"
+    uid: str | None = None  # None: "seed" for a peer that starts a swarm, else HOST-PORT
     rounds: int = 10
     trials: int = 10
     bind: str | None = None  # None: the port of ``advertise``, on loopback if it is local
@@ -45,6 +46,9 @@ class PeerConfig:
     def checked(self) -> "PeerConfig":
         """Return a copy with defaults resolved, raising UsageError on anything wrong."""
         c = dataclasses.replace(self)
+        c.bind, c.advertise = resolve_addresses(c.bind, c.advertise)
+        if c.uid is None:
+            c.uid = "seed" if c.seed_uid is None else joiner_uid(c.advertise)
         check_uid(c.uid, "-u/--uid")
         if c.rounds < 1 or c.trials < 1:
             raise UsageError("rounds (-r) and trials per round (-t) must be at least 1")
@@ -67,11 +71,19 @@ class PeerConfig:
         for d in c.directions:
             if d not in ("minimize", "maximize"):
                 raise UsageError(f"direction {d!r} must be minimize or maximize")
-        c.bind, c.advertise = resolve_addresses(c.bind, c.advertise)
         if c.key is not None and not c.key:
             raise UsageError("the shared key is empty")
         c.study_name = c.study_name or f"p2p-{c.uid}"
         return c
+
+
+def joiner_uid(advertise: str) -> str:
+    """A UID for a joining peer given no -u (the seed document's second terminal has none):
+    this host's name and the advertised port, unique among the live peers of a host."""
+    port = advertise.rsplit(":", 1)[1]
+    tail = f"-{port}" if port not in ("0", "*") else f"-pid{os.getpid()}"
+    host = re.sub(r"[^A-Za-z0-9_.\-]", "-", socket.gethostname().split(".")[0]) or "peer"
+    return host[: 64 - len(tail)] + tail
 
 
 def check_uid(uid: str, what: str) -> None:

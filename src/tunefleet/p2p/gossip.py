@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial
 
 from tunefleet.errors import UsageError
 from tunefleet.p2p import wire
-from tunefleet.p2p.config import PeerConfig
+from tunefleet.p2p.config import PeerConfig, check_address, check_uid
 from tunefleet.p2p.membership import FAILED, FINISHED, LEFT, Member, Membership
 
 log = logging.getLogger("tunefleet.p2p")
@@ -212,10 +212,11 @@ class Node:
         try:
             msg = wire.decode(frames, self.key)
             getattr(self, "_on_" + msg["type"])(msg)
-        except wire.WireError as exc:
+        except Exception as exc:  # WireError, or anything odd a stranger's data set off
             self.n_bad += 1
             level = logging.WARNING if self.n_bad <= 3 else logging.DEBUG
-            log.log(level, "peer %s: dropped a message: %s", self.uid, exc)
+            why = exc if isinstance(exc, wire.WireError) else f"{type(exc).__name__}: {exc}"
+            log.log(level, "peer %s: dropped a message: %s", self.uid, why)
             return
         self._refresh_view()
 
@@ -223,6 +224,11 @@ class Node:
         if self._joining and not self.joined.is_set():
             return  # not in a swarm ourselves yet: the newcomer will ask again
         uid, address = msg["from"], wire.field(msg, "address", str)
+        try:
+            check_uid(uid, "UID")
+            check_address(address, "address", connect=True)
+        except UsageError as exc:
+            raise wire.WireError(f"bad join: {exc}") from None
         inc, counter = wire.field(msg, "incarnation", int), wire.field(msg, "counter", int)
         directions = wire.field(msg, "directions", list)
         holder = self.membership.holder_of(uid)

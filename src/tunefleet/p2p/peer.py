@@ -7,18 +7,19 @@ serving until every live peer has finished its rounds, so the last bests reach e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import socket
 import time
 import zlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 from optuna.trial import TrialState
 
 from tunefleet import attrs
-from tunefleet.errors import UsageError
+from tunefleet.errors import TunefleetError, UsageError
 from tunefleet.p2p import wire
 from tunefleet.p2p.config import PeerConfig
 from tunefleet.p2p.gossip import Node
@@ -58,13 +59,14 @@ class Peer:
         if parse:
             from tunefleet.cli.peer import parse_peer_argv
 
-            parsed, as_json = parse_peer_argv(argv)
+            parsed, as_json, quiet = parse_peer_argv(argv)
             config = PeerConfig(**{**parsed, **options})
             self._print_json = as_json
-            _setup_logging()
+            _setup_logging(logging.WARNING if quiet else logging.INFO)
         elif config is None:
             config = PeerConfig(**options)
-        self.config = config.checked()
+        with self._usage_errors():
+            self.config = config.checked()
         self.uid = self.config.uid
         self.study: optuna.Study | None = None
         self.node: Node | None = None
@@ -78,11 +80,27 @@ class Peer:
         self.started_at: float | None = None  # unix time of the first round
         self.rounds_done_at: float | None = None
 
+    @contextlib.contextmanager
+    def _usage_errors(self) -> Iterator[None]:
+        """With ``parse=True`` the script is a command: bad input is one line and exit 2."""
+        try:
+            yield
+        except TunefleetError as exc:
+            if self._print_json is None:
+                raise
+            from tunefleet.cli.peer import usage_exit
+
+            usage_exit(exc)
+
     # ---- life cycle -----------------------------------------------------------------------
     def start(self) -> "Peer":
         """Listen, join the swarm (unless this is the seed) and open the local study."""
         if self.node is not None:
             return self
+        with self._usage_errors():
+            return self._start()
+
+    def _start(self) -> "Peer":
         c = self.config
         storage = c.storage or optuna.storages.InMemoryStorage()
         spec = StudySpec(directions=list(c.directions), sampler=c.sampler,
@@ -101,6 +119,8 @@ class Peer:
         if c.wait_peers > 1:
             log.info("peer %s: waiting for %d peers", self.uid, c.wait_peers)
             while self.node.n_known() < c.wait_peers:
+                if self.node.stopped.is_set():
+                    raise TunefleetError(f"peer {self.uid}: the network thread stopped")
                 time.sleep(0.05)
         return self
 

@@ -114,7 +114,10 @@ def _finite(x: Any, what: str) -> float:
 def _when(x: Any) -> datetime.datetime | None:
     if x is None:
         return None
-    return datetime.datetime.fromtimestamp(_finite(x, "timestamp"))
+    try:
+        return datetime.datetime.fromtimestamp(_finite(x, "timestamp"))
+    except (OverflowError, OSError, ValueError):
+        raise WireError(f"timestamp {x!r} is out of range") from None
 
 
 def payload_to_trial(p: Any, sender: str) -> tuple[str, FrozenTrial]:
