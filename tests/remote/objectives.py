@@ -1,0 +1,80 @@
+"""Objectives and set-up functions that the remote tests ship to workers. ``conftest`` registers
+this module to be pickled by value, so engine workers need not import the tests package."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import optuna
+
+import tunefleet
+
+
+def quadratic(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -10, 10)
+    y = trial.suggest_int("y", -3, 3)
+    return (x - 2) ** 2 + y * y
+
+
+def slow_quadratic(trial: optuna.Trial) -> float:
+    time.sleep(0.05)
+    return quadratic(trial)
+
+
+def dies_at(number: int, sleep: float = 0.0):
+    """An objective whose worker process is SIGKILLed in the middle of trial ``number``."""
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -10, 10)
+        trial.set_user_attr("pid", os.getpid())
+        if trial.number == number:
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(60)
+        if sleep:
+            time.sleep(sleep)
+        return (x - 2) ** 2
+
+    return objective
+
+
+def make_setup(folder: str):
+    """A set-up that leaves one file per call in ``folder`` and returns a fresh token."""
+
+    def setup() -> dict:
+        token = uuid.uuid4().hex
+        with open(os.path.join(folder, token), "w") as f:
+            f.write(str(os.getpid()))
+        return {"token": token, "seen": tunefleet.worker_data()}
+
+    return setup
+
+
+def tagging(trial: optuna.Trial) -> float:
+    """Records what ``worker_data()`` holds in each trial."""
+    x = trial.suggest_float("x", -10, 10)
+    data = tunefleet.worker_data()
+    trial.set_user_attr("token", data["token"])
+    trial.set_user_attr("seen", repr(data["seen"]))
+    time.sleep(0.02)
+    return (x - 2) ** 2
+
+
+def hangs_at_5(trial: optuna.Trial) -> float:
+    """Trial 5 writes its worker's pid to ``hung.pid`` (in the worker's folder) and hangs, so
+    that a test can kill that worker in the middle of a trial it knows."""
+    x = trial.suggest_float("x", -10, 10)
+    if trial.number == 5:
+        with open("hung.pid", "w") as f:
+            f.write(f"{os.getpid()} {x!r}")
+        time.sleep(120)
+    time.sleep(0.05)
+    return (x - 2) ** 2
+
+
+def sleepy(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -10, 10)
+    time.sleep(0.3)
+    return (x - 2) ** 2

@@ -1,0 +1,149 @@
+"""`tunefleet serve` and `tunefleet worker --connect` as separate processes, and
+`optimize(backend="tcp")` with such workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import tunefleet
+from tunefleet import attrs
+from tests.remote import objectives
+from tests.remote.conftest import free_port, wait_for
+
+TARGET = str(Path(objectives.__file__))
+
+
+def load(tmp_path: Path) -> optuna.Study:
+    return optuna.load_study(study_name="tunefleet", storage=f"sqlite:///{tmp_path}/hub.db")
+
+
+def count(tmp_path: Path, state: TrialState) -> int:
+    if not (tmp_path / "hub.db").exists():
+        return 0
+    try:
+        return sum(t.state == state for t in load(tmp_path).get_trials(deepcopy=False))
+    except Exception:  # the study is not created yet
+        return 0
+
+
+def finish(proc, timeout: float = 180) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+def test_serve_and_two_workers_run_60_trials(procs, tmp_path):
+    port = free_port()
+    serve = procs.serve(f"{TARGET}:slow_quadratic", port, "--n-trials", "60", "--sampler", "random",
+                        "--seed", "1")
+    workers = [procs.worker(port) for _ in range(2)]
+    out, err = finish(serve)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["states"]["complete"] == 60 and summary["n_trials"] == 60
+    study = load(tmp_path)
+    values = [t.value for t in study.trials if t.state == TrialState.COMPLETE]
+    assert summary["best_value"] == pytest.approx(min(values))
+    used = {t.system_attrs[attrs.WORKER] for t in study.trials}
+    assert len(used) == 2  # both workers took trials
+    for w in workers:
+        finish(w, timeout=30)  # a worker exits 0 when the study is done
+
+
+def test_worker_killed_mid_trial_fails_its_trial_and_the_study_finishes(procs, tmp_path):
+    port = free_port()
+    serve = procs.serve(f"{TARGET}:hangs_at_5", port, "--n-trials", "50", "--sampler", "random")
+    victim_and_other = [procs.worker(port) for _ in range(2)]
+    wait_for(lambda: (tmp_path / "hung.pid").exists(), 120, "trial 5 to start")
+    wait_for(lambda: " " in (tmp_path / "hung.pid").read_text(), 10, "the pid")
+    pid, x = (tmp_path / "hung.pid").read_text().split()
+    pid = int(pid)
+    assert pid in [w.pid for w in victim_and_other]
+    os.kill(pid, signal.SIGKILL)
+    out, err = finish(serve)
+    study = load(tmp_path)
+    failed = study.trials[5]
+    assert failed.state == TrialState.FAIL
+    assert "connection" in failed.system_attrs[attrs.FAIL_REASON]
+    retries = [t for t in study.trials if t.system_attrs.get(attrs.RETRY_OF) == 5]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == {"x": float(x)}  # the same parameters, run again
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 50
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_workers_exit_when_the_coordinator_is_killed(procs, tmp_path):
+    port = free_port()
+    serve = procs.serve(f"{TARGET}:sleepy", port, "--n-trials", "1000")
+    workers = [procs.worker(port) for _ in range(2)]
+    wait_for(lambda: count(tmp_path, TrialState.COMPLETE) >= 4, 120, "some trials")
+    serve.send_signal(signal.SIGKILL)
+    serve.wait(10)
+    deadline = time.monotonic() + 30
+    for w in workers:
+        w.wait(max(0.1, deadline - time.monotonic()))  # TimeoutExpired if a worker hangs
+        assert w.returncode == 0, w.stderr.read()[-2000:]
+
+
+def test_elastic_workers_join_and_leave_and_serve_waits_for_them(procs, tmp_path):
+    port = free_port()
+    serve = procs.serve(f"{TARGET}:sleepy", port, "--n-trials", "24", "--sampler", "random")
+    time.sleep(4)  # no worker yet: the coordinator waits
+    assert serve.poll() is None
+    assert count(tmp_path, TrialState.COMPLETE) == 0
+    first = procs.worker(port)
+    wait_for(lambda: count(tmp_path, TrialState.COMPLETE) >= 3, 120, "the first worker's trials")
+    first.send_signal(signal.SIGTERM)  # leaves (mid-trial, most likely)
+    first.wait(30)
+    time.sleep(1.5)  # none again for a while
+    assert serve.poll() is None
+    second = procs.worker(port)
+    third = procs.worker(port)
+    finish(serve)
+    finish(second, 30)
+    finish(third, 30)
+    study = load(tmp_path)
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) == 24
+    assert len({t.system_attrs[attrs.WORKER] for t in study.trials}) == 3
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+def test_optimize_with_backend_tcp_and_worker_processes(procs, tmp_path):
+    key_file = tmp_path / "hub.key"
+    key_file.write_text("s3cret-for-this-test\n")
+    port = free_port()
+    workers = [procs.worker(port) for _ in range(2)]  # they wait for the coordinator
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial({"x": 2.0, "y": 0})
+    tunefleet.optimize(study, objectives.quadratic, n_trials=50, backend="tcp",
+                       listen=f"tcp://127.0.0.1:{port}", key=key_file.read_bytes().strip())
+    assert len(study.trials) == 50
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert study.best_value == 0.0 and study.best_params == {"x": 2.0, "y": 0}
+    for w in workers:
+        finish(w, 30)
+
+
+def test_setup_runs_once_per_tcp_worker(procs, tmp_path):
+    (tmp_path / "hub.key").write_text("another-secret\n")
+    port = free_port()
+    workers = [procs.worker(port) for _ in range(2)]
+    calls = tmp_path / "setup-calls"
+    calls.mkdir()
+    study = optuna.create_study()
+    tunefleet.optimize(study, objectives.tagging, n_trials=30, backend="tcp",
+                       listen=f"tcp://127.0.0.1:{port}", key=b"another-secret",
+                       setup=objectives.make_setup(str(calls)))
+    tokens = {t.user_attrs["token"] for t in study.trials}
+    assert tokens == {p.name for p in calls.iterdir()}
+    assert len(tokens) == len({t.system_attrs[attrs.WORKER] for t in study.trials}) <= 2
+    for w in workers:
+        finish(w, 30)
