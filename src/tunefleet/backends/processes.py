@@ -2,8 +2,11 @@
 
 By default a worker is forked from the coordinator, which has already imported Optuna, the
 objective's modules and tunefleet: a worker is ready in milliseconds instead of paying a fresh
-interpreter's start-up on a busy machine. ``start_method="spawn"`` or ``"forkserver"`` are
-there for programs that cannot be forked (a parent holding CUDA or threads that hold locks).
+interpreter's start-up on a busy machine. A parent that has imported PyTorch, JAX or TensorFlow
+cannot be forked safely (an OpenMP pool or a CUDA context inherited half-made hangs the child),
+so then the default is ``"spawn"``: each worker is a fresh ``python -m tunefleet.backends._child``
+that gets the objective by cloudpickle, without re-running the user's ``__main__`` (no
+``if __name__ == "__main__"`` guard needed). ``start_method=`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import multiprocessing as mp
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from multiprocessing.connection import Connection
 from typing import Sequence
 
 from tunefleet.backends._base import Backend
+from tunefleet.errors import UsageError
 from tunefleet.gpus import worker_env
 from tunefleet.transport._base import Link
 from tunefleet.transport.local import PipeChannel, PipeLink, PipeListener
@@ -36,12 +42,13 @@ class ProcessBackend(Backend):
 
     def __init__(self, gpus: Sequence[int | str] | None = None,
                  start_method: str | None = None) -> None:
-        if start_method is None:
-            start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        self._ctx = mp.get_context(start_method)
+        method = start_method or default_start_method()
+        if method not in ("fork", "spawn", "forkserver"):
+            raise UsageError(f"start_method {start_method!r}: choose fork or spawn")
+        self._fork = mp.get_context("fork") if method == "fork" else None
         self._gpus = list(gpus) if gpus else None
         self.listener = PipeListener()
-        self._procs: dict[PipeLink, tuple[int, mp.process.BaseProcess]] = {}
+        self._procs: dict[PipeLink, tuple[int, _Proc]] = {}
         self._host = socket.gethostname()
 
     def default_workers(self) -> int:
@@ -56,11 +63,16 @@ class ProcessBackend(Backend):
         self._spawn(slot)
 
     def _spawn(self, slot: int) -> None:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_process_main, name=f"tunefleet-worker-{slot}",
-                                 args=(child_conn, os.getpid(), worker_env(slot, self._gpus)))
-        proc.start()
-        child_conn.close()
+        env = worker_env(slot, self._gpus)
+        if self._fork is not None:
+            parent_conn, child_conn = self._fork.Pipe(duplex=True)
+            mp_proc = self._fork.Process(target=_process_main, name=f"tunefleet-worker-{slot}",
+                                         args=(child_conn, os.getpid(), env))
+            mp_proc.start()
+            child_conn.close()
+            proc: _Proc = _ForkedProc(mp_proc)
+        else:
+            parent_conn, proc = _start_fresh_interpreter(env)
         link = PipeLink(parent_conn, f"{self._host}/{proc.pid}", lambda: _describe_exit(proc))
         self._procs[link] = (slot, proc)
         self.listener.add(link)
@@ -78,7 +90,85 @@ class ProcessBackend(Backend):
         self._procs.clear()
 
 
-def _describe_exit(proc: mp.process.BaseProcess) -> str:
+_NOT_FORK_SAFE = ("torch", "jax", "tensorflow")
+
+
+def default_start_method() -> str:
+    """``fork`` (fast: the parent's imports are shared) unless a library that is not fork-safe
+    is loaded in the parent, or fork does not exist; then ``spawn``."""
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and not any(name in sys.modules for name in _NOT_FORK_SAFE):
+        return "fork"
+    return "spawn"
+
+
+class _Proc:
+    """What the backend needs of a worker process, forked or started fresh."""
+
+    pid: int
+
+    def join(self, timeout: float) -> None: ...
+    def is_alive(self) -> bool: ...
+    def kill(self) -> None: ...
+    @property
+    def exitcode(self) -> int | None: ...
+
+
+class _ForkedProc(_Proc):
+    def __init__(self, proc: mp.process.BaseProcess) -> None:
+        self._p = proc
+        self.pid = proc.pid  # type: ignore[assignment]
+
+    def join(self, timeout: float) -> None:
+        self._p.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._p.is_alive()
+
+    def kill(self) -> None:
+        self._p.kill()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._p.exitcode
+
+
+class _FreshProc(_Proc):
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._p = popen
+        self.pid = popen.pid
+
+    def join(self, timeout: float) -> None:
+        try:
+            self._p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def is_alive(self) -> bool:
+        return self._p.poll() is None
+
+    def kill(self) -> None:
+        self._p.kill()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._p.poll()
+
+
+def _start_fresh_interpreter(env: dict[str, str]) -> tuple[Connection, _Proc]:
+    """A new ``python -m tunefleet.backends._child`` on one end of a socket pair (what
+    ``multiprocessing.Pipe`` is on Unix); it sees the parent's ``sys.path``."""
+    parent_sock, child_sock = socket.socketpair()
+    child_env = {**os.environ, **env,
+                 "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "tunefleet.backends._child", str(child_sock.fileno()),
+         str(os.getpid())], pass_fds=[child_sock.fileno()], env=child_env)
+    child_sock.close()
+    return Connection(parent_sock.detach()), _FreshProc(popen)
+
+
+def _describe_exit(proc: _Proc) -> str:
     proc.join(1.0)
     code = proc.exitcode
     who = f"worker process {proc.pid}"

@@ -55,7 +55,11 @@ class Tuner:
             raise UsageError(f"n_fixed_trials must be at least 1, not {n_fixed_trials}")
         if n_trials < 0:
             raise UsageError(f"n_trials must not be negative, not {n_trials}")
-        if (threads_per_worker or 1) > 1 and client is None and start_method in (None, "fork"):
+        if client is None:
+            from tunefleet.backends.processes import default_start_method
+
+            start_method = start_method or default_start_method()  # "spawn": torch is loaded
+        if (threads_per_worker or 1) > 1 and client is None and start_method == "fork":
             raise UsageError("threads_per_worker > 1 needs start_method='spawn': a worker forked "
                              "from a process that ran torch hangs in its second CPU thread")
         self.study_name = study_name
