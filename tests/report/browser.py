@@ -1,6 +1,10 @@
-"""Drive Debian's headless Chromium over the DevTools protocol (no chromedriver needed):
-open a page, wait for a condition, collect console errors and network requests, take a
-screenshot."""
+"""Drive Debian's headless Chromium over the DevTools protocol (no chromedriver, no websocket
+package): open a page, wait for a condition, collect console errors and network requests, take
+a screenshot.
+
+The protocol runs over ``--remote-debugging-pipe`` (JSON messages ended by NUL on file
+descriptors 3 and 4), so no debugging port is opened at all.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,18 @@ import base64
 import itertools
 import json
 import os
+import select
 import shutil
 import subprocess
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+# As root, in a machine without network: without these Chromium waits on connection attempts.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+         "--disable-dev-shm-usage", "--enable-unsafe-swiftshader", "--remote-debugging-pipe",
          "--window-size=1280,900", "about:blank"]
 
 
@@ -31,46 +36,78 @@ def chromium_binary() -> str | None:
 
 
 class Browser:
-    """One headless Chromium with a fresh profile; use as a context manager."""
+    """One headless Chromium with a fresh profile, attached to its first page; use as a
+    context manager (the process and its profile are gone afterwards)."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, timeout: float = 60) -> None:
+        self.timeout = timeout
         self.profile = tempfile.mkdtemp(prefix="tunefleet-chromium-")
-        self.proc = subprocess.Popen([binary, f"--user-data-dir={self.profile}", *FLAGS],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        port = self._port()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-            pages = [t for t in json.load(r) if t["type"] == "page"]
-        import websocket
-
-        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=30,
-                                              suppress_origin=True)
+        to_chrome_r, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome_w = os.pipe()
+        # Chromium reads commands on fd 3 and writes answers on fd 4.
+        script = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}'
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", script, binary, f"--user-data-dir={self.profile}", *FLAGS],
+            pass_fds=(to_chrome_r, from_chrome_w), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._buffer = b""
         self._ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
+        self.session: str | None = None
+        try:
+            pages = [t for t in self.send("Target.getTargets")["targetInfos"]
+                     if t["type"] == "page"]
+            if pages:
+                target = pages[0]["targetId"]
+            else:
+                target = self.send("Target.createTarget", url="about:blank")["targetId"]
+            self.session = self.send("Target.attachToTarget", targetId=target,
+                                     flatten=True)["sessionId"]
+        except BaseException:
+            self.close()
+            raise
 
-    def _port(self) -> int:
-        marker = Path(self.profile) / "DevToolsActivePort"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chromium exited: {self.proc.stderr.read().decode()[-2000:]}")
-            if marker.exists() and marker.read_text().strip():
-                return int(marker.read_text().split()[0])
-            time.sleep(0.1)
-        raise RuntimeError("chromium did not open its DevTools port in 30 s")
+    # -- the pipe ------------------------------------------------------------------------------
+    def _read_message(self, deadline: float) -> dict[str, Any]:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("chromium did not answer in time")
+            ready, _, _ = select.select([self._from_chrome], [], [], min(left, 1.0))
+            if not ready:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"chromium exited with code {self.proc.returncode}")
+                continue
+            chunk = os.read(self._from_chrome, 1 << 20)
+            if not chunk:
+                raise RuntimeError("chromium closed its DevTools pipe")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
 
     def send(self, method: str, **params: Any) -> dict[str, Any]:
-        """Call a DevTools method and return its result; events seen meanwhile are kept."""
+        """Call a DevTools method (on the attached page, once attached) and return its result;
+        events seen meanwhile are kept in ``events``."""
         msg_id = next(self._ids)
-        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        msg: dict[str, Any] = {"id": msg_id, "method": method, "params": params}
+        if self.session is not None and not method.startswith("Target."):
+            msg["sessionId"] = self.session
+        data = json.dumps(msg).encode() + b"\0"
+        while data:
+            data = data[os.write(self._to_chrome, data):]
+        deadline = time.monotonic() + self.timeout
         while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == msg_id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            if "method" in msg:
-                self.events.append(msg)
+            answer = self._read_message(deadline)
+            if answer.get("id") == msg_id:
+                if "error" in answer:
+                    raise RuntimeError(f"{method}: {answer['error']}")
+                return answer.get("result", {})
+            if "method" in answer:
+                self.events.append(answer)
 
+    # -- the page ------------------------------------------------------------------------------
     def evaluate(self, expression: str) -> Any:
         result = self.send("Runtime.evaluate", expression=expression, returnByValue=True,
                            awaitPromise=True)
@@ -78,8 +115,10 @@ class Browser:
             raise RuntimeError(f"script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def open(self, url: str, ready: str, timeout: float = 60) -> None:
-        """Navigate to URL and wait until the JavaScript expression READY is true."""
+    def open(self, url: str, ready: str, timeout: float = 120) -> None:
+        """Navigate to URL and wait until the JavaScript expression READY is true; the events
+        of the page opened before are dropped."""
+        self.events.clear()
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
         self.send("Page.navigate", url=url)
@@ -90,7 +129,7 @@ class Browser:
                     return
             except RuntimeError:
                 pass  # the page is still loading
-            time.sleep(0.2)
+            time.sleep(0.3)
         raise TimeoutError(f"{url}: {ready} still false after {timeout} s")
 
     def console_errors(self) -> list[str]:
@@ -106,28 +145,42 @@ class Browser:
                 out.append(p["entry"].get("text", ""))
         return out
 
+    def console_messages(self) -> list[str]:
+        """Every console call, for a failure message."""
+        return [" ".join(str(a.get("value", a.get("description"))) for a in e["params"]["args"])
+                for e in self.events if e["method"] == "Runtime.consoleAPICalled"]
+
     def requested_urls(self) -> list[str]:
         return [e["params"]["request"]["url"] for e in self.events
                 if e["method"] == "Network.requestWillBeSent"]
 
     def screenshot(self, path: os.PathLike | str) -> None:
+        """A PNG of the whole page (capped at 16,000 pixels high)."""
         height = int(self.evaluate("document.documentElement.scrollHeight"))
         self.send("Emulation.setDeviceMetricsOverride", width=1280, height=min(height, 16000),
                   deviceScaleFactor=1, mobile=False)
-        data = self.send("Page.captureScreenshot", format="png")["data"]
-        Path(path).write_bytes(base64.b64decode(data))
+        data = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        Path(path).write_bytes(base64.b64decode(data["data"]))
 
     def close(self) -> None:
-        try:
-            self.ws.close()
-        finally:
-            self.proc.terminate()
+        for fd in (self._to_chrome, self._from_chrome):
             try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            shutil.rmtree(self.profile, ignore_errors=True)
+                os.close(fd)
+            except OSError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        # Chromium's helpers (zygote, renderer) share its session: end them with it.
+        try:
+            os.killpg(self.proc.pid, 9)
+        except (ProcessLookupError, PermissionError):
+            pass
+        shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self) -> "Browser":
         return self

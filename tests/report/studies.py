@@ -10,6 +10,7 @@ from typing import Sequence
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from tunefleet import attrs
@@ -93,3 +94,30 @@ def _objective(p: dict) -> float:
 def new_study(directions: Sequence[str] = ("minimize",), storage: str | None = None,
               name: str = "demo") -> optuna.Study:
     return optuna.create_study(storage=storage, study_name=name, directions=list(directions))
+
+
+class _MemoryJournal(BaseJournalBackend):
+    """Journal logs kept in a list, written to a file in one go by ``journal_study``."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict] = []
+
+    def read_logs(self, log_number_from: int) -> list[dict]:
+        return self.logs[log_number_from:]
+
+    def append_logs(self, logs: list[dict]) -> None:
+        self.logs.extend(logs)
+
+
+def journal_study(path: str, n: int, directions: Sequence[str] = ("minimize",),
+                  name: str = "demo", **fill_options: object) -> str:
+    """Write a study of N trials (see ``fill``) as an Optuna journal file and return its URL.
+
+    Adding trials one by one through Optuna's RDB storage costs tens of milliseconds each
+    (minutes for 10,000 on a loaded machine); built in memory and written once, it takes seconds.
+    """
+    backend = _MemoryJournal()
+    study = new_study(directions, storage=optuna.storages.JournalStorage(backend), name=name)
+    fill(study, n, **fill_options)  # type: ignore[arg-type]
+    JournalFileBackend(path).append_logs(backend.logs)
+    return f"journal://{path}"

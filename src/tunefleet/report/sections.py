@@ -186,7 +186,8 @@ def history(ctx: Context) -> Section:
     if not ctx.complete:
         sec.note = "No optimization history: the study has no completed trial yet."
         return sec
-    sub = study_of(ctx.complete, ctx.directions)
+    # Every trial, not only completed ones: Optuna's plot indexes its values by trial number.
+    sub = study_of(ctx.trials, ctx.directions)
     sec.figure = optuna.visualization.plot_optimization_history(
         sub, target=ctx.target(), target_name=ctx.target_name)
     return sec

@@ -96,4 +96,9 @@ def study_of(trials: Sequence[FrozenTrial], directions: Sequence[optuna.study.St
     finally:
         optuna.logging.set_verbosity(level)
     study.add_trials(list(trials))
+    # add_trials renumbers from 0; give the copies their real numbers back, so that the
+    # plots' "Trial" axes and hover texts match the study's trial numbers.
+    for copy, original in zip(study._storage.get_all_trials(study._study_id, deepcopy=False),
+                              trials):
+        copy.number = original.number
     return study
