@@ -35,6 +35,17 @@ def chromium_binary() -> str | None:
     return None
 
 
+def _above(fd: int, low: int) -> int:
+    """A copy of FD numbered LOW or more (the original is closed)."""
+    import fcntl
+
+    if fd >= low:
+        return fd
+    copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
+    os.close(fd)
+    return copy
+
+
 class Browser:
     """One headless Chromium with a fresh profile, attached to its first page; use as a
     context manager (the process and its profile are gone afterwards)."""
@@ -44,12 +55,16 @@ class Browser:
         self.profile = tempfile.mkdtemp(prefix="tunefleet-chromium-")
         to_chrome_r, self._to_chrome = os.pipe()
         self._from_chrome, from_chrome_w = os.pipe()
-        # Chromium reads commands on fd 3 and writes answers on fd 4.
+        # Above 4, so that moving them to 3 and 4 in the child cannot overwrite one another.
+        to_chrome_r, from_chrome_w = (_above(fd, 10) for fd in (to_chrome_r, from_chrome_w))
+        # Chromium reads commands on fd 3 and writes answers on fd 4 (bash: dash refuses fds > 9).
         script = f'exec "$0" "$@" 3<&{to_chrome_r} 4>&{from_chrome_w}'
-        self.proc = subprocess.Popen(
-            ["/bin/sh", "-c", script, binary, f"--user-data-dir={self.profile}", *FLAGS],
-            pass_fds=(to_chrome_r, from_chrome_w), stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
+        # TUNEFLEET_CHROMIUM_LOG=path keeps Chromium's own stderr, to debug a start that fails.
+        with open(os.environ.get("TUNEFLEET_CHROMIUM_LOG", os.devnull), "wb") as log:
+            self.proc = subprocess.Popen(
+                ["/bin/bash", "-c", script, binary, f"--user-data-dir={self.profile}", *FLAGS],
+                pass_fds=(to_chrome_r, from_chrome_w), stdout=subprocess.DEVNULL, stderr=log,
+                start_new_session=True)
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buffer = b""
