@@ -36,6 +36,31 @@ def sbatch_parses(script: Path, cluster) -> str:
     return text
 
 
+def submit_and_wait(cli, args: tuple[str, ...], cwd: Path, cluster) -> str:
+    """``tunefleet slurm ARGS --submit``, then wait until the job left the queue; its id."""
+    submitted = cli(*args, "--submit", cwd=cwd, env=cluster.env)
+    assert submitted.returncode == 0, submitted.stderr
+    job = re.search(r"submitted job (\d+)", submitted.stdout).group(1)
+    assert f"squeue -j {job}" in submitted.stdout
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline:
+        q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True,
+                           env=_env(cluster))
+        if q.returncode == 0 and not q.stdout.strip():
+            return job
+        time.sleep(1)
+    subprocess.run(["scancel", job], env=_env(cluster))
+    raise AssertionError(f"job {job} still queued or running after 200 s")
+
+
+def assert_study_holds(url: str, study: str, total: int, log: str) -> list:
+    trials = optuna.load_study(study_name=study, storage=url).get_trials()
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == total, log
+    assert all(t.state != TrialState.RUNNING for t in trials), log
+    return done
+
+
 def not_running_note(cluster) -> None:
     if not cluster.running:
         msg = (f"Slurm daemons cannot run on this machine ({cluster.why_not}); "
@@ -62,30 +87,14 @@ def test_storage_mode_script_runs_to_completion(slurm_cluster, cli, tmp_path):
     if not slurm_cluster.running:
         not_running_note(slurm_cluster)
         return
-    submitted = cli(*args, "--submit", cwd=tmp_path, env=slurm_cluster.env)
-    assert submitted.returncode == 0, submitted.stderr
-    job = re.search(r"submitted job (\d+)", submitted.stdout).group(1)
-    assert f"squeue -j {job}" in submitted.stdout
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True,
-                           env=_env(slurm_cluster))
-        if q.returncode == 0 and not q.stdout.strip():
-            break
-        time.sleep(1)
-    else:
-        subprocess.run(["scancel", job], env=_env(slurm_cluster))
-        raise AssertionError(f"job {job} still queued or running after 240 s")
+    job = submit_and_wait(cli, args, tmp_path, slurm_cluster)
     log = (tmp_path / f"tunefleet-sl-{job}.out").read_text()
     assert "best value" in log, log
-    trials = optuna.load_study(study_name="sl", storage=url).get_trials()
-    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(done) == 12, log
-    assert all(t.state != TrialState.RUNNING for t in trials)
+    done = assert_study_holds(url, "sl", 12, log)
     assert len({t.system_attrs[attrs.WORKER] for t in done}) == 2  # one worker per task
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_hub_mode_script(slurm_cluster, cli, tmp_path):
     r = cli("slurm", f"{OBJECTIVES}:slow", "--mode", "hub", "--nodes", "1", "--tasks-per-node",
             "2", "--gpus-per-task", "1", "--port", "29555", "--storage", "sqlite:///hub.db",
@@ -94,17 +103,32 @@ def test_hub_mode_script(slurm_cluster, cli, tmp_path):
     text = r.stdout
     assert re.search(r'serve \S+objectives.py:slow --listen "tcp://\$HUB_HOST:\$PORT" '
                      r'--key-file "\$KEY_FILE" --n-trials "\$N_TRIALS" --storage "\$STORAGE" '
-                     r'--study "\$STUDY" &', text)
+                     r'--study "\$STUDY" --no-progress &', text)
     assert re.search(r'srun .*worker --connect "tcp://\$HUB_HOST:\$PORT" --key-file "\$KEY_FILE"',
                      text)
     assert "PORT=29555" in text and "#SBATCH --gpus-per-task=1" in text
     assert "CUDA_VISIBLE_DEVICES" in text and " init " not in text
     assert subprocess.run(["bash", "-n", str(tmp_path / "tunefleet-h.sbatch")]).returncode == 0
-    # The test node has no GPU: parse the same script without the GPU request.
-    nogpu = tmp_path / "nogpu.sbatch"
-    nogpu.write_text(text.replace("#SBATCH --gpus-per-task=1\n", ""))
-    sbatch_parses(nogpu, slurm_cluster)
-    not_running_note(slurm_cluster)
+    # The test node has no GPU: the same script without the GPU request, and the port
+    # derived from the job id.
+    args = ("slurm", f"{OBJECTIVES}:slow", "--mode", "hub", "--nodes", "1", "--tasks-per-node",
+            "2", "--storage", "sqlite:///hub.db", "--study", "h", "--n-trials", "20",
+            "--sampler", "random")
+    nogpu = cli(*args, "--script", "nogpu.sbatch", cwd=tmp_path, env=slurm_cluster.env)
+    assert nogpu.returncode == 0, nogpu.stderr
+    assert "PORT=$((20000 + ${SLURM_JOB_ID:-0} % 20000))" in nogpu.stdout
+    assert "gpus-per-task" not in nogpu.stdout
+    sbatch_parses(tmp_path / "nogpu.sbatch", slurm_cluster)
+    if not slurm_cluster.running:
+        not_running_note(slurm_cluster)
+        return
+    job = submit_and_wait(cli, args, tmp_path, slurm_cluster)
+    log = (tmp_path / f"tunefleet-h-{job}.out").read_text()
+    assert "best value" in log, log
+    done = assert_study_holds(f"sqlite:///{tmp_path / 'hub.db'}", "h", 20, log)
+    # The hub's workers ran the trials (both tasks), the coordinator wrote them.
+    assert len({t.system_attrs.get(attrs.WORKER) for t in done}) == 2, log
+    assert (tmp_path / ".tunefleet-h.key").stat().st_mode & 0o077 == 0
 
 
 def test_bad_options_are_one_line(cli, tmp_path):

@@ -45,7 +45,7 @@ def _spec_args(directions: tuple[str, ...], sampler: str | None, seed: int | Non
 def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task: int | None,
                   cpus_per_task: int | None, time_limit: str | None, partition: str | None,
                   container: str | None, storage: str, study: str, n_trials: int, mode: str,
-                  spec_args: list[str], workdir: str, job_name: str, port: int,
+                  spec_args: list[str], workdir: str, job_name: str, port: int | None,
                   key_file: str, python: str = sys.executable) -> str:
     """The sbatch script text; every value is shell-quoted."""
     sbatch = [f"--job-name={job_name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}"]
@@ -96,7 +96,8 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
     else:
         lines += [
             f"KEY_FILE={_q(key_file)}",
-            f"PORT={port}",
+            # Two hub jobs on one node must not share a port: derive it from the job id.
+            f"PORT={port}" if port else 'PORT=$((20000 + ${SLURM_JOB_ID:-0} % 20000))',
             "HUB_HOST=$(hostname)",
             "# The shared secret of the hub: made once, readable by you only.",
             'if [ ! -s "$KEY_FILE" ]; then (umask 077; head -c 32 /dev/urandom | od -An -tx1 '
@@ -105,7 +106,7 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
             "# The coordinator runs in the batch step: the only process that opens the storage.",
             f'"${{TUNEFLEET[@]}}" serve {_q(target)} --listen "tcp://$HUB_HOST:$PORT" '
             f'--key-file "$KEY_FILE" --n-trials "$N_TRIALS" --storage "$STORAGE" '
-            f'--study "$STUDY"{spec} &',
+            f'--study "$STUDY"{spec} --no-progress &',
             "HUB_PID=$!",
             "# One worker per task, connected to the coordinator over TCP.",
             f'{srun} {gpu}"${{TUNEFLEET[@]}}" worker --connect "tcp://$HUB_HOST:$PORT" '
@@ -131,8 +132,8 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
               help="Trials the study must hold, over all workers.")
 @click.option("--mode", type=click.Choice(["storage", "hub"]), default="storage",
               show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=29500, show_default=True,
-              help="Hub mode: the coordinator's TCP port.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Hub mode: the coordinator's TCP port (default 20000 + job id mod 20000).")
 @click.option("--key-file", default=None, help="Hub mode: shared secret file "
                                                 "(default .tunefleet-STUDY.key, made if absent).")
 @click.option("--job-name", default=None, help="Default: tunefleet-STUDY.")
@@ -143,7 +144,8 @@ def slurm(target: str, storage: str | None, study_name: str | None,
           directions: tuple[str, ...], sampler: str | None, seed: int | None,
           pruner: str | None, nodes: int, tasks_per_node: int, gpus_per_task: int | None,
           cpus_per_task: int | None, time_limit: str | None, partition: str | None,
-          container: str | None, n_trials: int, mode: str, port: int, key_file: str | None,
+          container: str | None, n_trials: int, mode: str, port: int | None,
+          key_file: str | None,
           job_name: str | None, script_path: str | None, submit: bool) -> None:
     """Write the sbatch script that runs TARGET on NODES x TASKS-PER-NODE workers of one study;
     print it, or --submit it and say how to follow it."""
