@@ -66,6 +66,15 @@ def is_schema_race(exc: BaseException) -> bool:
     return False
 
 
+def _why(exc: BaseException) -> str:
+    """The words of EXC that made it retryable (a storage URL can push them off a short line)."""
+    text = str(exc).lower()
+    for phrase in _TRANSIENT + _SCHEMA_RACE:
+        if phrase in text:
+            return phrase
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+
+
 def with_backoff(call: Callable[[], T], *, what: str, max_wait: float = 600.0,
                  first: float = 0.05, cap: float = 5.0,
                  retry_if: Callable[[BaseException], bool] = is_transient) -> T:
@@ -84,6 +93,6 @@ def with_backoff(call: Callable[[], T], *, what: str, max_wait: float = 600.0,
             tries += 1
             if tries in (1, 10, 100):
                 _log.warning("storage busy during %s (%s); retrying with back-off", what,
-                             str(exc).splitlines()[0][:120])
+                             _why(exc))
             time.sleep(delay * (0.5 + random.random()))
             delay = min(cap, delay * 2)
