@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -93,9 +95,6 @@ def test_report_of_storage_mode_workers_shows_each_worker(cli, tmp_path):
     url = f"sqlite:///{tmp_path}/sm.db"
     target = f"{EXAMPLES / 'quadratic.py'}:objective"
     assert cli("init", "--storage", url, "--study", "sm", cwd=tmp_path).returncode == 0
-    import subprocess
-    import sys
-
     procs = [subprocess.Popen([sys.executable, "-m", "tunefleet", "worker", target, "--storage",
                                url, "--study", "sm", "--n-trials", "10"], cwd=tmp_path,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
