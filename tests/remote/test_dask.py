@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 
 import tunefleet
 from tunefleet import attrs
+from tunefleet.errors import WorkerStartError
 from tests.remote import objectives
 from tests.remote.conftest import wait_for
 
@@ -65,3 +66,11 @@ def test_setup_runs_once_per_dask_worker(client, tmp_path):
     tokens = {t.user_attrs["token"] for t in study.trials}
     assert tokens == {p.name for p in tmp_path.iterdir()}
     assert len(tokens) == len({t.system_attrs[attrs.WORKER] for t in study.trials}) <= 2
+
+
+def test_workers_that_cannot_reach_the_coordinator_stop_the_study(client):
+    study = optuna.create_study()
+    with pytest.raises(WorkerStartError, match="cannot reach the coordinator"):
+        tunefleet.optimize(study, objectives.quadratic, n_trials=10, backend="dask",
+                           client=client, advertise="tcp://127.0.0.1:9")  # nobody listens there
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]

@@ -3,6 +3,8 @@ the module; per-worker data from a broadcast or a DataFrame."""
 
 from __future__ import annotations
 
+import sys
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -22,6 +24,7 @@ def spark():
                .config("spark.ui.enabled", "false")
                .config("spark.driver.host", "127.0.0.1")
                .config("spark.python.worker.reuse", "true")
+               .config("spark.pyspark.python", sys.executable)  # where tunefleet is installed
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session

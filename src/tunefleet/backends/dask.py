@@ -8,30 +8,21 @@ Dask worker thread for the length of the study.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import uuid
 from typing import Any, Sequence
 
-from tunefleet.backends.tcp import TcpBackend
+from tunefleet.backends.tcp import TcpBackend, error_line
 from tunefleet.errors import UsageError
 from tunefleet.transport._base import Link
 
 _logger = logging.getLogger("tunefleet")
 
-#: How long an engine-started worker keeps trying to reach the coordinator. The listener
-#: exists for the whole study, so a worker that cannot connect this long after it started
-#: is late for a study that is over and should give its slot back.
-CONNECT_TIMEOUT = 15.0
-
-
 def _dask_worker(address: str, key: bytes, token: str) -> int:
     """What one Dask task runs: a hub worker, until the study is done."""
-    from tunefleet.hub.remote import run_worker
+    from tunefleet.hub.remote import run_engine_worker
 
-    label = f"{token}@{socket.gethostname()}/{os.getpid()}"
-    return run_worker(address, key=key, label=label, connect_timeout=CONNECT_TIMEOUT)
+    return run_engine_worker(address, key, token)
 
 
 def token_of(link: Link) -> str:
@@ -92,9 +83,22 @@ class DaskBackend(TcpBackend):
             token = f"dask-{self._run}-{self._count}"
             # pure=False and a unique key: every task is a new worker, never a cached result;
             # retries=0: a replacement is this backend's decision (see replace), not Dask's.
-            self._futures[token] = self.client.submit(
+            future = self.client.submit(
                 _dask_worker, self.address, self.key, token, key=f"tunefleet-worker-{token}",
                 pure=False, retries=0, resources=self.resources)
+            self._futures[token] = future
+        future.add_done_callback(lambda f: self._done(token, f))
+
+    def _done(self, token: str, future: Any) -> None:
+        if future.status == "error" and not self._closed:
+            try:
+                exc = future.exception(timeout=5)
+            except Exception as err:  # the cluster is going away
+                exc = err
+            self.task_ended(token, error_line(exc))
+
+    def _resubmit(self) -> None:
+        self._submit()
 
     def replace(self, link: Link) -> None:
         """Cancel the lost worker's task (Dask would otherwise run it again on another

@@ -8,14 +8,12 @@ trial, and this backend starts a fresh task in the lost one's place.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
+import time
 import uuid
 from typing import Any, Sequence
 
-from tunefleet.backends.dask import CONNECT_TIMEOUT
-from tunefleet.backends.tcp import TcpBackend
+from tunefleet.backends.tcp import TcpBackend, error_line
 from tunefleet.errors import UsageError
 from tunefleet.transport._base import Link
 
@@ -24,10 +22,9 @@ _logger = logging.getLogger("tunefleet")
 
 def _ray_worker(address: str, key: bytes, token: str) -> int:
     """What one Ray task runs: a hub worker, until the study is done."""
-    from tunefleet.hub.remote import run_worker
+    from tunefleet.hub.remote import run_engine_worker
 
-    label = f"{token}@{socket.gethostname()}/{os.getpid()}"
-    return run_worker(address, key=key, label=label, connect_timeout=CONNECT_TIMEOUT)
+    return run_engine_worker(address, key, token)
 
 
 class RayBackend(TcpBackend):
@@ -65,6 +62,36 @@ class RayBackend(TcpBackend):
         self._closed = False
         self._run = uuid.uuid4().hex[:8]
         self._count = 0
+        self._watch = threading.Thread(target=self._watch_tasks, daemon=True,
+                                       name="tunefleet-ray-watch")
+        self._watch.start()
+
+    def _watch_tasks(self) -> None:
+        """Tell ``task_ended`` about worker tasks that failed (Ray has no done callbacks)."""
+        import ray
+
+        while not self._closed:
+            with self._lock:
+                pending = {ref: token for token, ref in self._refs.items()}
+            if not pending:
+                time.sleep(0.5)
+                continue
+            try:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            except Exception:  # Ray is shutting down
+                return
+            for ref in ready:
+                token = pending[ref]
+                with self._lock:
+                    self._refs.pop(token, None)
+                try:
+                    ray.get(ref)
+                except Exception as exc:
+                    if not self._closed:
+                        self.task_ended(token, error_line(exc))
+
+    def _resubmit(self) -> None:
+        self._submit()
 
     def default_workers(self) -> int:
         """As many workers as the cluster's CPUs (or GPUs, with ``num_gpus``) allow."""
@@ -90,7 +117,8 @@ class RayBackend(TcpBackend):
     def replace(self, link: Link) -> None:
         from tunefleet.backends.dask import token_of
 
-        self._refs.pop(token_of(link), None)
+        with self._lock:
+            self._refs.pop(token_of(link), None)
         self._submit()
 
     def shutdown(self, grace: float = 2.0) -> None:
@@ -101,6 +129,7 @@ class RayBackend(TcpBackend):
             refs = list(self._refs.values())
             self._refs.clear()
         self.listener.close()
+        self._watch.join(2.0)
         if refs:
             _, pending = ray.wait(refs, num_returns=len(refs), timeout=max(grace, 0.1))
             for ref in pending:  # still queued, or still trying to reach the coordinator

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import uuid
 from typing import Any, Iterator, Sequence
 
-from tunefleet.backends.dask import CONNECT_TIMEOUT
-from tunefleet.backends.tcp import TcpBackend
+from tunefleet.backends.tcp import TcpBackend, error_line
 from tunefleet.errors import UsageError
 from tunefleet.transport._base import Link
 
@@ -45,15 +43,14 @@ def _spark_worker(address: str, key: bytes, token: str, broadcast: Any,
         if gpus is not None and gpus.addresses:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses)
     import tunefleet.hub.worker as hub_worker
-    from tunefleet.hub.remote import run_worker
+    from tunefleet.hub.remote import run_engine_worker
 
     if broadcast is not None:
         hub_worker._worker_data = broadcast.value
     else:
         data = list(rows)
         hub_worker._worker_data = data if data else None
-    label = f"{token}@{socket.gethostname()}/{os.getpid()}"
-    yield run_worker(address, key=key, label=label, connect_timeout=CONNECT_TIMEOUT)
+    yield run_engine_worker(address, key, token)
 
 
 class SparkBackend(TcpBackend):
@@ -136,10 +133,13 @@ class SparkBackend(TcpBackend):
             else:
                 rdd = self.sc.parallelize([0], 1)
             rdd.mapPartitions(task).collect()
-        except Exception as exc:  # the worker's task failed: the coordinator saw the link go
-            if not self._closed:
-                _logger.info(f"tunefleet: Spark job of worker {token} ended: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        except Exception as exc:  # the worker's task failed: the coordinator saw the link go,
+            if not self._closed:  # or the worker never started (see TcpBackend.task_ended)
+                _logger.info(f"tunefleet: Spark job of worker {token} ended: {error_line(exc)}")
+                self.task_ended(token, error_line(exc))
+
+    def _resubmit(self) -> None:
+        self._submit()
 
     def replace(self, link: Link) -> None:
         self._submit()

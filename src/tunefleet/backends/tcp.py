@@ -4,11 +4,68 @@ started by an engine (Dask, Ray, Spark) whose backends build on ``TcpBackend``."
 from __future__ import annotations
 
 import logging
+import re
 import secrets
-from typing import Any, Sequence
+import threading
+import time
+from typing import Any, Optional, Sequence
 
 from tunefleet.backends._base import Backend
+from tunefleet.hub import protocol as P
+from tunefleet.transport._base import Link, Listener
 from tunefleet.transport.tcp import TcpListener, load_key, parse_address
+
+#: An engine task that fails this many times in a row before its worker said hello means the
+#: workers cannot start there (tunefleet missing on the executors, wrong Python): stop the
+#: study with that error instead of waiting forever for workers that never come.
+MAX_START_FAILURES = 3
+
+
+def error_line(exc: BaseException) -> str:
+    """One line that says why an engine task failed: the innermost Python exception line of
+    the (often long, Java-wrapped) message, else its first line."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    found = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", ln)]
+    if found:
+        return found[-1][:300]
+    return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+class _EngineLink(Link):
+    """Stands for an engine task that never became a worker; only carries its error."""
+
+    def __init__(self, token: str) -> None:
+        self.name = token
+
+    def send(self, msg: tuple) -> None:
+        pass
+
+
+class _WatchedListener(Listener):
+    """The TCP listener, plus what the engine says about worker tasks that ended: which
+    tokens said hello, and start failures turned into a ``FAILED`` message for the
+    coordinator."""
+
+    def __init__(self, inner: TcpListener, backend: "TcpBackend") -> None:
+        self.inner = inner
+        self.backend = backend
+        self.address = inner.address
+
+    def links(self) -> list[Link]:
+        return self.inner.links()
+
+    def poll(self, timeout: float | None) -> list[tuple[Link, Optional[tuple]]]:
+        out = self.inner.poll(timeout)
+        for link, msg in out:
+            if msg is not None and msg[0] == P.HELLO:
+                label = (msg[1] or {}).get("label") or ""
+                self.backend._hello(label.split("@", 1)[0])
+        out.extend(self.backend._start_failures())
+        return out
+
+    def close(self) -> None:
+        self.inner.close()
 
 _logger = logging.getLogger("tunefleet")
 
@@ -29,14 +86,59 @@ class TcpBackend(Backend):
                  max_message: int | None = None) -> None:
         self.key = key or secrets.token_hex(32).encode()
         kwargs = {"max_message": max_message} if max_message else {}
-        self.listener = TcpListener(listen, self.key, **kwargs)
+        tcp = TcpListener(listen, self.key, **kwargs)
+        self.listener = _WatchedListener(tcp, self)
         if advertise:
             parse_address(advertise)
             self.address = advertise
         else:
-            host, port = parse_address(self.listener.address)
+            host, port = parse_address(tcp.address)
             self.address = f"tcp://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
         self.gpus = list(gpus) if gpus else None
+        self._said_hello: set[str] = set()
+        self._ended: list[tuple[float, str, str]] = []  # (when, token, error)
+        self._failures_in_a_row = 0
+        self._events = threading.Lock()
+
+    # -- engine tasks that end ------------------------------------------------------------------
+    def task_ended(self, token: str, error: str | None) -> None:
+        """Called (from any thread) when the engine task of worker ``token`` ends; ``error``
+        is None when it returned normally."""
+        if error is not None:
+            with self._events:
+                self._ended.append((time.monotonic(), token, error))
+
+    def _hello(self, token: str) -> None:
+        with self._events:
+            self._said_hello.add(token)
+            self._failures_in_a_row = 0
+
+    def _start_failures(self) -> list[tuple[Link, tuple]]:
+        """Engine tasks that failed before their worker said hello: start another, or after
+        ``MAX_START_FAILURES`` in a row give the coordinator the error. Looked at a second
+        after the failure, so that a hello still in flight is counted first."""
+        if not self._ended:
+            return []
+        now = time.monotonic()
+        out: list[tuple[Link, tuple]] = []
+        with self._events:
+            ripe = [e for e in self._ended if now - e[0] > 1.0]
+            self._ended = [e for e in self._ended if now - e[0] <= 1.0]
+            ripe = [e for e in ripe if e[1] not in self._said_hello]
+            self._failures_in_a_row += len(ripe)
+            give_up = self._failures_in_a_row >= MAX_START_FAILURES
+        for _, token, error in ripe:
+            _logger.warning(f"tunefleet: worker task {token} failed before it could join: "
+                            f"{error}")
+            if give_up:
+                out.append((_EngineLink(token), (P.FAILED, f"worker tasks cannot start "
+                                                           f"({token}): {error}")))
+                break
+            self._resubmit()
+        return out
+
+    def _resubmit(self) -> None:
+        """Start one more worker in place of one that never came (engines override)."""
 
     def shutdown(self, grace: float = 2.0) -> None:
         self.listener.close()

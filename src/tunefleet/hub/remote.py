@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
 
 from tunefleet.errors import CoordinatorGone
@@ -26,3 +28,20 @@ def run_worker(address: str, key_file: str | None = None, *, key: bytes | None =
     channel.watch_while_running()
     logging.getLogger("tunefleet").debug("connected to %s", address)
     return serve(channel, label=label)
+
+
+#: How long an engine-started worker tries to reach the coordinator. Its listener is up before
+#: any worker task is submitted, so a refusal means a wrong address or a study already over.
+ENGINE_CONNECT_TIMEOUT = 5.0
+
+
+def run_engine_worker(address: str, key: bytes, token: str) -> int:
+    """What a Dask, Ray or Spark worker task runs: a hub worker labelled ``token@host/pid``.
+    Raises when the coordinator cannot be reached, so the engine reports the task as failed
+    and the backend can tell the coordinator that its workers cannot start."""
+    label = f"{token}@{socket.gethostname()}/{os.getpid()}"
+    code = run_worker(address, key=key, label=label, connect_timeout=ENGINE_CONNECT_TIMEOUT)
+    if code == 2:
+        raise RuntimeError(f"ConnectionError: worker on {socket.gethostname()} cannot reach "
+                           f"the coordinator at {address}")
+    return code
