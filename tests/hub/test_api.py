@@ -247,3 +247,17 @@ def test_sqlite_storage_gets_every_trial(tmp_path):
     again = optuna.load_study(study_name="s", storage=url)
     assert states(again) == {"COMPLETE": 25}
     assert again.best_value == study.best_value
+
+
+def test_each_trial_records_its_worker_host_and_times_for_the_report():
+    study = optuna.create_study()
+    before = time.time()
+    tunefleet.optimize(study, lambda t: t.suggest_float("x", 0, 1), n_trials=6, n_workers=2)
+    workers = set()
+    for t in study.trials:
+        sa = t.system_attrs
+        workers.add(sa[attrs.WORKER])
+        assert sa[attrs.WORKER].startswith(sa[attrs.HOST] + "/")
+        assert before <= sa[attrs.STARTED] <= sa[attrs.FINISHED] <= time.time()
+    assert len(workers) >= 1
+    assert study._storage.get_study_system_attrs(study._study_id)[attrs.MODE] == "hub"

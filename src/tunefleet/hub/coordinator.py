@@ -116,6 +116,7 @@ class Coordinator:
         """Run until the limits are reached and every trial has finished; re-raise an
         objective's exception that is not in ``catch``, after stopping the workers."""
         self.study._stop_flag = False
+        self._storage.set_study_system_attr(self.study._study_id, attrs.MODE, "hub")
         try:
             self.backend.start(self.n_workers)
             listener = self.backend.listener
@@ -206,7 +207,10 @@ class Coordinator:
         self._counted += 1
         trial_id = trial._trial_id
         presampled = self._sample_known(trial)
-        self._storage.set_trial_system_attr(trial_id, attrs.WORKER, link.name)
+        set_attr = self._storage.set_trial_system_attr
+        set_attr(trial_id, attrs.WORKER, link.name)
+        set_attr(trial_id, attrs.HOST, link.name.partition("/")[0])
+        set_attr(trial_id, attrs.STARTED, time.time())
         self._running[trial_id] = _Running(trial, link, presampled)
         state.trial_id = trial_id
         frozen = trial._cached_frozen_trial
@@ -288,6 +292,7 @@ class Coordinator:
             state.trial_id = None
         if run is None:
             return  # already failed by an abort
+        self._storage.set_trial_system_attr(trial_id, attrs.FINISHED, time.time())
         try:
             self._apply_ops(run, ops)
         except Exception as exc:  # as if raised by the objective, like in Optuna
