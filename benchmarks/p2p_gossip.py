@@ -1,6 +1,7 @@
 """Does gossip help? The same 8 peers, sharing their bests or each alone, on shifted Rosenbrock.
 
     python benchmarks/p2p_gossip.py                    # 8 peers x 10 rounds x 10 trials, 5 seeds
+    python benchmarks/p2p_gossip.py --quick            # the same with 3 seeds (~1.5 min)
     python benchmarks/p2p_gossip.py --seeds 3 --function hartmann6 --share top-k
 
 Every peer is a real ``tunefleet peer`` process on loopback (TPE, seeded by ``--seed`` mixed with
@@ -85,7 +86,10 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--share", choices=("best", "top-k", "all"), default="best")
+    ap.add_argument("--quick", action="store_true", help="3 seeds instead of 5")
     a = ap.parse_args()
+    if a.quick:
+        a.seeds = min(a.seeds, 3)
     print(f"{a.function}: {a.peers} peers x {a.rounds} rounds x {a.trials} trials, TPE, "
           f"--share {a.share}, {os.cpu_count()} CPUs")
     print("seed  isolated best  gossip best  isolated mean-per-peer  gossip wall s")

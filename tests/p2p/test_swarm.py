@@ -86,8 +86,9 @@ def test_killed_peer_does_not_stop_the_others(swarm):
     seed.wait_for("rounds done")
     os.kill(doomed.proc.pid, signal.SIGKILL)
     killed_at = time.monotonic()
-    results = [seed.result(timeout=30), p1p.result(timeout=30)]
-    assert time.monotonic() - killed_at < 3 + 10  # peer timeout, plus start-up slack
+    results = [seed.result(timeout=60), p1p.result(timeout=60)]
+    # bounded: the 3 s peer timeout, plus generous slack for a loaded machine
+    assert time.monotonic() - killed_at < 3 + 30
     for r in results:
         status = {p["uid"]: p["status"] for p in r["peers"]}
         assert status["doomed"] == "failed", status
