@@ -3,6 +3,7 @@ the module; per-worker data from a broadcast or a DataFrame."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import optuna
@@ -20,15 +21,22 @@ pyspark = pytest.importorskip("pyspark")
 def spark():
     from pyspark.sql import SparkSession
 
+    # Python workers run the interpreter where tunefleet is installed (local mode reads the
+    # environment variable, not spark.pyspark.python).
+    old = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
     session = (SparkSession.builder.master("local[2]").appName("tunefleet-tests")
                .config("spark.ui.enabled", "false")
                .config("spark.driver.host", "127.0.0.1")
                .config("spark.python.worker.reuse", "true")
-               .config("spark.pyspark.python", sys.executable)  # where tunefleet is installed
                .getOrCreate())
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+    if old is None:
+        os.environ.pop("PYSPARK_PYTHON", None)
+    else:
+        os.environ["PYSPARK_PYTHON"] = old
 
 
 def check_study(study: optuna.Study, n: int) -> None:
