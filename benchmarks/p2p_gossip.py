@@ -106,9 +106,13 @@ def main() -> None:
         rows.append((iso, gos, per_peer))
         print(f"{seed:4d}  {iso:13.5f}  {gos:11.5f}  {per_peer:22.5f}  {wall:13.1f}", flush=True)
     iso_m, gos_m, pp_m = (statistics.mean(c) for c in zip(*rows))
+    iso_md, gos_md, pp_md = (statistics.median(c) for c in zip(*rows))
     wins = sum(g < i for i, g, _ in rows)
+    wins_pp = sum(g < pp for _, g, pp in rows)
     print(f"mean  {iso_m:13.5f}  {gos_m:11.5f}  {pp_m:22.5f}")
-    print(f"gossip better on {wins}/{len(rows)} seeds"
+    print(f"median{iso_md:13.5f}  {gos_md:11.5f}  {pp_md:22.5f}")
+    print(f"swarm best better than the best loner on {wins}/{len(rows)} seeds, better than the "
+          f"mean loner on {wins_pp}/{len(rows)}"
           + (f"; optimum {H6_MIN}" if a.function == "hartmann6" else "; optimum 0"))
 
 
