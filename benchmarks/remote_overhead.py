@@ -65,8 +65,13 @@ def run_tcp(objective, n_trials: int, n_workers: int) -> optuna.Study:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler())
     tunefleet.optimize(study, objective, n_trials=n_trials, backend="tcp",
                        listen=f"tcp://127.0.0.1:{port}", key=KEY)
-    for p in procs:
-        p.wait(30)
+    deadline = time.monotonic() + 5
+    for p in procs:  # late starters are still trying to connect to a study that is over
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
     return study
 
 
