@@ -1,13 +1,23 @@
-"""Trials per second of shared-storage mode: tunefleet workers against plain Optuna workers.
+"""Trials per second of shared-storage mode: tunefleet workers, plain Optuna workers, and hub mode
+on the same storage.
 
-    .venv/bin/python benchmarks/storage_mode.py [--storages sqlite,journal,postgresql,mysql]
+    .venv/bin/python benchmarks/storage_mode.py            # full: 4 and 16 workers, 200 trials
+    .venv/bin/python benchmarks/storage_mode.py --quick    # 4 workers, 40 trials (~4 minutes)
+    .venv/bin/python benchmarks/storage_mode.py --storages sqlite,journal --workers 4
 
-For each storage, worker count (4, 16) and objective (trivial, 50 ms sleep), it starts N worker
-processes on a fresh study and measures the rate between the first trial's start and the last
-trial's end (process start-up is left out). "plain" is what users run today: each process calls
-``study.optimize`` with ``MaxTrialsCallback(total)`` on the same storage (no heartbeat, and the
-total may overshoot). Efficiency = busy objective time / (workers x span). PostgreSQL and
-MariaDB are started by tests/services.py, with their default durability settings.
+For each storage (SQLite, journal file, PostgreSQL, MariaDB), worker count and objective
+(trivial, 50 ms sleep) it runs a fresh study three ways:
+
+- plain: what users run today, N processes each calling ``study.optimize`` with
+  ``MaxTrialsCallback(total)`` on the storage (no heartbeat; the total may overshoot);
+- tunefleet: N ``tunefleet worker`` processes (exact budget, heartbeats, retries);
+- hub: ``tunefleet.optimize(study, objective, n_workers=N)`` in one process on the same storage
+  (only the coordinator writes; SQLite in WAL mode as ``tunefleet run`` opens it).
+
+The rate is the steady state: completed trials per second between the 10th and the 90th
+percentile of the trials' finish times (so process start-up and the last stragglers are left
+out). Efficiency = rate x 50 ms / workers, for the 50 ms objective (1.0 = no overhead). PostgreSQL and MariaDB are started by
+tests/services.py with their default durability (fsync on).
 """
 
 from __future__ import annotations
@@ -18,26 +28,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-PLAIN = r"""
-import os, sys, time, optuna
-from optuna.study import MaxTrialsCallback
-from optuna.trial import TrialState
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-sys.path.insert(0, os.environ["BENCH_DIR"])
-from bench_objectives import trivial, sleepy
-from tunefleet.storage_mode.db import open_worker_storage
-storage = open_worker_storage(sys.argv[1])
-study = optuna.load_study(study_name="b", storage=storage,
-                          sampler=optuna.samplers.RandomSampler())
-study.optimize(trivial if sys.argv[2] == "trivial" else sleepy,
-               callbacks=[MaxTrialsCallback(int(sys.argv[3]), states=(TrialState.COMPLETE,))])
-"""
 
 OBJECTIVES = """
 import time
@@ -49,84 +43,133 @@ def sleepy(trial):
     return x ** 2
 """
 
+PLAIN = r"""
+import os, sys, optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+import bench_objectives as o
+from tunefleet.storage_mode.db import open_worker_storage
+study = optuna.load_study(study_name="b", storage=open_worker_storage(sys.argv[1]),
+                          sampler=optuna.samplers.RandomSampler())
+study.optimize(getattr(o, sys.argv[2]),
+               callbacks=[MaxTrialsCallback(int(sys.argv[3]), states=(TrialState.COMPLETE,))])
+"""
 
-def run_once(url: str, impl: str, workers: int, objective: str, total: int, bench_dir: str):
+HUB = r"""
+import sys, optuna, tunefleet
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+import bench_objectives as o
+from tunefleet.studies import open_storage
+url = sys.argv[1]
+study = optuna.load_study(study_name="b", sampler=optuna.samplers.RandomSampler(),
+                          storage=open_storage(url, sqlite_wal=url.startswith("sqlite")))
+tunefleet.optimize(study, getattr(o, sys.argv[2]), n_trials=int(sys.argv[3]),
+                   n_workers=int(sys.argv[4]))
+"""
+
+IMPLS = ("plain", "tunefleet", "hub")
+
+
+def run_once(url: str, impl: str, workers: int, objective: str, total: int,
+             bench_dir: str) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    from tunefleet.storage_mode.db import open_worker_storage
+    from tunefleet.report.trials import finished_at
+    from tunefleet.storage_mode.db import init_study
+    from tunefleet.studies import StudySpec, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    optuna.create_study(study_name="b", storage=open_worker_storage(url))
-    env = {**os.environ, "BENCH_DIR": bench_dir, "PYTHONPATH": bench_dir}
+    init_study(url, "b", StudySpec(sampler="random"), explicit=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([bench_dir, str(ROOT / "src")])}
+    fn = "trivial" if objective == "trivial" else "sleepy"
     if impl == "plain":
-        cmd = [sys.executable, "-c", PLAIN, url, objective, str(total)]
+        cmds = [[sys.executable, "-c", PLAIN, url, fn, str(total)]] * workers
+    elif impl == "hub":
+        cmds = [[sys.executable, "-c", HUB, url, fn, str(total), str(workers)]]
     else:
-        fn = "trivial" if objective == "trivial" else "sleepy"
-        cmd = [sys.executable, "-m", "tunefleet", "worker", f"{bench_dir}/bench_objectives.py:{fn}",
-               "--storage", url, "--study", "b", "--n-trials", str(total), "--sampler", "random",
-               "-q"]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-             for _ in range(workers)]
-    for p in procs:
-        _, err = p.communicate(timeout=900)
-        if p.returncode != 0:
-            raise RuntimeError(f"{impl} worker failed: {err.decode()[-500:]}")
-    trials = optuna.load_study(study_name="b", storage=open_worker_storage(url)).get_trials()
+        cmds = [[sys.executable, "-m", "tunefleet", "worker", f"{bench_dir}/bench_objectives.py:{fn}",
+                 "--storage", url, "--study", "b", "--n-trials", str(total), "-q"]] * workers
+    procs = [subprocess.Popen(c, env=env, cwd=bench_dir, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for c in cmds]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=900)
+            if p.returncode != 0:
+                raise RuntimeError(f"{impl} worker failed: {err.decode()[-800:]}")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    trials = optuna.load_study(study_name="b", storage=open_storage(url)).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    start = min(t.datetime_start for t in done)
-    end = max(t.datetime_complete for t in done)
-    span = (end - start).total_seconds()
-    busy = 0.05 * len(done) if objective == "50ms" else 0.0
-    return {"complete": len(done), "trials_per_s": round(len(done) / span, 1),
-            "efficiency": round(busy / (workers * span), 2) if busy else None}
+    ends = sorted(finished_at(t) for t in done)
+    # Steady state: between the 10th and the 90th percentile of finish times, so that the
+    # staggered start of the processes and the last stragglers do not decide the figure.
+    lo, hi = len(ends) // 10, len(ends) - 1 - len(ends) // 10
+    rate = (hi - lo) / max(ends[hi] - ends[lo], 1e-6)
+    return {"complete": len(done), "trials_per_s": round(rate, 1),
+            "efficiency": round(rate * 0.05 / workers, 2) if objective == "50ms" else None}
+
+
+def fresh_url(storage: str, servers: dict, bench_dir: str, n: int) -> str:
+    if storage == "sqlite":
+        return f"sqlite:///{bench_dir}/s{n}.db"
+    if storage == "journal":
+        return f"journal://{bench_dir}/j{n}.log"
+    return servers[storage].new_database(f"b{n}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--storages", default="sqlite,journal,postgresql,mysql")
-    parser.add_argument("--workers", default="4,16")
-    parser.add_argument("--trivial-trials", type=int, default=200)
-    parser.add_argument("--sleepy-trials", type=int, default=200)
+    parser.add_argument("--workers", default=None, help="comma-separated (default 4,16)")
+    parser.add_argument("--trials", type=int, default=None, help="per run (default 200)")
+    parser.add_argument("--objectives", default="trivial,50ms")
+    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--quick", action="store_true", help="4 workers, 40 trials")
+    parser.add_argument("--json", dest="json_out", default=None, help="also write rows here")
     args = parser.parse_args()
+    workers_list = [int(w) for w in (args.workers or ("4" if args.quick else "4,16")).split(",")]
+    total = args.trials or (40 if args.quick else 200)
+    impls = args.impls.split(",")
     from tests.services import MariaDB, Postgres
 
-    servers = {}
+    servers: dict = {}
     bench_dir = tempfile.mkdtemp(prefix="tunefleet-bench-")
     Path(bench_dir, "bench_objectives.py").write_text(OBJECTIVES)
     rows = []
-    counter = 0
+    n = 0
     try:
         for storage in args.storages.split(","):
-            if storage == "postgresql" and storage not in servers:
+            if storage == "postgresql":
                 servers[storage] = Postgres(fsync=True).start()
-            if storage == "mysql" and storage not in servers:
+            if storage == "mysql":
                 servers[storage] = MariaDB().start()
-            for workers in [int(w) for w in args.workers.split(",")]:
-                for objective in ("trivial", "50ms"):
-                    for impl in ("plain", "tunefleet"):
-                        counter += 1
-                        if storage == "sqlite":
-                            url = f"sqlite:///{bench_dir}/s{counter}.db"
-                        elif storage == "journal":
-                            url = f"journal://{bench_dir}/j{counter}.log"
-                        else:
-                            url = servers[storage].new_database(f"b{counter}")
-                        total = args.trivial_trials if objective == "trivial" else args.sleepy_trials
+            for workers in workers_list:
+                for objective in args.objectives.split(","):
+                    row = {"storage": storage, "workers": workers, "objective": objective}
+                    for impl in impls:
+                        n += 1
+                        url = fresh_url(storage, servers, bench_dir, n)
                         r = run_once(url, impl, workers, objective, total, bench_dir)
-                        row = {"storage": storage, "workers": workers, "objective": objective,
-                               "impl": impl, **r}
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
+                        row[impl] = r
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
         for s in servers.values():
             s.stop()
-    print(f"{'storage':10} {'workers':>7} {'objective':>9} {'plain/s':>8} {'tunefleet/s':>11} "
-          f"{'eff plain':>9} {'eff tf':>7}")
-    for i in range(0, len(rows), 2):
-        a, b = rows[i], rows[i + 1]
-        print(f"{a['storage']:10} {a['workers']:7} {a['objective']:>9} {a['trials_per_s']:8} "
-              f"{b['trials_per_s']:11} {str(a['efficiency']):>9} {str(b['efficiency']):>7}")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    head = f"{'storage':10} {'workers':>7} {'objective':>9} " + " ".join(
+        f"{i + '/s':>11}" for i in impls) + "  " + " ".join(f"{'eff ' + i:>13}" for i in impls)
+    print(f"trials per run: {total}")
+    print(head)
+    for row in rows:
+        rates = " ".join(f"{row[i]['trials_per_s']:11}" for i in impls)
+        effs = " ".join(f"{str(row[i]['efficiency'] or '-'):>13}" for i in impls)
+        print(f"{row['storage']:10} {row['workers']:7} {row['objective']:>9} {rates}  {effs}")
 
 
 if __name__ == "__main__":

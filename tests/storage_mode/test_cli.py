@@ -39,6 +39,8 @@ def test_init_is_idempotent_and_keeps_its_settings(cli, tmp_path):
     ((f"{HERE / 'objectives.py'}:slow",), "--n-trials"),
     ((f"{HERE / 'objectives.py'}:slow", "--n-trials", "3", "--storage", "nope"), "not a URL"),
     (("x.py:f", "--connect", "tcp://127.0.0.1:1"), "drop TARGET"),
+    ((f"{HERE / 'objectives.py'}:slow", "--n-trials", "3", "--heartbeat-interval", "5",
+      "--grace-period", "5"), "must be longer than --heartbeat-interval"),
 ])
 def test_worker_bad_input_is_one_line(cli, tmp_path, args, words):
     r = cli("worker", *args, cwd=tmp_path)

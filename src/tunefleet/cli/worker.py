@@ -66,6 +66,9 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     objective = load_target(target)
     grace = grace_period or 3 * heartbeat_interval
+    if grace <= heartbeat_interval:
+        raise UsageError(f"--grace-period {grace} must be longer than --heartbeat-interval "
+                         f"{heartbeat_interval}, or live workers would be declared dead")
     store = open_worker_storage(storage, heartbeat_interval=heartbeat_interval,
                                 grace_period=grace)
     spec = spec_from_options(directions, sampler, seed, pruner)

@@ -12,6 +12,7 @@ Journal files are already exact: the order of the log decides.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -45,10 +46,13 @@ def compare_and_set(storage: optuna.storages.BaseStorage, trial_id: int,
         return conn.execute(stmt).rowcount == 1
 
 
-def pop_waiting(study: optuna.Study) -> int | None:
-    """Claim the first WAITING trial (a retry or an enqueued one) that no one else claimed."""
+def pop_waiting(study: optuna.Study,
+                accept: Callable[[int], bool] = lambda number: True) -> tuple[int, int] | None:
+    """Claim the first WAITING trial (a retry or an enqueued one) whose number ACCEPT takes and
+    that no one else claimed; return its (id, number). One filtered read when there is none,
+    as in ``Study.ask``."""
     storage = study._storage
     for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        if compare_and_set(storage, t._trial_id, TrialState.WAITING, TrialState.RUNNING):
-            return t._trial_id
+        if accept(t.number) and compare_and_set(storage, t._trial_id, TrialState.WAITING, TrialState.RUNNING):
+            return t._trial_id, t.number
     return None

@@ -35,7 +35,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def beat(self, trial_id: int) -> None:
-        """Record one beat now (called right after a trial is claimed, before any work)."""
+        """Record one beat now."""
         storage = self.study._storage
         if self.native:
             assert isinstance(storage, BaseHeartbeat)
@@ -44,13 +44,14 @@ class Heartbeat:
             storage.set_trial_system_attr(trial_id, attrs.HEARTBEAT, time.time())
 
     def start(self, trial_id: int) -> None:
+        """Beat every interval while the trial runs. The first beat is the trial's own
+        ``tunefleet:started`` (written with the trial), so a trial shorter than the interval
+        costs no heartbeat write at all."""
         self._stop = threading.Event()
         stop = self._stop
 
         def loop() -> None:
-            first = self.native  # a new journal trial carries its first beat already
-            while first or not stop.wait(self.interval):
-                first = False
+            while not stop.wait(self.interval):
                 try:
                     self.beat(trial_id)
                 except optuna.exceptions.UpdateFinishedTrialError:
@@ -68,19 +69,49 @@ class Heartbeat:
             self._thread = None
 
     def stale(self, trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
-        """RUNNING trials whose worker stopped beating for longer than the grace period."""
+        """RUNNING trials whose worker stopped beating for longer than the grace period.
+
+        A trial's last beat is, in this order: its row in Optuna's heartbeat table (database
+        server time), its ``tunefleet:heartbeat`` attribute (journal files), its
+        ``tunefleet:started`` attribute, its ``datetime_start``. Only the first is immune to
+        clock differences between nodes; the others need clocks within the grace period."""
         running = [t for t in trials if t.state == TrialState.RUNNING]
         if not running:
             return []
+        out: list[FrozenTrial] = []
         if self.native:
             storage = self.study._storage
             assert isinstance(storage, BaseHeartbeat)
-            ids = set(storage._get_stale_trial_ids(self.study._study_id))
-            return [t for t in running if t._trial_id in ids]
+            stale_ids = set(storage._get_stale_trial_ids(self.study._study_id))
+            beaten = _ids_with_heartbeat(storage, [t._trial_id for t in running])
+            out = [t for t in running if t._trial_id in stale_ids]
+            running = [t for t in running if t._trial_id not in beaten]
         now = time.time()
-        return [t for t in running
-                if isinstance(t.system_attrs.get(attrs.HEARTBEAT), (int, float))
-                and now - t.system_attrs[attrs.HEARTBEAT] > self.grace]
+        for t in running:
+            last = _last_beat(t)
+            if last is not None and now - last > self.grace:
+                out.append(t)
+        return out
+
+
+def _last_beat(t: FrozenTrial) -> float | None:
+    for key in (attrs.HEARTBEAT, attrs.STARTED):
+        value = t.system_attrs.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return t.datetime_start.timestamp() if t.datetime_start is not None else None
+
+
+def _ids_with_heartbeat(storage: object, trial_ids: list[int]) -> set[int]:
+    """The trials among TRIAL_IDS that have a row in Optuna's heartbeat table."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    table = models.TrialHeartbeatModel.__table__
+    engine = getattr(storage, "_backend", storage).engine
+    with engine.connect() as conn:
+        rows = conn.execute(select(table.c.trial_id).where(table.c.trial_id.in_(trial_ids)))
+        return {r[0] for r in rows}
 
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:

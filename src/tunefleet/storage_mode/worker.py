@@ -15,9 +15,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import attrs
-from tunefleet.storage_mode.atomic import pop_waiting
+from tunefleet.storage_mode.atomic import _rdb, pop_waiting
 from tunefleet.storage_mode.backoff import is_transient, with_backoff
-from tunefleet.storage_mode.budget import census, has_room, within_budget
+from tunefleet.storage_mode.budget import Census, census, has_room, within_budget
 from tunefleet.storage_mode.heartbeat import Heartbeat, fail_trial, queue_retry
 
 _log = logging.getLogger("tunefleet.storage")
@@ -80,6 +80,10 @@ class StorageWorker:
         self.result = WorkerResult()
         self._last_reap = 0.0
         self.host = socket.gethostname()
+        # Optuna's datetime_complete is the finish time the report uses, except on MySQL and
+        # MariaDB, whose DATETIME columns keep whole seconds: only there is it worth a write.
+        rdb = _rdb(self.storage)
+        self._record_finish = rdb is not None and rdb.engine.dialect.name in ("mysql", "mariadb")
 
     # -- reading -------------------------------------------------------------------------------
     def _trials(self) -> list[FrozenTrial]:
@@ -104,32 +108,42 @@ class StorageWorker:
                     self.result.retries_queued += 1
 
     # -- claiming ------------------------------------------------------------------------------
-    def _claim(self, waiting_seen: bool) -> int:
-        """Pop a WAITING trial (a retry or an enqueued one) or create one; return its id.
+    def _claim(self, last: Census) -> tuple[int, int]:
+        """Pop a WAITING trial (a retry or an enqueued one) or create one; return (id, number).
+        A WAITING trial is taken only when LAST proves it within the budget, so that it is
+        never voided (it may be a retry, or a trial the user enqueued).
 
-        A new trial is created with the worker's attributes in one write; its first heartbeat
-        is the heartbeat thread's first beat.
+        A new trial is created with the worker's attributes in one write; its
+        ``tunefleet:started`` is its first heartbeat (see :mod:`.heartbeat`).
         """
         study = self.study
         study._thread_local.cached_all_trials = None
-        trial_id = None
-        if waiting_seen:
-            trial_id = with_backoff(lambda: pop_waiting(study), what="claim waiting trial")
         now = time.time()
-        if trial_id is not None:
-            for key, value in ((attrs.WORKER, self.opts.worker_id), (attrs.HOST, self.host),
-                               (attrs.STARTED, now)):
+        total = self.opts.n_trials
+        popped = with_backoff(lambda: pop_waiting(study, lambda n: last.rank(n) < total),
+                              what="claim waiting trial")
+        if popped is not None:
+            trial_id = popped[0]
+            for key, value in ((attrs.STARTED, now), (attrs.WORKER, self.opts.worker_id),
+                               (attrs.HOST, self.host)):
                 with_backoff(lambda: self.storage.set_trial_system_attr(trial_id, key, value),
                              what="record worker")
-            with_backoff(lambda: self.heartbeat.beat(trial_id), what="heartbeat")
-            return trial_id
+            return popped
         system_attrs = {attrs.WORKER: self.opts.worker_id, attrs.HOST: self.host,
                         attrs.STARTED: now}
-        if not self.heartbeat.native:
-            system_attrs[attrs.HEARTBEAT] = now
         template = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs=system_attrs)
-        return with_backoff(lambda: self.storage.create_new_trial(study._study_id, template),
-                            what="create trial")
+        trial_id = with_backoff(lambda: self.storage.create_new_trial(study._study_id, template),
+                                what="create trial")
+        return trial_id, self._number_of(trial_id)
+
+    def _number_of(self, trial_id: int) -> int:
+        """The number of a trial this worker just created: Optuna's cache of a database storage
+        has it (no read); elsewhere, ask the storage."""
+        known = getattr(self.storage, "_trial_id_to_study_id_and_number", {}).get(trial_id)
+        if known is not None:
+            return known[1]
+        return with_backoff(lambda: self.storage.get_trial_number_from_id(trial_id),
+                            what="read trial number")
 
     def _void(self, trial_id: int) -> None:
         def close() -> None:
@@ -148,7 +162,8 @@ class StorageWorker:
         def tell() -> FrozenTrial:
             if reason is not None:
                 self.storage.set_trial_system_attr(trial._trial_id, attrs.FAIL_REASON, reason)
-            self.storage.set_trial_system_attr(trial._trial_id, attrs.FINISHED, time.time())
+            if self._record_finish:
+                self.storage.set_trial_system_attr(trial._trial_id, attrs.FINISHED, time.time())
             return self.study.tell(trial, values, state=state)
 
         try:
@@ -207,39 +222,51 @@ class StorageWorker:
 
     # -- the loop ------------------------------------------------------------------------------
     def run(self) -> WorkerResult:
+        """Claim, check, run, until the study holds the budget.
+
+        The full read of the study (the census) is needed only now and then: failed trials
+        never stop being failed, so the failures an older census saw below a new trial's number
+        are a lower bound on its failures below, and ``last.rank(number) < total`` already
+        proves the trial within the budget. Only near the end, when that bound is not enough,
+        and once per heartbeat interval (to fail the trials of dead workers), is the study read
+        again; in between a trial costs what it costs under ``study.optimize``.
+        """
         total = self.opts.n_trials
         started = time.monotonic()
-        roomy = False  # the last read left so much room that a fresh census can wait
+        last: Census | None = None
+        claimed = 0  # trials this worker claimed since LAST was read
         while True:
             if self.opts.timeout is not None and time.monotonic() - started > self.opts.timeout:
                 self.result.reason = "timeout"
                 return self.result
             reap_due = time.monotonic() - self._last_reap >= self.opts.heartbeat_interval
-            waiting_seen = True
-            if not roomy or reap_due:
+            # Close to the end, read before claiming: a trial created past the budget is void.
+            near_end = last is not None and total - last.live - claimed <= 2 * last.running + 4
+            if last is None or reap_due or near_end:
+                claimed = 0
                 trials = self._trials()
-                c = census(trials, total)
-                if c.done >= total:
+                last = census(trials, total)
+                if last.done >= total:
                     self.result.reason = "budget reached"
                     return self.result
-                if not has_room(c, total):
-                    self._reap(trials)  # only a dead worker's trial can free a place now
+                self._reap(trials)
+                if not has_room(last, total):
+                    last = None  # only a dead worker's or a failed trial can free a place
                     time.sleep(self.opts.poll)
                     continue
-                self._reap(trials)
-                waiting_seen = c.claimable_waiting > 0
-            trial_id = self._claim(waiting_seen)
-            # This read also fills the study's per-trial cache, which the sampler then reuses.
-            view = with_backoff(lambda: self.study._get_trials(deepcopy=False, use_cache=True),
-                                what="read trials")
-            number = next(t.number for t in view if t._trial_id == trial_id)
-            after = census(view, total)
-            # Skipping the census only risks a void trial, never the budget: the rank decides.
-            roomy = (total - after.live > 2 * after.running + 4
-                     and not any(t.state == TrialState.WAITING for t in view))
-            if not within_budget(view, number, total):
-                self._void(trial_id)
-                continue
+            trial_id, number = self._claim(last)
+            claimed += 1
+            if last.rank(number) >= total:
+                # Near the end: decide on a fresh read (which also fills the study's per-trial
+                # cache that the sampler reuses).
+                view = with_backoff(lambda: self.study._get_trials(deepcopy=False,
+                                                                   use_cache=True),
+                                    what="read trials")
+                if not within_budget(view, number, total):
+                    self._void(trial_id)
+                    last = None
+                    continue
+                last, claimed = census(view, total), 0
             self._run_one(trial_id)
 
 
