@@ -207,10 +207,10 @@ class Coordinator:
         self._counted += 1
         trial_id = trial._trial_id
         presampled = self._sample_known(trial)
-        set_attr = self._storage.set_trial_system_attr
-        set_attr(trial_id, attrs.WORKER, link.name)
-        set_attr(trial_id, attrs.HOST, link.name.partition("/")[0])
-        set_attr(trial_id, attrs.STARTED, time.time())
+        # One write on the hot path: the report reads the host from "host/pid", and the
+        # trial's times from datetime_start/complete, which the coordinator sets as it hands
+        # the trial out and as the result comes in.
+        self._storage.set_trial_system_attr(trial_id, attrs.WORKER, link.name)
         self._running[trial_id] = _Running(trial, link, presampled)
         state.trial_id = trial_id
         frozen = trial._cached_frozen_trial
@@ -292,7 +292,6 @@ class Coordinator:
             state.trial_id = None
         if run is None:
             return  # already failed by an abort
-        self._storage.set_trial_system_attr(trial_id, attrs.FINISHED, time.time())
         try:
             self._apply_ops(run, ops)
         except Exception as exc:  # as if raised by the objective, like in Optuna

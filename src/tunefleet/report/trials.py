@@ -26,7 +26,11 @@ def worker_of(trial: FrozenTrial) -> str:
 
 
 def host_of(trial: FrozenTrial) -> str | None:
+    """The worker's host: its attribute, else the HOST of a hub worker named "HOST/PID"."""
     host = trial.system_attrs.get(attrs.HOST)
+    if host in (None, ""):
+        worker = str(trial.system_attrs.get(attrs.WORKER) or "")
+        host = worker.rpartition("/")[0] if "/" in worker else None
     return str(host) if host not in (None, "") else None
 
 
