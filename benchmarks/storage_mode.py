@@ -2,7 +2,7 @@
 on the same storage.
 
     .venv/bin/python benchmarks/storage_mode.py            # full: 4 and 16 workers, 200 trials
-    .venv/bin/python benchmarks/storage_mode.py --quick    # 4 workers, 40 trials (~4 minutes)
+    .venv/bin/python benchmarks/storage_mode.py --quick    # 4 workers, 60 trials (~4 minutes)
     .venv/bin/python benchmarks/storage_mode.py --storages sqlite,journal --workers 4
 
 For each storage (SQLite, journal file, PostgreSQL, MariaDB), worker count and objective
@@ -33,13 +33,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+# Each call notes when it ended in a file of its own process: a clock finer than MySQL's
+# whole-second DATETIME, and the same for every storage and mode.
 OBJECTIVES = """
-import time
+import os, time
+def _ended():
+    with open(os.path.join(os.environ["BENCH_ENDS"], str(os.getpid())), "a") as f:
+        f.write(f"{time.time()}\\n")
 def trivial(trial):
-    return trial.suggest_float("x", -10, 10) ** 2
+    v = trial.suggest_float("x", -10, 10) ** 2
+    _ended()
+    return v
 def sleepy(trial):
     x = trial.suggest_float("x", -10, 10)
     time.sleep(0.05)
+    _ended()
     return x ** 2
 """
 
@@ -76,13 +84,14 @@ def run_once(url: str, impl: str, workers: int, objective: str, total: int,
     import optuna
     from optuna.trial import TrialState
 
-    from tunefleet.report.trials import finished_at
     from tunefleet.storage_mode.db import init_study
     from tunefleet.studies import StudySpec, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     init_study(url, "b", StudySpec(sampler="random"), explicit=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([bench_dir, str(ROOT / "src")])}
+    ends_dir = tempfile.mkdtemp(prefix="ends-", dir=bench_dir)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([bench_dir, str(ROOT / "src")]),
+           "BENCH_ENDS": ends_dir}
     fn = "trivial" if objective == "trivial" else "sleepy"
     if impl == "plain":
         cmds = [[sys.executable, "-c", PLAIN, url, fn, str(total)]] * workers
@@ -104,8 +113,9 @@ def run_once(url: str, impl: str, workers: int, objective: str, total: int,
                 p.kill()
     trials = optuna.load_study(study_name="b", storage=open_storage(url)).get_trials()
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    ends = sorted(finished_at(t) for t in done)
-    # Steady state: between the 10th and the 90th percentile of finish times, so that the
+    ends = sorted(float(line) for f in Path(ends_dir).iterdir()
+                  for line in f.read_text().split())
+    # Steady state: between the 10th and the 90th percentile of end times, so that the
     # staggered start of the processes and the last stragglers do not decide the figure.
     lo, hi = len(ends) // 10, len(ends) - 1 - len(ends) // 10
     rate = (hi - lo) / max(ends[hi] - ends[lo], 1e-6)
@@ -128,11 +138,11 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None, help="per run (default 200)")
     parser.add_argument("--objectives", default="trivial,50ms")
     parser.add_argument("--impls", default=",".join(IMPLS))
-    parser.add_argument("--quick", action="store_true", help="4 workers, 40 trials")
+    parser.add_argument("--quick", action="store_true", help="4 workers, 60 trials")
     parser.add_argument("--json", dest="json_out", default=None, help="also write rows here")
     args = parser.parse_args()
     workers_list = [int(w) for w in (args.workers or ("4" if args.quick else "4,16")).split(",")]
-    total = args.trials or (40 if args.quick else 200)
+    total = args.trials or (60 if args.quick else 200)
     impls = args.impls.split(",")
     from tests.services import MariaDB, Postgres
 

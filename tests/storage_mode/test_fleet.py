@@ -112,6 +112,10 @@ def test_fleet_exact_budget_survives_a_killed_worker(storage_url, n_workers, cli
     assert len(workers) >= 2
     assert f"{socket.gethostname()}/{killed_pid}" not in {
         t.system_attrs[attrs.WORKER] for t in done if t.number > victim.number}
+    # `tunefleet best` reads every storage back.
+    best = cli("best", "--storage", storage_url, "--study", "fleet")
+    assert best.returncode == 0 and f"{total} complete" in best.stdout, best.stderr
+    assert f"best value {min(t.value for t in done)}" in best.stdout
 
 
 @pytest.mark.timeout(120)

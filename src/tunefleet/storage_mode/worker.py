@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import attrs
-from tunefleet.storage_mode.atomic import _rdb, pop_waiting
+from tunefleet.storage_mode.atomic import _rdb, create_running_trial, pop_waiting
 from tunefleet.storage_mode.backoff import is_transient, with_backoff
 from tunefleet.storage_mode.budget import Census, census, has_room, within_budget
 from tunefleet.storage_mode.heartbeat import Heartbeat, fail_trial, queue_retry
@@ -131,8 +131,8 @@ class StorageWorker:
             return popped
         system_attrs = {attrs.WORKER: self.opts.worker_id, attrs.HOST: self.host,
                         attrs.STARTED: now}
-        template = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs=system_attrs)
-        trial_id = with_backoff(lambda: self.storage.create_new_trial(study._study_id, template),
+        trial_id = with_backoff(lambda: create_running_trial(self.storage, study._study_id,
+                                                             system_attrs),
                                 what="create trial")
         return trial_id, self._number_of(trial_id)
 
