@@ -60,9 +60,9 @@ class Procs:
                               "--key-file", "hub.key", "--storage", "sqlite:///hub.db",
                               "--no-progress", "--json", *args)
 
-    def worker(self, port: int, key_file: str = "hub.key") -> subprocess.Popen:
+    def worker(self, port: int, key_file: str = "hub.key", *args: str) -> subprocess.Popen:
         return self.tunefleet("worker", "--connect", f"tcp://127.0.0.1:{port}",
-                              "--key-file", key_file)
+                              "--key-file", key_file, *args)
 
     def stop_all(self) -> None:
         for proc in self.started:

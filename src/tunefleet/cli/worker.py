@@ -32,17 +32,19 @@ from tunefleet.errors import UsageError
                    "workers. Default: 3 x the heartbeat interval.")
 @click.option("--connect", default=None, help="Hub mode: tcp://HOST:PORT of `tunefleet serve`.")
 @click.option("--key-file", default=None, help="Hub mode: the shared secret of the hub.")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Hub mode: this many workers on this host, forked from one interpreter.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final line.")
 def worker(target: str | None, storage: str | None, study_name: str | None,
            directions: tuple[str, ...], sampler: str | None, seed: int | None,
            pruner: str | None, n_trials: int | None, timeout: float | None, catch: bool,
            max_retries: int, heartbeat_interval: int, grace_period: int | None,
-           connect: str | None, key_file: str | None, quiet: bool) -> None:
+           connect: str | None, key_file: str | None, processes: int, quiet: bool) -> None:
     """Run TARGET (path/file.py:objective or pkg.module:objective) on the study in --storage
     until the study holds --n-trials complete-or-pruned trials; start as many workers as you
     like, anywhere that reaches the storage. With --connect, join a hub instead (no TARGET)."""
     if connect is not None:
-        _join_hub(target, connect, key_file)
+        _join_hub(target, connect, key_file, processes)
         return
     if target is None:
         raise UsageError("worker needs a TARGET (path/file.py:objective), or --connect tcp://HOST:PORT")
@@ -105,15 +107,11 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
                f"{result.reason}: the study holds {done}/{n_trials}")
 
 
-def _join_hub(target: str | None, address: str, key_file: str | None) -> None:
+def _join_hub(target: str | None, address: str, key_file: str | None, processes: int) -> None:
     if target is not None:
         raise UsageError("--connect joins a hub, which sends the objective: drop TARGET")
     if not address.startswith("tcp://"):
         raise UsageError(f"--connect {address!r} must look like tcp://HOST:PORT")
-    try:
-        from tunefleet.hub.remote import run_worker
-    except ImportError:
-        click.echo("tunefleet: error: this tunefleet cannot join a hub yet "
-                   "(tunefleet.hub.remote is missing)", err=True)
-        sys.exit(2)
-    sys.exit(run_worker(address, key_file=key_file))
+    from tunefleet.hub.remote import run_workers
+
+    sys.exit(run_workers(address, processes, key_file=key_file))

@@ -30,6 +30,35 @@ def run_worker(address: str, key_file: str | None = None, *, key: bytes | None =
     return serve(channel, label=label)
 
 
+def run_workers(address: str, n_processes: int, key_file: str | None = None) -> int:
+    """``n_processes`` workers on this host, forked from one interpreter that has imported
+    tunefleet and Optuna once: 64 workers start in about a second instead of 64 interpreter
+    start-ups. Returns 0 once any of them saw the study done, else the worst exit code."""
+    if n_processes == 1:
+        return run_worker(address, key_file)
+    import multiprocessing as mp
+
+    secret = load_key(key_file)  # read once, so a bad key file is one error, not N
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_forked_worker, args=(address, secret), daemon=False)
+             for _ in range(n_processes)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        return 130
+    codes = [p.exitcode for p in procs]
+    return 0 if 0 in codes else max((c for c in codes if c is not None and c > 0), default=1)
+
+
+def _forked_worker(address: str, secret: bytes) -> None:
+    os._exit(run_worker(address, key=secret))
+
+
 #: How long an engine-started worker tries to reach the coordinator. Its listener is up before
 #: any worker task is submitted, so a refusal means a wrong address or a study already over.
 ENGINE_CONNECT_TIMEOUT = 5.0
