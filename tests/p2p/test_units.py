@@ -191,3 +191,47 @@ def test_config_checks():
     with pytest.raises(UsageError, match="--share"):
         PeerConfig(share="some").checked()
     assert PeerConfig(uid="p1").checked().study_name == "p2p-p1"
+
+
+# ---- sampling: peers must explore apart -----------------------------------------------------
+
+def test_peers_with_identical_studies_suggest_different_points():
+    """One --seed, one study content: the UID still gives each peer its own sampler stream."""
+    trials = [wire.payload_to_trial(wire.trial_to_payload(t, "p9"), "p9")[1]
+              for t in _study_with_trials(30).trials]
+    suggested = []
+    for uid in ("p1", "p2"):
+        peer = Peer(lambda t: 0.0, uid=uid, bind="tcp://127.0.0.1:0", sampler_seed=7)
+        peer.start()
+        assert peer.study is not None
+        try:
+            for t in trials:
+                peer.study.add_trial(t)
+            trial = peer.study.ask()
+            suggested.append((trial.suggest_float("x", -10, 10),
+                              trial.suggest_categorical("c", ["a", "b"])))
+        finally:
+            peer._abort()
+    assert suggested[0] != suggested[1]
+
+
+def test_received_trials_wait_for_the_exploration_rounds():
+    """The first explore_rounds use the peer's own trials only (its random start-up included);
+    what arrived meanwhile is added afterwards, and the summary knows it."""
+    sent = [wire.payload_to_trial(wire.trial_to_payload(t, "p9"), "p9")
+            for t in _study_with_trials(20).trials]
+    peer = Peer(lambda t: t.suggest_float("x", -10, 10) ** 2 + 1, uid="p1",
+                bind="tcp://127.0.0.1:0", rounds=3, trials=4, explore_rounds=2,
+                heartbeat=0.05, peer_timeout=1)
+    peer.start()
+    assert peer.node is not None and peer.config.explore_rounds == 2
+    for key, trial in sent:
+        peer.node.received.put((key, "p9", trial))
+    study = peer.optimize()
+    mine = [attrs.ORIGIN not in t.system_attrs for t in study.trials]
+    assert mine == [True] * 8 + [False] * 20 + [True] * 4
+    summary = peer.terminate(timeout=10)
+    assert summary["n_received"] == 20 and summary["found_by"] == "p9"
+    assert PeerConfig(rounds=10).checked().explore_rounds == 3
+    with pytest.raises(UsageError, match="explore"):
+        PeerConfig(explore_rounds=-1).checked()

@@ -47,6 +47,9 @@ def peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, help="What to send after each round."),
         click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
                      help="How many trials --share top-k sends."),
+        click.option("--explore-rounds", type=click.IntRange(min=0), default=None,
+                     help="First rounds run on this peer's own trials only, received ones "
+                          "used afterwards, so peers explore apart. Default: a third of -r."),
         click.option("--key-file", type=click.Path(dir_okay=False), default=None,
                      help="File holding the swarm's shared key: messages are HMAC-SHA256 "
                           "signed and unsigned ones dropped. Or set TUNEFLEET_P2P_KEY."),

@@ -33,6 +33,7 @@ class PeerConfig:
     sampler: str | None = None
     sampler_seed: int | None = None
     share: str = "best"
+    explore_rounds: int | None = None  # None: a third of the rounds, on own trials only
     top_k: int = 5
     key: bytes | None = None
     storage: str | None = None  # None: the local study lives in memory
@@ -52,6 +53,10 @@ class PeerConfig:
         check_uid(c.uid, "-u/--uid")
         if c.rounds < 1 or c.trials < 1:
             raise UsageError("rounds (-r) and trials per round (-t) must be at least 1")
+        if c.explore_rounds is None:
+            c.explore_rounds = c.rounds // 3
+        if c.explore_rounds < 0:
+            raise UsageError("--explore-rounds must be 0 or more")
         if c.share not in SHARE_MODES:
             raise UsageError(f"--share {c.share!r}: choose one of {', '.join(SHARE_MODES)}")
         if c.top_k < 1:

@@ -1,6 +1,7 @@
 """A peer: a local Optuna study, ``r`` rounds of ``t`` trials, best trials shared by gossip.
 
-Each round (1) adds the trials other peers sent since the last round, (2) runs ``t`` trials of
+Each round (1) adds the trials other peers sent since the last round (after the first
+``explore_rounds``, run on this peer's own trials only), (2) runs ``t`` trials of
 the objective, (3) sends this peer's best trials to every peer it knows. ``terminate()`` keeps
 serving until every live peer has finished its rounds, so the last bests reach everyone.
 """
@@ -132,7 +133,11 @@ class Peer:
         self.started_at = time.time()
         try:
             for r in range(c.rounds):
-                self._absorb()
+                # The first rounds use this peer's own trials only: received ones wait in the
+                # queue. Peers that took others' bests from the start all modelled the same
+                # region and lost the diversity of independent runs (a local optimum for all).
+                if r >= (c.explore_rounds or 0):
+                    self._absorb()
                 self.study.optimize(self._run_trial, n_trials=c.trials, catch=c.catch)
                 self._share()
                 self.rounds_done = r + 1
