@@ -20,6 +20,15 @@ def quadratic(trial):
     return x**2 + y
 
 
+def busy(objective, seconds=0.02):
+    """OBJECTIVE taking a little time, so that on a loaded machine the first worker up cannot
+    finish every trial before the others have started."""
+    def timed(trial):
+        time.sleep(seconds)
+        return objective(trial)
+    return timed
+
+
 def states(study):
     out: dict[str, int] = {}
     for t in study.trials:
@@ -31,7 +40,7 @@ def states(study):
                                      optuna.samplers.TPESampler(seed=1)])
 def test_quadratic_runs_every_trial_on_several_workers(sampler):
     study = optuna.create_study(sampler=sampler)
-    returned = tunefleet.optimize(study, quadratic, n_trials=60, n_workers=3)
+    returned = tunefleet.optimize(study, busy(quadratic), n_trials=60, n_workers=3)
     assert returned is study
     assert states(study) == {"COMPLETE": 60}
     assert [t.number for t in study.trials] == list(range(60))
@@ -203,7 +212,7 @@ def records_gpu(trial):
 
 def test_gpus_are_handed_out_one_per_worker():
     study = optuna.create_study()
-    tunefleet.optimize(study, records_gpu, n_trials=20, gpus=[0, 1])
+    tunefleet.optimize(study, busy(records_gpu, 0.1), n_trials=20, gpus=[0, 1])
     per_worker: dict[str, set] = {}
     for t in study.trials:
         per_worker.setdefault(t.system_attrs[attrs.WORKER], set()).add(t.user_attrs["cuda"])
@@ -225,7 +234,8 @@ def uses_worker_data(trial):
 
 def test_setup_runs_once_per_worker():
     study = optuna.create_study()
-    tunefleet.optimize(study, uses_worker_data, n_trials=20, n_workers=2, setup=make_data)
+    tunefleet.optimize(study, busy(uses_worker_data, 0.1), n_trials=20, n_workers=2,
+                       setup=make_data)
     made = {(t.user_attrs["pid"], t.user_attrs["data_made"]) for t in study.trials}
     assert all(t.user_attrs["data_pid"] == t.user_attrs["pid"] for t in study.trials)
     assert len(made) == len({pid for pid, _ in made}) == 2  # one set-up per worker
