@@ -17,3 +17,16 @@ class WorkerStartError(TunefleetError):
 
 class CoordinatorGone(TunefleetError):
     """A worker lost its coordinator: the study is over for this worker."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by SIGINT or SIGTERM after a clean shutdown: no trial was handed out
+    after the signal, running trials had their grace period, and the storage holds every trial
+    that was counted. A ``KeyboardInterrupt``, so code written for Optuna's Ctrl-C still works."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")

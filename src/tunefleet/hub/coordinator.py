@@ -10,8 +10,13 @@ A worker that dies fails its trial with the reason, the trial's parameters are q
 from __future__ import annotations
 
 import copy
+import os
+import signal
+import socket
 import sys
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -26,9 +31,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tunefleet import attrs
 from tunefleet.backends import make_backend
 from tunefleet.backends._base import Backend
-from tunefleet.errors import WorkerStartError
+from tunefleet.errors import Interrupted, UsageError, WorkerStartError
 from tunefleet.hub import protocol as P
-from tunefleet.hub.mirror import mirrored_study
+from tunefleet.hub.mirror import MirroredStorage, mirrored_study
 from tunefleet.hub.progress import Progress
 from tunefleet.hub.worker import WorkerConfig
 from tunefleet.transport._base import Link
@@ -45,6 +50,13 @@ _PRESAMPLE_SAFE: tuple[type, ...] = tuple(
     if hasattr(optuna.samplers, name)
 )
 _STATES = {P.COMPLETE: None, P.PRUNED: TrialState.PRUNED, P.FAIL: TrialState.FAIL}
+
+
+def _say(message: str) -> None:
+    """One line for the person at the terminal, below the progress bar if there is one."""
+    from tqdm import tqdm
+
+    tqdm.write(f"tunefleet: {message}", file=sys.stderr)
 
 
 def _presample_safe(sampler: optuna.samplers.BaseSampler) -> bool:
@@ -86,8 +98,11 @@ class Coordinator:
     def __init__(self, study: optuna.Study, objective: Callable[..., Any], backend: Backend, *,
                  n_workers: int, limits: Limits, callbacks: Sequence[Callable] = (),
                  catch: tuple[type[BaseException], ...] = (), max_retries: int = 1,
-                 progress: Progress | None = None, setup: Callable[[], Any] | None = None) -> None:
+                 progress: Progress | None = None, setup: Callable[[], Any] | None = None,
+                 mirror: MirroredStorage | None = None, grace: float = 5.0) -> None:
         self.study = study
+        self.mirror = mirror
+        self.grace = grace
         self.backend = backend
         self.n_workers = n_workers
         self.limits = limits
@@ -110,18 +125,28 @@ class Coordinator:
         self._heartbeat = is_heartbeat_enabled(self._storage)
         self._next_beat = 0.0
         self._aborted: str | None = None
+        # Trials that ended, waiting for the durable storage before they count: (the mirror's
+        # change number that ended them, trial, state, values).
+        self._unannounced: deque[tuple[int, optuna.Trial, TrialState, Any, bool]] = deque()
+        self._parked: list[Link] = []  # workers waiting for a trial while the storage catches up
+        self._signal: int | None = None  # the first SIGINT / SIGTERM received
+        self._signals = 0
+        self._stop_at: float | None = None  # end of the grace period for running trials
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
-        """Run until the limits are reached and every trial has finished; re-raise an
-        objective's exception that is not in ``catch``, after stopping the workers."""
+        """Run until the limits are reached and every trial has finished and is stored;
+        re-raise an objective's exception that is not in ``catch``, after stopping the workers.
+        SIGINT / SIGTERM stop handing out trials, give running trials ``grace`` seconds, then
+        close them as FAIL and raise :class:`~tunefleet.errors.Interrupted`."""
         self.study._stop_flag = False
         self._storage.set_study_system_attr(self.study._study_id, attrs.MODE, "hub")
+        previous = self._install_signal_handlers()
         try:
             self.backend.start(self.n_workers)
             listener = self.backend.listener
             while not self._done():
-                for link, msg in listener.poll(0.1):
+                for link, msg in listener.poll(0.005 if self._waiting_on_storage() else 0.1):
                     if msg is None:
                         self._on_lost(link)
                     else:
@@ -129,6 +154,8 @@ class Coordinator:
                 self._tick()
             if self._error is not None:
                 self._abort(f"optimization stopped: {self._error!r}")
+            elif self._signal is not None:
+                self._abort(f"interrupted by {signal.Signals(self._signal).name}")
         except BaseException as exc:  # KeyboardInterrupt included: close what is running
             self._abort(f"optimization stopped: {exc!r}")
             raise
@@ -136,19 +163,102 @@ class Coordinator:
             for link in self.backend.listener.links():
                 link.send((P.STOP,))
             self.backend.shutdown(grace=2.0 if self._aborted is None else 0.0)
-            self.progress.close()
+            try:
+                self._drain()
+            finally:
+                self.progress.close()
+                self._restore_signal_handlers(previous)
         if self._error is not None:
             raise self._error
+        if self._signal is not None:
+            raise Interrupted(self._signal)
+
+    # -- signals ------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """SIGINT always, SIGTERM unless the program set its own handler; main thread only."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            current = signal.getsignal(signum)
+            if signum == signal.SIGTERM and current not in (signal.SIG_DFL, None):
+                continue
+            previous[signum] = current
+            signal.signal(signum, self._on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        """First signal: no new trials, running ones get the grace period. Second: stop now.
+        Only flags are set here; the loop does the work."""
+        self._signals += 1
+        if self._signal is None:
+            self._signal = signum
+            self._stop_at = time.monotonic() + self.grace
+            n = len(self._running)
+            _say(f"{signal.Signals(signum).name}: no new trials; "
+                 + (f"waiting up to {self.grace:g} s for {n} running trial(s) "
+                    "(Ctrl-C again to stop them now)" if n else "stopping"))
+        else:
+            self._stop_at = time.monotonic()
+
+    def _drain(self) -> None:
+        """Wait until the durable storage holds everything, saying so if it takes a while;
+        then count what it holds. Signals here change nothing: what was counted is stored."""
+        if self.mirror is None:
+            self._announce()
+            return
+        shown = False
+        t0 = time.monotonic()
+        while True:
+            try:
+                self.mirror.flush(timeout=0.5)
+                break
+            except TimeoutError:
+                if not shown:
+                    _say(f"saving {self.mirror.pending} change(s) to the storage...")
+                    shown = True
+                self._announce()
+            except Exception:
+                break  # a failed durable write: raised by run_hub's close()
+        self._announce()
+        if shown:
+            _say(f"saved in {time.monotonic() - t0:.1f} s")
 
     def _may_dispatch(self) -> bool:
-        return (self._error is None and not self.study._stop_flag
+        return (self._error is None and not self.study._stop_flag and self._signal is None
                 and (self.limits.n_trials is None or self._counted < self.limits.n_trials)
                 and self.limits.time_left())
 
+    def _storage_behind(self) -> bool:
+        """Hold back new trials while the durable storage is more than ~0.1 s behind."""
+        return self.mirror is not None and self.mirror.lag() > 0.1
+
+    def _waiting_on_storage(self) -> bool:
+        return bool(self._unannounced or self._parked)
+
     def _done(self) -> bool:
-        return self._error is not None or (not self._running and not self._may_dispatch())
+        if self._error is not None:
+            return True
+        if self._signal is not None and self._stop_at is not None \
+                and time.monotonic() >= self._stop_at:
+            return True
+        return not self._running and not self._unannounced and not self._may_dispatch()
 
     def _tick(self) -> None:
+        if self.mirror is not None and self.mirror.error is not None and self._error is None:
+            self._error = self.mirror.error  # nothing more can be counted: stop the study
+        self._announce()
+        if self._parked and not self._storage_behind():
+            parked, self._parked = self._parked, []
+            for link in parked:
+                state = self._workers.get(link)
+                if state is not None:
+                    self._dispatch(link, state)
         if self.progress.enabled:
             now = time.time()
             self.progress.running(
@@ -158,6 +268,13 @@ class Coordinator:
             for trial_id in self._running:
                 self._storage.record_heartbeat(trial_id)
             self._next_beat = time.monotonic() + (self._storage.get_heartbeat_interval() or 60)
+
+    def _announce(self) -> None:
+        """Count the trials the durable storage now holds: callbacks, progress, best value."""
+        durable = self.mirror.durable_seq if self.mirror is not None else None
+        while self._unannounced and (durable is None or self._unannounced[0][0] <= durable):
+            _, trial, state, values, callbacks = self._unannounced.popleft()
+            self._after_trial(trial, state, values, callbacks)
 
     # -- messages -----------------------------------------------------------------------------
     def _on_message(self, link: Link, msg: tuple) -> None:
@@ -200,6 +317,10 @@ class Coordinator:
         if not self._may_dispatch():
             link.send((P.STOP,))
             state.trial_id = None
+            return
+        if self._storage_behind():
+            state.trial_id = None
+            self._parked.append(link)
             return
         if self._heartbeat:
             optuna.storages.fail_stale_trials(self.study)
@@ -320,13 +441,27 @@ class Coordinator:
         else:
             _logger.warning(f"Trial {number} failed with parameters: {params} because of the "
                             f"following error: {warning}.")
-        self._after_trial(trial, updated, out_values)
+        if updated == TrialState.FAIL and error is not None and not error[3]:
+            # As in Optuna, an exception that stops the study is not passed to callbacks.
+            self._count(trial, updated, out_values, callbacks=False)
+        else:
+            self._count(trial, updated, out_values)
         if updated == TrialState.FAIL and error is not None and not error[3]:
             self._error = error[0] if error[0] is not None else RuntimeError(
                 f"objective failed in trial {number}: {error[1]}\n{error[2] or ''}".rstrip())
 
-    def _after_trial(self, trial: optuna.Trial, state: TrialState, values: Any) -> None:
-        if self.callbacks:
+    def _count(self, trial: optuna.Trial, state: TrialState, values: Any, *,
+               callbacks: bool = True) -> None:
+        """Count ``trial`` as ended once the durable storage holds its end (at once when the
+        study's storage is not mirrored)."""
+        if self.mirror is None:
+            self._after_trial(trial, state, values, callbacks)
+        else:
+            self._unannounced.append((self.mirror.seq, trial, state, values, callbacks))
+
+    def _after_trial(self, trial: optuna.Trial, state: TrialState, values: Any,
+                     callbacks: bool = True) -> None:
+        if self.callbacks and callbacks:
             frozen: FrozenTrial = self._storage.get_trial(trial._trial_id)
             for callback in self.callbacks:
                 callback(self.study, copy.deepcopy(frozen))
@@ -336,6 +471,8 @@ class Coordinator:
 
     def _on_lost(self, link: Link) -> None:
         state = self._workers.pop(link, None)
+        if link in self._parked:
+            self._parked.remove(link)
         reason = link.exit_reason()
         self.backend.on_lost(link)
         if state is not None and state.trial_id is not None:
@@ -370,7 +507,7 @@ class Coordinator:
                               attrs.RETRY_COUNT: retry + 1},
                 user_attrs=dict(trial._cached_frozen_trial.user_attrs)))
             self._counted -= 1  # the retry takes this trial's place in the budget
-        self._after_trial(trial, TrialState.FAIL, None)
+        self._count(trial, TrialState.FAIL, None)
 
     def _abort(self, reason: str) -> None:
         """Close every running trial as FAIL, so that nothing is left RUNNING."""
@@ -388,7 +525,7 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
             n_workers: int | None, timeout: float | None, callbacks: list[Callable],
             catch: Any, show_progress_bar: bool, gpus: list | None, max_retries: int,
             backend: str, setup: Callable[[], Any] | None,
-            backend_options: dict[str, Any]) -> optuna.Study:
+            backend_options: dict[str, Any], grace: float = 5.0) -> optuna.Study:
     """What ``tunefleet.optimize`` does; see there."""
     if isinstance(catch, type):
         catch = (catch,)
@@ -397,6 +534,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
         raise ValueError(f"n_trials must be non-negative, got {n_trials}")
     if max_retries < 0:
         raise ValueError(f"max_retries must be non-negative, got {max_retries}")
+    if grace < 0:
+        raise ValueError(f"grace must be non-negative, got {grace}")
     if study._thread_local.in_optimize_loop:
         raise RuntimeError("Nested invocation of `Study.optimize` method isn't allowed.")
     options = dict(backend_options)
@@ -408,20 +547,29 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
         raise ValueError(f"n_workers must be at least 1, got {workers}")
     if n_trials is not None:
         workers = max(1, min(workers, n_trials)) if engine.starts_workers else workers
-    progress = Progress(show_progress_bar, n_trials, timeout, study.directions)
     # The coordinator is the only writer: it works on an in-memory copy of a database or
-    # journal study, and a background thread writes every change through, in order.
+    # journal study, and a background thread writes every change through by group commit.
     run_study, mirror = mirrored_study(study)
+    try:
+        _claim(run_study)
+        recover_orphans(run_study, mirror, max_retries)
+    except BaseException:
+        if mirror is not None:
+            mirror.close()
+        raise
+    progress = Progress(show_progress_bar, n_trials, timeout, study.directions)
     coordinator = Coordinator(run_study, objective, engine, n_workers=workers,
                               limits=Limits(n_trials, timeout), callbacks=callbacks, catch=catch,
-                              max_retries=max_retries, progress=progress, setup=setup)
+                              max_retries=max_retries, progress=progress, setup=setup,
+                              mirror=mirror, grace=grace)
     study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = True
     try:
         coordinator.run()
     finally:
         study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = False
+        _release(run_study)
         if mirror is not None:
-            if sys.exc_info()[1] is None:
+            if sys.exc_info()[1] is None or isinstance(sys.exc_info()[1], Interrupted):
                 mirror.close()  # waits for the durable storage; raises MirrorError on failure
             else:
                 try:
@@ -429,3 +577,72 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
                 except Exception as exc:  # do not hide the run's own error
                     _logger.warning(f"{exc}")
     return study
+
+
+#: Study system attribute naming the coordinator that runs the study now: {"host", "pid"}.
+OWNER = "tunefleet:coordinator"
+
+
+def _claim(study: optuna.Study) -> None:
+    """Refuse to run a study that a live coordinator on this host is running (two writers
+    would corrupt it); a dead one's claim is taken over."""
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    owner = study._storage.get_study_system_attrs(study._study_id).get(OWNER)
+    if isinstance(owner, dict) and owner.get("host") == me["host"] and owner.get("pid") not in (
+            None, me["pid"]) and _alive(int(owner["pid"])):
+        raise UsageError(f"study {study.study_name!r} is being run by the coordinator with pid "
+                         f"{owner['pid']} on this host; stop it first, or use another --study")
+    study._storage.set_study_system_attr(study._study_id, OWNER, me)
+
+
+def _release(study: optuna.Study) -> None:
+    try:
+        study._storage.set_study_system_attr(study._study_id, OWNER, None)
+    except Exception:  # the storage itself may be what failed
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def recover_orphans(study: optuna.Study, mirror: MirroredStorage | None,
+                    max_retries: int) -> int:
+    """Fail the trials an earlier coordinator left RUNNING (it died: SIGKILL, power loss) with
+    the reason in ``tunefleet:fail_reason``, and queue their parameters again, up to
+    ``max_retries`` runs of the same parameters. Returns how many were failed."""
+    if mirror is None:
+        return 0
+    storage = study._storage
+    failed = 0
+    for trial_id in mirror.orphans:
+        frozen = storage.get_trial(trial_id)
+        if frozen.state != TrialState.RUNNING:
+            continue
+        storage.set_trial_system_attr(trial_id, attrs.FAIL_REASON,
+                                      "its coordinator died before the trial ended")
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        failed += 1
+        retry = int(frozen.system_attrs.get(attrs.RETRY_COUNT, 0))
+        if retry < max_retries:
+            params = dict(frozen.system_attrs.get("fixed_params", {}))
+            params.update(frozen.params)
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.WAITING,
+                system_attrs={"fixed_params": params, attrs.RETRY_OF: frozen.number,
+                              attrs.RETRY_COUNT: retry + 1},
+                user_attrs=dict(frozen.user_attrs)))
+    if failed:
+        _logger.warning(f"{failed} trial(s) left RUNNING by an earlier coordinator were failed "
+                        "and their parameters queued again")
+    return failed
