@@ -6,16 +6,27 @@ import dataclasses
 import os
 import re
 import socket
+import stat
 from typing import Sequence
 
 from tunefleet.errors import UsageError
 
 KEY_ENV = "TUNEFLEET_P2P_KEY"
 SHARE_MODES = ("best", "top-k", "all")
-DEFAULT_ADVERTISE = "tcp://localhost:5555"
+# `tunefleet serve` listens on 5555: a peer's default port differs, so the two never meet.
+DEFAULT_ADVERTISE = "tcp://localhost:5570"
+# The P2P document's seed listens on 5555 and its second terminal dials it there: scripts built
+# on Peer(parse=True), the document's API, keep that address so its commands work unchanged.
+DOCUMENT_ADVERTISE = "tcp://localhost:5555"
+JOIN_TIMEOUT = 120.0  # 128 peers started at once on 2 cores take about a minute to import
+ALONE_WAIT = 60.0  # time to type the second terminal's command after the seed's
 _ADDRESS = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5}|\*)$")
 _UID = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
 _LOOPBACK = ("localhost", "127.0.0.1", "[::1]", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    return host in _LOOPBACK or host.startswith("127.")
 
 
 @dataclasses.dataclass
@@ -40,14 +51,23 @@ class PeerConfig:
     study_name: str | None = None  # None: p2p-<uid>
     heartbeat: float = 0.5  # seconds between two gossip rounds
     peer_timeout: float = 10.0  # silent this long: dropped (suspected at half of it)
-    join_timeout: float = 30.0
+    join_timeout: float = JOIN_TIMEOUT
+    alone_wait: float = ALONE_WAIT  # a seed that met nobody waits this long for a joiner
+    insecure: bool = False  # without a key, listen beyond loopback anyway
     wait_peers: int = 1  # do not start the first round before this many peers are known
     catch: tuple[type[BaseException], ...] = ()
+    warnings: list[str] = dataclasses.field(default_factory=list)  # said at start
+
 
     def checked(self) -> "PeerConfig":
         """Return a copy with defaults resolved, raising UsageError on anything wrong."""
         c = dataclasses.replace(self)
+        if c.key is not None and not c.key:
+            raise UsageError("the shared key is empty")
         c.bind, c.advertise = resolve_addresses(c.bind, c.advertise)
+        c.warnings = list(c.warnings)
+        if c.key is None and not c.insecure:
+            c.bind = _loopback_only(c.bind, c.advertise, c.warnings)
         if c.uid is None:
             c.uid = "seed" if c.seed_uid is None else joiner_uid(c.advertise)
         check_uid(c.uid, "-u/--uid")
@@ -70,14 +90,14 @@ class PeerConfig:
             check_address(c.seed_address or "", "-d/--seed-address", connect=True)
         if c.heartbeat <= 0 or c.peer_timeout <= 2 * c.heartbeat or c.join_timeout <= 0:
             raise UsageError("--peer-timeout must be more than twice --heartbeat, both positive")
+        if c.alone_wait < 0:
+            raise UsageError("--alone-wait must be 0 or more")
         if c.wait_peers < 1:
             raise UsageError("--wait-peers must be at least 1")
         c.directions = [d.lower() for d in c.directions] or ["minimize"]
         for d in c.directions:
             if d not in ("minimize", "maximize"):
                 raise UsageError(f"direction {d!r} must be minimize or maximize")
-        if c.key is not None and not c.key:
-            raise UsageError("the shared key is empty")
         c.study_name = c.study_name or f"p2p-{c.uid}"
         return c
 
@@ -134,11 +154,36 @@ def resolve_addresses(bind: str | None, advertise: str | None) -> tuple[str, str
     return bind, advertise
 
 
+def _loopback_only(bind: str, advertise: str, warnings: list[str]) -> str:
+    """Without a key (and no --insecure) a peer listens on loopback only, whatever -b says."""
+    a_host = check_address(advertise, "-a/--advertise")[0]
+    if not is_loopback(a_host):
+        raise UsageError(f"without a key a peer listens on 127.0.0.1 only, so other hosts could "
+                         f"not reach {advertise}: give --key-file FILE (or {KEY_ENV}), or "
+                         "--insecure to open the swarm to the network")
+    host, port = check_address(bind, "-b/--bind")
+    if is_loopback(host):
+        return bind
+    local = f"tcp://{'[::1]' if host.startswith('[') else '127.0.0.1'}:{port}"
+    warnings.append(f"no key: listening on {local} only, not on {bind} "
+                    "(give --key-file, or --insecure to listen there without one)")
+    return local
+
+
 def read_key(key_file: str | None) -> bytes | None:
-    """The shared HMAC key: the file's content, else the TUNEFLEET_P2P_KEY variable, else None."""
+    """The shared HMAC key: the file's content, else the TUNEFLEET_P2P_KEY variable, else None.
+
+    Like ssh with a private key, a key file that others may read or write is refused: a key
+    anyone on the host can read authenticates nobody.
+    """
     if key_file:
         try:
             with open(key_file, "rb") as fh:
+                mode = os.fstat(fh.fileno()).st_mode
+                if stat.S_ISREG(mode) and mode & 0o077:
+                    raise UsageError(
+                        f"--key-file {key_file} is accessible by others (mode "
+                        f"{stat.S_IMODE(mode):03o}): refused; run chmod 600 {key_file}")
                 key = fh.read().strip()
         except OSError as exc:
             raise UsageError(f"--key-file {key_file}: {exc.strerror}") from None

@@ -4,11 +4,18 @@ It listens on a PULL socket, talks to each peer through a PUSH socket, answers j
 the membership table every heartbeat, drops silent peers, and hands received trials to the
 optimizing thread through a thread-safe queue, so receiving never blocks optimizing (and a
 slow objective never stops the heartbeats). Sends never block: a peer that cannot keep up
-loses messages rather than stalling the swarm.
+loses messages rather than stalling the swarm; what must arrive (joins, the last exchange of
+bests) is sent again until it is answered.
+
+Termination: once this peer and every live peer it knows have finished their rounds, peers
+exchange ``final`` messages carrying their best trial and a digest of it and of the set of live
+peers they know. A peer says ``bye`` only when every live peer's latest ``final`` shows the same
+best and the same peers as its own, so every peer that ends prints the same global best.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import random
@@ -22,13 +29,14 @@ from optuna.trial import FrozenTrial
 from tunefleet.errors import UsageError
 from tunefleet.p2p import wire
 from tunefleet.p2p.config import PeerConfig, check_address, check_uid
-from tunefleet.p2p.membership import FAILED, FINISHED, LEFT, Member, Membership
+from tunefleet.p2p.membership import FAILED, FINISHED, LEFT, RUNNING, Member, Membership
 
 log = logging.getLogger("tunefleet.p2p")
 
-MAX_MESSAGE = 32 * 1024 * 1024
 FANOUT = 8  # peers gossiped to per heartbeat (all of them in swarms this small or smaller)
+RCVHWM = 100  # messages queued per sending peer before ZeroMQ stops reading its connection
 _IDLE_SOCKET_S = 10.0
+_JOIN_FIRST_S, _JOIN_MAX_S = 0.5, 5.0  # back-off between two asks to join
 
 
 class Node:
@@ -43,7 +51,8 @@ class Node:
         self.ctx = zmq.Context()
         self.inbox = self.ctx.socket(zmq.PULL)
         self.inbox.setsockopt(zmq.LINGER, 0)
-        self.inbox.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)
+        self.inbox.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE)
+        self.inbox.setsockopt(zmq.RCVHWM, RCVHWM)
         assert cfg.bind is not None and cfg.advertise is not None
         if "[" in cfg.bind:
             self.inbox.setsockopt(zmq.IPV6, 1)
@@ -61,6 +70,8 @@ class Node:
         self.address = advertise
         self.membership = Membership(cfg.uid, advertise, suspect_after=cfg.peer_timeout / 2,
                                      drop_after=cfg.peer_timeout)
+        self.guard = wire.ReplayGuard(cfg.uid) if cfg.key else None
+        self._seq = 0
         self.received: queue.Queue[tuple[str, str, FrozenTrial]] = queue.Queue()
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._shared: list[dict[str, Any]] = []
@@ -69,8 +80,17 @@ class Node:
         self._joining: tuple[str, str] | None = None
         self.joined = threading.Event()
         self.refusal: str | None = None
-        self.done = threading.Event()  # every live peer has finished: time to leave
-        self._quiet_since: float | None = None
+        self.done = threading.Event()  # every live peer agrees on the best: time to leave
+        self._finished_at: float | None = None
+        self._alone_said = False
+        # the last exchange: my best (digest, payloads), what I last sent, what each peer said
+        self._best: tuple[str, list[dict[str, Any]]] | None = None
+        self._final_sent: tuple[str, str] | None = None
+        self._final_sent_at = 0.0
+        self._finals: dict[str, tuple[str, str]] = {}
+        self._synced_at: dict[str, float] = {}
+        self.final_started: float | None = None  # monotonic: every live peer finished
+        self.final_done: float | None = None  # monotonic: every live peer agreed
         self.n_bad = 0
         self.n_dropped_sends = 0
         self._thread = threading.Thread(target=self._run, name=f"tunefleet-peer-{cfg.uid}",
@@ -91,7 +111,8 @@ class Node:
                 raise UsageError(f"peer {self.uid!r} cannot join the swarm: {reason}")
             hint = "does it use the same key?" if self.key else "does it expect a key?"
             raise UsageError(f"no answer from seed peer {seed_uid!r} at {seed_address} "
-                             f"within {timeout:g} s: is it running, and reachable ({hint})")
+                             f"within {timeout:g} s (--join-timeout): is it running, and "
+                             f"reachable ({hint})")
 
     def share(self, new: list[dict[str, Any]], current: list[dict[str, Any]]) -> None:
         """Send NEW trial payloads to every peer; greet peers met later with CURRENT."""
@@ -99,6 +120,10 @@ class Node:
 
     def finish(self) -> None:
         self._commands.put(("status", FINISHED))
+
+    def set_best(self, digest: str, payloads: list[dict[str, Any]]) -> None:
+        """This peer's current best for the last exchange (the optimizing thread computes it)."""
+        self._commands.put(("best", (digest, payloads)))
 
     def leave(self, wait: bool = True) -> None:
         """Say goodbye to every live peer, then close the sockets."""
@@ -122,7 +147,7 @@ class Node:
         poller.register(self.inbox, zmq.POLLIN)
         hb = self.cfg.heartbeat
         next_tick = time.monotonic()
-        next_join = 0.0
+        next_join, join_gap = 0.0, _JOIN_FIRST_S
         try:
             while True:
                 now = time.monotonic()
@@ -138,8 +163,9 @@ class Node:
                     return
                 now = time.monotonic()
                 if self._joining and not self.joined.is_set() and now >= next_join:
-                    self._send_join()
-                    next_join = now + max(hb, 0.5)
+                    self._send_join()  # a slow seed (a loaded host) is asked again, less often
+                    next_join = now + join_gap * random.uniform(0.8, 1.2)
+                    join_gap = min(join_gap * 2, _JOIN_MAX_S)
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = max(next_tick + hb, now + hb / 2)
@@ -163,16 +189,19 @@ class Node:
                 self._shared = current
                 if new:
                     for m in self.membership.alive():
-                        self._send_trials(m.address, new)
+                        self._send_trials(m, new)
             elif what == "status":
                 self.membership.set_status(arg)
+                self._finished_at = time.monotonic()
                 self._gossip(self.membership.alive())
+            elif what == "best":
+                self._best = arg
             elif what == "join":
                 pass  # _run sends it on its own schedule
             elif what == "leave":
                 self.membership.set_status(LEFT)
                 for m in self.membership.alive():
-                    self._send(m.address, {"type": "bye", "from": self.uid})
+                    self._send(m, {"type": "bye"})
                 return True
 
     def _tick(self, now: float) -> None:
@@ -188,19 +217,62 @@ class Node:
         alive = ms.alive()
         if alive:
             self._gossip(random.sample(alive, min(FANOUT, len(alive))))
-        if self.joined.is_set() or not self._joining:
-            if ms.all_finished():
-                if self._quiet_since is None:
-                    self._quiet_since = now
-                elif now - self._quiet_since >= 2 * self.cfg.heartbeat:
-                    self.done.set()
-            else:
-                self._quiet_since = None
+        if (self.joined.is_set() or not self._joining) and not self._waiting_alone(now):
+            self._last_exchange(now, alive)
         keep = {m.address for m in alive}
         for address, (_, used) in list(self._outs.items()):
             if address not in keep and now - used > _IDLE_SOCKET_S:
                 self._close_out(address)
         self._refresh_view()
+
+    def _waiting_alone(self, now: float) -> bool:
+        """A seed that has met nobody by the end of its rounds waits a while for a joiner."""
+        if (self.cfg.seed_uid is not None or self.membership.members
+                or self._finished_at is None):
+            return False
+        left = self.cfg.alone_wait - (now - self._finished_at)
+        if left > 0 and not self._alone_said:
+            self._alone_said = True
+            log.info("peer %s: no other peer has joined yet; waiting up to %g s for one "
+                     "(--alone-wait) at %s", self.uid, self.cfg.alone_wait, self.address)
+        return left > 0
+
+    def _last_exchange(self, now: float, alive: list[Member]) -> None:
+        """Once every live peer has finished: exchange bests until all agree, then be done."""
+        if not self.membership.all_finished():
+            self.final_started = None
+            return
+        if self.final_started is None:
+            self.final_started = now
+            log.info("peer %s: every peer finished; exchanging bests before leaving", self.uid)
+        if self._best is None:
+            return  # the optimizing thread has not told us its best yet
+        mine = (self._best[0], self._view_digest(alive))
+        resend = now - self._final_sent_at >= 2 * self.cfg.heartbeat
+        if mine != self._final_sent:
+            targets = alive
+        elif resend:
+            targets = [m for m in alive if self._finals.get(m.uid) != mine]
+        else:
+            targets = []
+        if targets:
+            trials = self._best[1]
+            small = len(wire.encode({"t": trials}, None)[2]) < wire.MAX_MESSAGE // 2
+            msg = {"type": "final", "address": self.address, "best": mine[0], "view": mine[1],
+                   "trials": trials if small else []}
+            for m in targets:
+                if not small:  # a large Pareto front goes first, in chunks
+                    self._send_trials(m, trials)
+                self._send(m, msg)
+            self._final_sent, self._final_sent_at = mine, now
+        if all(self._finals.get(m.uid) == mine for m in alive):
+            if not self.done.is_set():
+                self.final_done = now
+                self.done.set()
+
+    def _view_digest(self, alive: list[Member]) -> str:
+        uids = sorted([self.uid, *(m.uid for m in alive)])
+        return hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16]
 
     def _refresh_view(self) -> None:
         view = self.membership.snapshot()
@@ -211,6 +283,8 @@ class Node:
     def _handle(self, frames: list[bytes]) -> None:
         try:
             msg = wire.decode(frames, self.key)
+            if self.guard is not None:
+                self.guard.check(msg)
             getattr(self, "_on_" + msg["type"])(msg)
         except Exception as exc:  # WireError, or anything odd a stranger's data set off
             self.n_bad += 1
@@ -239,18 +313,21 @@ class Node:
         elif directions != list(self.cfg.directions):
             reason = (f"it would {' '.join(directions)} but the swarm's peer {self.uid!r} "
                       f"does {' '.join(self.cfg.directions)}; pass the same --direction")
+        newcomer = Member(uid, address, inc, counter, RUNNING, 0.0)
         if reason:
             log.warning("peer %s: refused %s at %s: %s", self.uid, uid, address, reason)
-            self._send(address, {"type": "refuse", "from": self.uid, "reason": reason})
+            self._send(newcomer, {"type": "refuse", "reason": reason})
             return
         if holder is None:
             log.info("peer %s: %s joined from %s", self.uid, uid, address)
-        self.membership.add(uid, address, inc, counter)
-        self._send(address, {"type": "welcome", "from": self.uid, "address": self.address,
-                             "table": self.membership.table()})
+            self.membership.add(uid, address, inc, counter)
+        self._send(newcomer, {"type": "welcome", "address": self.address,
+                              "table": self.membership.table()})
         if self._shared:
-            self._send_trials(address, self._shared)
-        self._gossip(self.membership.alive())  # tell the others at once
+            self._send_trials(newcomer, self._shared)
+        if holder is None:  # tell some others at once; gossip does the rest
+            alive = [m for m in self.membership.alive() if m.uid != uid]
+            self._gossip(random.sample(alive, min(FANOUT, len(alive))))
 
     def _on_welcome(self, msg: dict[str, Any]) -> None:
         table = wire.field(msg, "table", dict)
@@ -282,6 +359,23 @@ class Node:
             key, trial = wire.payload_to_trial(p, msg["from"])
             self.received.put((key, msg["from"], trial))
 
+    def _on_final(self, msg: dict[str, Any]) -> None:
+        """A peer's best and view in the last exchange; differing views are synced at once."""
+        sender = msg["from"]
+        best, view = wire.field(msg, "best", str), wire.field(msg, "view", str)
+        address = wire.field(msg, "address", str)
+        self._on_trials(msg)
+        self._finals[sender] = (best, view)
+        m = self.membership.members.get(sender)
+        if m is None or not m.alive:
+            return  # gossip will tell us about it (or it is gone)
+        alive = self.membership.alive()
+        now = time.monotonic()
+        if (view != self._view_digest(alive)
+                and now - self._synced_at.get(sender, 0.0) >= self.cfg.heartbeat):
+            self._synced_at[sender] = now
+            self._gossip([Member(sender, address, 0, 0, RUNNING, 0.0)])
+
     def _on_bye(self, msg: dict[str, Any]) -> None:
         m = self.membership.members.get(msg["from"])
         if m is not None and m.alive:
@@ -296,28 +390,42 @@ class Node:
             log.info("peer %s: met %s at %s", self.uid, m.uid, m.address)
             self._gossip([m])
             if self._shared:
-                self._send_trials(m.address, self._shared)
+                self._send_trials(m, self._shared)
 
     def _send_join(self) -> None:
         assert self._joining is not None
         me = self.membership.me
-        self._send(self._joining[1], {
-            "type": "join", "from": self.uid, "address": self.address,
-            "incarnation": me.incarnation, "counter": me.counter,
-            "directions": list(self.cfg.directions)})
+        seed = Member(self._joining[0], self._joining[1], 0, 0, RUNNING, 0.0)
+        self._send(seed, {"type": "join", "address": self.address,
+                          "incarnation": me.incarnation, "counter": me.counter,
+                          "directions": list(self.cfg.directions)})
 
     def _gossip(self, members: list[Member]) -> None:
-        msg = {"type": "gossip", "from": self.uid, "table": self.membership.table()}
+        msg = {"type": "gossip", "table": self.membership.table()}
         for m in members:
-            self._send(m.address, msg)
+            self._send(m, msg)
 
-    def _send_trials(self, address: str, payloads: list[dict[str, Any]]) -> None:
-        step = wire.MAX_TRIALS_PER_MESSAGE
-        for i in range(0, len(payloads), step):
-            self._send(address, {"type": "trials", "from": self.uid,
-                                 "trials": payloads[i:i + step]})
+    def _send_trials(self, to: Member, payloads: list[dict[str, Any]]) -> None:
+        """Trials in messages below the size bound that every peer enforces."""
+        chunk: list[dict[str, Any]] = []
+        size = 0
+        for p in payloads:
+            n = len(wire.encode(p, None)[2])
+            if n > wire.MAX_MESSAGE // 2:
+                log.warning("peer %s: trial %s not sent: %d bytes of data (user attributes?) "
+                            "is more than a message may carry", self.uid, p.get("key"), n)
+                continue
+            if chunk and (size + n > wire.MAX_MESSAGE // 2
+                          or len(chunk) >= wire.MAX_TRIALS_PER_MESSAGE):
+                self._send(to, {"type": "trials", "trials": chunk})
+                chunk, size = [], 0
+            chunk.append(p)
+            size += n
+        if chunk:
+            self._send(to, {"type": "trials", "trials": chunk})
 
-    def _send(self, address: str, msg: dict[str, Any]) -> None:
+    def _send(self, to: Member, msg: dict[str, Any]) -> None:
+        address = to.address
         entry = self._outs.get(address)
         if entry is None:
             sock = self.ctx.socket(zmq.PUSH)
@@ -336,8 +444,11 @@ class Node:
         else:
             sock = entry[0]
         self._outs[address] = (sock, time.monotonic())
+        self._seq += 1
+        body = dict(msg, **{"from": self.uid, "to": to.uid, "inc": self.membership.me.incarnation,
+                            "seq": self._seq, "ts": time.time()})
         try:
-            sock.send_multipart(wire.encode(msg, self.key), zmq.NOBLOCK)
+            sock.send_multipart(wire.encode(body, self.key), zmq.NOBLOCK)
         except zmq.Again:
             self.n_dropped_sends += 1
 

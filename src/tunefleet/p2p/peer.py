@@ -3,7 +3,8 @@
 Each round (1) adds the trials other peers sent since the last round (after the first
 ``explore_rounds``, run on this peer's own trials only), (2) runs ``t`` trials of
 the objective, (3) sends this peer's best trials to every peer it knows. ``terminate()`` keeps
-serving until every live peer has finished its rounds, so the last bests reach everyone.
+serving until every live peer has finished its rounds and all agree on the best (a last
+exchange of bests), so every peer that ends reports the same global best.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tunefleet.errors import TunefleetError, UsageError
 from tunefleet.p2p import wire
 from tunefleet.p2p.config import PeerConfig
 from tunefleet.p2p.gossip import Node
+from tunefleet.p2p.options import echo_peer_summary, parse_peer_argv, usage_exit
 from tunefleet.studies import StudySpec, create_or_load_study
 
 log = logging.getLogger("tunefleet.p2p")
@@ -58,12 +60,10 @@ class Peer:
         self.objective = given[0]
         self._print_json: bool | None = None
         if parse:
-            from tunefleet.cli.peer import parse_peer_argv
-
             parsed, as_json, quiet = parse_peer_argv(argv)
             config = PeerConfig(**{**parsed, **options})
             self._print_json = as_json
-            _setup_logging(logging.WARNING if quiet else logging.INFO)
+            setup_logging(logging.WARNING if quiet else logging.INFO)
         elif config is None:
             config = PeerConfig(**options)
         with self._usage_errors():
@@ -78,6 +78,7 @@ class Peer:
         self._finished = False
         self._closed = False
         self._summary: dict[str, Any] | None = None
+        self._best_digest: str | None = None
         self.started_at: float | None = None  # unix time of the first round
         self.rounds_done_at: float | None = None
 
@@ -89,8 +90,6 @@ class Peer:
         except TunefleetError as exc:
             if self._print_json is None:
                 raise
-            from tunefleet.cli.peer import usage_exit
-
             usage_exit(exc)
 
     # ---- life cycle -----------------------------------------------------------------------
@@ -111,6 +110,12 @@ class Peer:
         for t in self.study.get_trials(deepcopy=False):
             self._known.add(wire.trial_key(t, self.uid))
         self.node = Node(c)
+        for warning in c.warnings:
+            log.warning("peer %s: %s", self.uid, warning)
+        if c.key is None:
+            log.warning("peer %s: no key: the swarm is open, anyone who can reach %s can join "
+                        "it and send trials (set --key-file or TUNEFLEET_P2P_KEY)", self.uid,
+                        self.node.bound)
         self.node.start()
         if c.seed_uid is not None:
             assert c.seed_address is not None
@@ -167,8 +172,10 @@ class Peer:
             self.node.finish()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            self._tell_best()
             while not self.node.done.wait(0.1):
-                self._absorb()
+                if self._absorb():
+                    self._tell_best()
                 if deadline is not None and time.monotonic() > deadline:
                     log.warning("peer %s: leaving before every peer finished (timeout)", self.uid)
                     break
@@ -180,8 +187,6 @@ class Peer:
         self._closed = True
         self._summary = self.summary()
         if self._print_json is not None:
-            from tunefleet.cli.peer import echo_peer_summary
-
             echo_peer_summary(self._summary, self._print_json)
         return self._summary
 
@@ -231,6 +236,14 @@ class Peer:
             self.n_received += 1
             added += 1
 
+    def _tell_best(self) -> None:
+        """Give the network thread this peer's best for the last exchange, when it changed."""
+        assert self.node is not None and self.study is not None
+        digest, best = wire.final_best(self.study, self.uid)
+        if digest != self._best_digest:
+            self._best_digest = digest
+            self.node.set_best(digest, [wire.trial_to_payload(t, self.uid) for t in best])
+
     def _share(self) -> None:
         assert self.node is not None and self.study is not None
         chosen = wire.best_trials(self.study, self.config.share, self.config.top_k)
@@ -259,17 +272,20 @@ class Peer:
                  "found_by": t.system_attrs.get(attrs.WORKER, self.uid)}
                 for t in (self.study.best_trials if complete else [])]
         elif complete:
-            best = self.study.best_trial
+            best = wire.final_best(self.study, self.uid)[1][0]  # ties: the same one everywhere
             out.update(best_value=best.value, best_params=best.params,
                        found_by=best.system_attrs.get(attrs.WORKER, self.uid))
         out.update(n_trials=len(trials), n_received=self.n_received, rounds=self.rounds_done,
                    started_at=self.started_at, rounds_done_at=self.rounds_done_at)
+        if self.node is not None and self.node.final_done is not None:
+            assert self.node.final_started is not None
+            out["final_exchange_s"] = round(self.node.final_done - self.node.final_started, 3)
         if peers and self.node is not None:
             out["peers"] = self.node.view()
         return out
 
 
-def _setup_logging(level: int = logging.INFO) -> None:
+def setup_logging(level: int = logging.INFO) -> None:
     """Progress lines on stderr, once; Optuna's per-trial lines only as warnings."""
     logger = logging.getLogger("tunefleet.p2p")
     if not logger.handlers:

@@ -2,7 +2,11 @@
 
 A message is three ZeroMQ frames: the protocol name, the tag (empty without a key) and the JSON
 body. The tag is checked before the body is even parsed, nothing is ever unpickled, and every
-field is checked, so a stranger's bytes can only be dropped (``WireError``), never run.
+field is checked, so a stranger's bytes can only be dropped (``WireError``), never run. No
+message is larger than ``MAX_MESSAGE`` (ZeroMQ refuses longer ones before they are buffered),
+so that is all an outsider can make a peer hold before the tag is checked. With a key, every
+body also names its addressee, its sender's incarnation and sequence number and the time it was
+sent, so a recorded message replayed later, or to another peer, is dropped (``ReplayGuard``).
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import hashlib
 import hmac
 import json
 import math
-from typing import Any
+import time
+from typing import Any, Callable
 
 import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
@@ -21,8 +26,10 @@ from optuna.trial import FrozenTrial, TrialState
 from tunefleet import attrs
 
 PROTOCOL = b"tunefleet-p2p/1"
-TYPES = ("join", "welcome", "refuse", "gossip", "trials", "bye")
+TYPES = ("join", "welcome", "refuse", "gossip", "trials", "final", "bye")
 MAX_TRIALS_PER_MESSAGE = 500
+MAX_MESSAGE = 256 * 1024  # bytes of one message, body and tag; trials are sent in chunks below it
+REPLAY_WINDOW = 60.0  # seconds: a keyed message sent longer ago (by its sender's clock) is dropped
 _COPIED_ATTRS = (attrs.WORKER, attrs.HOST, attrs.STARTED, attrs.FINISHED)
 
 
@@ -55,6 +62,36 @@ def decode(frames: list[bytes], key: bytes | None) -> dict[str, Any]:
     if not isinstance(message.get("from"), str) or not message["from"]:
         raise WireError("message has no sender")
     return message
+
+
+class ReplayGuard:
+    """Drops authentic messages seen before, sent too long ago, or meant for another peer.
+
+    Each sender numbers its messages (``seq``) within its incarnation (``inc``, its start time);
+    one sender's messages reach us in order over one connection, so a number not above the last
+    one seen from that sender, or an older incarnation, is a replay. ``ts`` bounds how old a
+    message from a sender not seen yet may be (clocks must agree within ``window``).
+    """
+
+    def __init__(self, uid: str, window: float = REPLAY_WINDOW,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.uid = uid
+        self.window = window
+        self.clock = clock
+        self._last: dict[str, tuple[int, int]] = {}
+
+    def check(self, message: dict[str, Any]) -> None:
+        sender = message["from"]
+        to, inc, seq = message.get("to"), field(message, "inc", int), field(message, "seq", int)
+        ts = _finite(message.get("ts"), "send time")
+        if to != self.uid and message["type"] != "join":  # a join names the seed as -s says
+            raise WireError(f"replayed or misdirected: meant for {to!r}")
+        if abs(self.clock() - ts) > self.window:
+            raise WireError(f"replayed or clock off: sent {self.clock() - ts:.0f} s ago")
+        last = self._last.get(sender)
+        if last is not None and (inc, seq) <= last:
+            raise WireError(f"replayed: message {seq} of {sender!r} seen before")
+        self._last[sender] = (inc, seq)
 
 
 def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -162,6 +199,23 @@ def payload_to_trial(p: Any, sender: str) -> tuple[str, FrozenTrial]:
     except Exception as exc:  # a parameter outside its distribution, ...
         raise WireError(f"invalid trial {key}: {exc}") from None
     return key, trial
+
+
+def final_best(study: optuna.Study, own_uid: str) -> tuple[str, list[FrozenTrial]]:
+    """The best trial (ties: the smallest key) or the Pareto front, and a digest of it.
+
+    Every peer picks it the same way from the same trials, so equal digests mean the peers
+    agree on the global best: the last exchange before ``bye`` goes on until they do.
+    """
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        return "none", []
+    if len(study.directions) > 1:
+        front = sorted(study.best_trials, key=lambda t: trial_key(t, own_uid))
+        return "|".join(trial_key(t, own_uid) for t in front), front
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
+    best = min(done, key=lambda t: (sign * t.values[0], trial_key(t, own_uid)))
+    return f"{best.values[0]!r}|{trial_key(best, own_uid)}", [best]
 
 
 def best_trials(study: optuna.Study, mode: str, top_k: int) -> list[FrozenTrial]:
