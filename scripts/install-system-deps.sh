@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the tests start for real: PostgreSQL, MariaDB, Slurm + munge, Chromium, Java.
+# Debian packages the tests start for real: PostgreSQL, MariaDB, Slurm + munge, Chromium, Java;
+# and libmariadb-dev + pkg-config, which mysqlclient (the tests' MySQLdb) is built against.
 # Installs only what is missing, so a second run costs nothing.
 set -euo pipefail
-PACKAGES=(postgresql mariadb-server slurm-wlm munge chromium default-jre-headless procps)
+PACKAGES=(postgresql mariadb-server slurm-wlm munge chromium default-jre-headless procps
+          libmariadb-dev pkg-config gcc)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,8 +7,10 @@ through here, so a storage URL or a sampler name means the same thing everywhere
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
+import re
 from typing import Any, Sequence
 
 import optuna
@@ -17,21 +19,98 @@ from tunefleet.errors import UsageError
 
 DEFAULT_STORAGE = "sqlite:///tunefleet.db"
 DEFAULT_STUDY = "tunefleet"
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2", "grid", "bruteforce")
+#: sampler -> the modules it imports beyond Optuna's own dependencies, and the extra that
+#: installs them; checked before the study is touched, so that a missing one is a one-line
+#: error instead of a traceback in the middle of the first trial.
+SAMPLER_NEEDS = {
+    "cmaes": (("cmaes",), "cmaes"),
+    "gp": (("torch", "scipy"), "gp"),
+    "qmc": (("scipy",), "qmc"),
+}
 PRUNERS = ("median", "hyperband", "none")
 SPEC_ATTR = "tunefleet:spec"
 
 
+#: SQLAlchemy driver name -> (module it imports, what to pip install for it).
+DRIVERS = {
+    "psycopg": ("psycopg", "'tunefleet[postgres]' (psycopg 3)"),
+    "psycopg2": ("psycopg2", "psycopg2-binary"),
+    "pg8000": ("pg8000", "pg8000"),
+    "pymysql": ("pymysql", "'tunefleet[mysql]' (PyMySQL)"),
+    "mysqldb": ("MySQLdb", "mysqlclient (it builds against libmariadb-dev or libmysqlclient-dev)"),
+    "mysqlconnector": ("mysql.connector", "mysql-connector-python"),
+    "mariadbconnector": ("mariadb", "mariadb"),
+}
+#: the drivers tried, in order, for a URL that names none: the first one installed is used,
+#: so that the URLs of the documents (postgresql://, mysql://) work with either driver.
+DEFAULT_DRIVERS = {
+    "postgresql": ("psycopg", "psycopg2"),
+    "mysql": ("mysqldb", "pymysql"),
+    "mariadb": ("mysqldb", "pymysql"),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing
+        return False
+
+
+def shown_url(url: str) -> str:
+    """URL with its password hidden, for messages and logs."""
+    return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", url)
+
+
+def driver_url(url: str) -> str:
+    """The SQLAlchemy URL for a storage URL: ``postgres://`` is ``postgresql://``; a URL that
+    names no driver gets the first installed one of ``DEFAULT_DRIVERS`` (SQLAlchemy's own
+    default depends on its version: psycopg2 in 2.0, psycopg 3 in 2.1). A driver that is not
+    installed is a one-line error saying which package to install."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    if scheme in ("postgres",) or scheme.startswith("postgres+"):
+        scheme = "postgresql" + scheme[len("postgres"):]
+    dialect, _, driver = scheme.partition("+")
+    if dialect == "sqlite":
+        return url
+    if not driver:
+        tried = DEFAULT_DRIVERS.get(dialect)
+        if tried is None:
+            return f"{scheme}://{rest}"
+        for name in tried:
+            if _installed(DRIVERS[name][0]):
+                return f"{dialect}+{name}://{rest}"
+        raise UsageError(f"storage {shown_url(url)} needs a {dialect} driver: pip install "
+                         + " or ".join(DRIVERS[n][1] for n in tried))
+    module, package = DRIVERS.get(driver.lower(), (None, None))
+    if module is not None and not _installed(module):
+        raise UsageError(f"storage {shown_url(url)} needs the {driver} driver: "
+                         f"pip install {package}")
+    return f"{scheme}://{rest}"
+
+
+def _sqlite_path(url: str) -> str | None:
+    """The file of a ``sqlite:///file`` URL; None for an in-memory one."""
+    path = url[len("sqlite:///"):].split("?", 1)[0] if url.startswith("sqlite:///") else ""
+    return path if path and path != ":memory:" else None
+
+
 def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
-                 grace_period: int | None = None,
-                 sqlite_wal: bool = False) -> optuna.storages.BaseStorage:
+                 grace_period: int | None = None, sqlite_wal: bool = False,
+                 create: bool = True) -> optuna.storages.BaseStorage:
     """Return the storage a URL names: ``sqlite://``, ``postgresql://``, ``mysql://``,
     ``journal:///path`` or a path ending in ``.log`` (Optuna's journal file), or ``:memory:``.
 
     ``sqlite_wal`` puts a SQLite file in write-ahead-log mode with ``synchronous=NORMAL``: a
     commit no longer waits for the disk, which makes a single writer (the hub's coordinator)
     about ten times faster while staying safe against a crash of the process. Keep such a
-    file on a local disk (WAL needs shared memory, which network file systems lack)."""
+    file on a local disk (WAL needs shared memory, which network file systems lack).
+
+    ``create=False`` is for commands that only read (``best``, ``report``): a SQLite or journal
+    file that does not exist is an error there, not a new empty study database."""
     url = url or DEFAULT_STORAGE
     if url in (":memory:", "memory", "inmemory"):
         return optuna.storages.InMemoryStorage()
@@ -42,6 +121,8 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
             raise UsageError(f"storage {url!r}: folder {folder} does not exist")
+        if not create and not os.path.exists(path):
+            raise UsageError(f"storage {url!r}: no such file {os.path.abspath(path)}")
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
         return optuna.storages.JournalStorage(
@@ -50,12 +131,16 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
     if "://" not in url:
         raise UsageError(
             f"storage {url!r} is not a URL: use sqlite:///file.db, postgresql://user@host/db, "
-            "mysql+pymysql://user@host/db, journal:///path/file.log or a path ending in .log"
+            "mysql://user@host/db, journal:///path/file.log or a path ending in .log"
         )
-    if url.startswith("sqlite:///"):
-        folder = os.path.dirname(os.path.abspath(url[len("sqlite:///"):]))
+    sqlite_file = _sqlite_path(url)
+    if sqlite_file is not None:
+        folder = os.path.dirname(os.path.abspath(sqlite_file))
         if not os.path.isdir(folder):
             raise UsageError(f"storage {url!r}: folder {folder} does not exist")
+        if not create and not os.path.exists(sqlite_file):
+            raise UsageError(f"storage {url!r}: no such file {os.path.abspath(sqlite_file)}")
+    engine_url = driver_url(url)
     kwargs: dict[str, Any] = {}
     if sqlite_wal and url.startswith("sqlite:"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
@@ -63,18 +148,18 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
         kwargs["heartbeat_interval"] = heartbeat_interval
         kwargs["grace_period"] = grace_period
     try:
-        storage = optuna.storages.RDBStorage(url, **kwargs)
+        storage = optuna.storages.RDBStorage(engine_url, **kwargs)
         if sqlite_wal and url.startswith("sqlite:"):
             _sqlite_wal(storage)
         return storage
     except ModuleNotFoundError as exc:
         raise UsageError(
-            f"storage {url!r} needs the Python module {exc.name!r}: "
+            f"storage {shown_url(url)} needs the Python module {exc.name!r}: "
             f"pip install 'tunefleet[postgres]' or 'tunefleet[mysql]'"
         ) from None
     except Exception as exc:  # sqlalchemy's ArgumentError, OperationalError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"storage {url!r} cannot be opened: {first}") from None
+        raise UsageError(f"storage {shown_url(url)} cannot be opened: {first}") from None
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
@@ -92,12 +177,69 @@ def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
     engine.dispose()  # connections opened before the listener get the pragmas on reconnect
 
 
-def build_sampler(name: str | None, seed: int | None = None,
-                  n_objectives: int = 1) -> optuna.samplers.BaseSampler:
-    """The sampler called NAME (one of SAMPLERS); None picks Optuna's default for the study."""
+def check_sampler(name: str | None, search_space: dict[str, list[Any]] | None = None) -> None:
+    """Raise a one-line ``UsageError`` when sampler NAME cannot be built here: an unknown name,
+    a module its extra installs that is missing, or ``grid`` without a search space."""
+    if name is None:
+        return
+    name = name.lower()
+    if name not in SAMPLERS:
+        raise UsageError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    modules, extra = SAMPLER_NEEDS.get(name, ((), ""))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UsageError(f"sampler {name!r} needs {' and '.join(missing)}: "
+                         f"pip install 'tunefleet[{extra}]'")
+    if name == "grid" and not search_space:
+        raise UsageError("sampler 'grid' needs a search space: --search-space FILE (JSON or "
+                         'YAML mapping each parameter to its values, e.g. {"x": [0, 1, 2]})')
+
+
+def load_search_space(path: str) -> dict[str, list[Any]]:
+    """The grid of ``--search-space FILE``: a JSON or YAML mapping from each parameter name to
+    the list of its values (numbers, strings, booleans or null), as ``GridSampler`` takes it."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as exc:
+        raise UsageError(f"--search-space {path}: {exc.strerror or exc}") from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(text)
+        else:
+            import yaml  # one of Optuna's own dependencies; YAML is a superset of JSON
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--search-space {path}: not valid JSON/YAML: {first}") from None
+    return check_search_space(data, f"--search-space {path}")
+
+
+def check_search_space(data: Any, where: str = "search space") -> dict[str, list[Any]]:
+    """``data`` as a grid, or a one-line error saying what is wrong with it."""
+    if not isinstance(data, dict) or not data:
+        raise UsageError(f"{where}: must map each parameter name to a list of values, "
+                         'e.g. {"x": [0, 1, 2], "opt": ["adam", "sgd"]}')
+    for key, values in data.items():
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"{where}: parameter {key!r} needs a non-empty list of values")
+        for v in values:
+            if v is not None and not isinstance(v, (bool, int, float, str)):
+                raise UsageError(f"{where}: parameter {key!r} has a value of type "
+                                 f"{type(v).__name__}; use numbers, strings, booleans or null")
+    return {str(k): list(v) for k, v in data.items()}
+
+
+def build_sampler(name: str | None, seed: int | None = None, n_objectives: int = 1,
+                  search_space: dict[str, list[Any]] | None = None
+                  ) -> optuna.samplers.BaseSampler:
+    """The sampler called NAME (one of SAMPLERS); None picks Optuna's default for the study.
+    ``search_space`` is the grid of ``grid``."""
     if name is None:
         name = "nsga2" if n_objectives > 1 else "tpe"
     name = name.lower()
+    check_sampler(name, search_space)
     try:
         if name == "tpe":
             return optuna.samplers.TPESampler(seed=seed)
@@ -111,6 +253,10 @@ def build_sampler(name: str | None, seed: int | None = None,
             return optuna.samplers.QMCSampler(seed=seed)
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed)
+        if name == "grid":
+            return optuna.samplers.GridSampler(search_space, seed=seed)
+        if name == "bruteforce":
+            return optuna.samplers.BruteForceSampler(seed=seed)
     except ImportError as exc:
         raise UsageError(f"sampler {name!r} needs a package that is not installed: {exc}") from None
     raise UsageError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
@@ -137,13 +283,19 @@ class StudySpec:
     sampler: str | None = None
     seed: int | None = None
     pruner: str | None = None
+    #: the grid of the ``grid`` sampler (recorded, so that workers that join build the same)
+    search_space: dict[str, list[Any]] | None = None
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        data = dataclasses.asdict(self)
+        if data["search_space"] is None:  # specs without a grid read the same as before
+            del data["search_space"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "StudySpec":
-        return cls(**json.loads(text))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
 
 
 def _check_directions(directions: Sequence[str]) -> list[str]:
@@ -169,6 +321,7 @@ def create_or_load_study(
     """
     spec = spec or StudySpec()
     directions = _check_directions(spec.directions)
+    check_sampler(spec.sampler, spec.search_space)  # before the storage is touched
     store = storage if isinstance(storage, optuna.storages.BaseStorage) else open_storage(storage)
     name = study_name or DEFAULT_STUDY
     existing = _find_study(store, name)
@@ -183,7 +336,7 @@ def create_or_load_study(
         if recorded and spec.sampler is None and spec.pruner is None and spec.seed is None:
             spec = StudySpec.from_json(recorded)
         directions = have
-    sampler = build_sampler(spec.sampler, spec.seed, len(directions))
+    sampler = build_sampler(spec.sampler, spec.seed, len(directions), spec.search_space)
     pruner = build_pruner(spec.pruner)
     study = optuna.create_study(
         storage=store,
@@ -200,8 +353,9 @@ def create_or_load_study(
 
 
 def load_study(storage: str | None, study_name: str | None) -> optuna.Study:
-    """Load an existing study, with a one-line error listing the studies there when it is absent."""
-    store = open_storage(storage)
+    """Load an existing study, with a one-line error listing the studies there when it is absent.
+    A SQLite or journal file that does not exist is an error: reading never creates one."""
+    store = open_storage(storage, create=False)
     names = [s.study_name for s in _all_studies(store)]
     if study_name is None:
         if len(names) == 1:

@@ -50,8 +50,16 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tunefleet")
-def cli() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Let Optuna log at INFO level (one line per trial on stderr).")
+def cli(verbose: bool) -> None:
     """Run one Optuna study on a fleet of workers."""
+    # Optuna logs every finished trial at INFO: with hundreds of trials (or --no-progress, where
+    # no bar hides them) that buries tunefleet's own messages. Every command imports Optuna
+    # anyway, so this costs nothing; `tunefleet --help` alone never gets here.
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,24 @@ from typing import Any, Callable
 
 import click
 
-from tunefleet.studies import PRUNERS, SAMPLERS, StudySpec
+from tunefleet.errors import UsageError
+from tunefleet.studies import PRUNERS, SAMPLERS, StudySpec, load_search_space
+
+#: where ``--search-space`` leaves its grid (and file) for ``spec_from_options``: the option is
+#: not passed to the commands, so that every command of ``study_options`` takes it unchanged.
+_SPACE_KEY = "tunefleet.search_space"
+
+
+def _search_space(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.meta[_SPACE_KEY] = (value, load_search_space(value))
+
+
+def search_space_file() -> str | None:
+    """The ``--search-space`` FILE of the command being run, if any (``slurm`` passes it on)."""
+    ctx = click.get_current_context(silent=True)
+    found = ctx.meta.get(_SPACE_KEY) if ctx is not None else None
+    return found[0] if found else None
 
 
 def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -22,7 +39,12 @@ def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      type=click.Choice(["minimize", "maximize"], case_sensitive=False),
                      help="Repeat for multi-objective studies. Default: minimize."),
         click.option("--sampler", type=click.Choice(SAMPLERS, case_sensitive=False), default=None,
-                     help="Default: tpe (nsga2 for several objectives)."),
+                     help="Default: tpe (nsga2 for several objectives). cmaes needs the [cmaes] "
+                          "extra, gp [gp], qmc [qmc]; grid needs --search-space."),
+        click.option("--search-space", type=click.Path(dir_okay=False), default=None,
+                     expose_value=False, callback=_search_space, is_eager=True,
+                     help="JSON or YAML file of the grid for --sampler grid: each parameter "
+                          'name mapped to its values, e.g. {"x": [0, 1, 2]}.'),
         click.option("--seed", type=int, default=None, help="Sampler seed."),
         click.option("--pruner", type=click.Choice(PRUNERS, case_sensitive=False), default=None,
                      help="Default: median."),
@@ -34,15 +56,37 @@ def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def spec_from_options(directions: tuple[str, ...], sampler: str | None, seed: int | None,
                       pruner: str | None) -> StudySpec:
+    """The study spec the options of ``study_options`` describe, with the ``--search-space``
+    grid of the running command; the sampler is checked here, before any storage is opened."""
+    from tunefleet.studies import check_sampler
+
+    ctx = click.get_current_context(silent=True)
+    found = ctx.meta.get(_SPACE_KEY) if ctx is not None else None
+    space = found[1] if found else None
+    if space is not None and (sampler or "").lower() != "grid":
+        raise UsageError("--search-space is the grid of --sampler grid: add --sampler grid")
+    check_sampler(sampler, space)
     return StudySpec(directions=[d.lower() for d in directions] or ["minimize"],
-                     sampler=sampler, seed=seed, pruner=pruner)
+                     sampler=sampler, seed=seed, pruner=pruner, search_space=space)
 
 
-def parse_gpus(text: str | None) -> list[str] | None:
-    """``--gpus 0,1`` -> ["0", "1"]."""
-    if not text:
+def parse_gpus(text: str | None) -> int | list[str] | None:
+    """``--gpus 4`` -> 4 (a count: the first four visible GPUs); ``--gpus 0,1`` -> ["0", "1"]
+    and ``--gpus 3,`` -> ["3"] (indices into the visible GPUs, see ``tunefleet.gpus``). A lone
+    number is a count, as in PyTorch Lightning; the trailing comma names one GPU."""
+    if text is None:
         return None
-    return [g.strip() for g in text.split(",") if g.strip()]
+    text = text.strip()
+    if text.isdigit():
+        count = int(text)
+        if count < 1:
+            raise UsageError(f"--gpus {text}: a count must be at least 1; "
+                             "to name GPU 0 alone write --gpus 0,")
+        return count
+    ids = [g.strip() for g in text.split(",") if g.strip()]
+    if not ids:
+        raise UsageError(f"--gpus {text!r}: give a count (--gpus 2) or indices (--gpus 0,1)")
+    return ids
 
 
 def _clean(value: Any) -> Any:

@@ -25,7 +25,7 @@ def best(storage: str | None, study_name: str | None, as_json: bool) -> None:
 def studies(storage: str | None, as_json: bool) -> None:
     """List the studies in a storage."""
     rows = []
-    store = open_storage(storage)
+    store = open_storage(storage, create=False)  # a typo must not leave an empty database
     for s in store.get_all_studies():
         best = None
         if len(s.directions) == 1:
