@@ -25,6 +25,26 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 1
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server on loopback, private to this test run (tests/services.py)."""
+    from tests.services import Postgres
+
+    server = Postgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mariadb():
+    """A real MariaDB server on loopback, private to this test run (tests/services.py)."""
+    from tests.services import MariaDB
+
+    server = MariaDB().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def cli():
     return run_cli

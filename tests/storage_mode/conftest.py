@@ -1,4 +1,4 @@
-"""Real PostgreSQL and MariaDB servers for the storage-mode tests (started once per session)."""
+"""Storages for the storage-mode tests (the PostgreSQL and MariaDB servers are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,8 @@ import itertools
 
 import pytest
 
-from tests.services import MariaDB, Postgres
 
 _names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres():
-    server = Postgres().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def mariadb():
-    server = MariaDB().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
