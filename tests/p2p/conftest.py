@@ -96,3 +96,11 @@ def swarm(tmp_path: Path):
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait()
+
+
+def key_file(folder: Path, text: str = "swarm secret") -> Path:
+    """A key file only its owner can read (peers refuse any other, like ssh)."""
+    path = folder / "key"
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import optuna
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from tunefleet import attrs
 from tunefleet.errors import UsageError
 from tunefleet.p2p import Peer, PeerConfig, wire
-from tunefleet.p2p.config import resolve_addresses
+from tunefleet.p2p.config import read_key, resolve_addresses
 from tunefleet.p2p.membership import FAILED, FINISHED, LEFT, RUNNING, Membership
 
 pytestmark = pytest.mark.timeout(60)
@@ -138,7 +139,7 @@ def test_termination_waits_for_every_live_peer():
 # ---- settings ------------------------------------------------------------------------------
 
 def test_default_addresses_stay_on_loopback_unless_told():
-    assert resolve_addresses(None, None) == ("tcp://127.0.0.1:5555", "tcp://localhost:5555")
+    assert resolve_addresses(None, None) == ("tcp://127.0.0.1:5570", "tcp://localhost:5570")
     assert resolve_addresses(None, "tcp://node7:6000") == ("tcp://*:6000", "tcp://node7:6000")
     assert resolve_addresses("tcp://*:5556", None) == ("tcp://*:5556", "tcp://localhost:5556")
     assert resolve_addresses("tcp://*:5556", "tcp://localhost:5556")[0] == "tcp://*:5556"
@@ -157,7 +158,8 @@ def test_peer_needs_one_objective():
 
 def test_python_api_alone_records_worker_and_times():
     peer = Peer(objective_function=lambda t: t.suggest_float("x", 0, 1), uid="solo",
-                bind="tcp://127.0.0.1:0", rounds=2, trials=3, heartbeat=0.05, peer_timeout=1)
+                bind="tcp://127.0.0.1:0", rounds=2, trials=3, heartbeat=0.05, peer_timeout=1,
+                alone_wait=0)
     study = peer.optimize()
     summary = peer.terminate(timeout=10)
     assert summary["n_trials"] == 6 and summary["found_by"] == "solo"
@@ -170,7 +172,7 @@ def test_python_api_alone_records_worker_and_times():
 
 def test_a_joiner_without_uid_gets_host_and_port():
     """The seed document's second terminal gives no -u: it must not collide with 'seed'."""
-    joiner = PeerConfig(bind="tcp://*:5556", advertise="tcp://localhost:5556", seed_uid="seed",
+    joiner = PeerConfig(bind="tcp://*:5556", insecure=True, advertise="tcp://localhost:5556", seed_uid="seed",
                         seed_address="tcp://localhost:5555").checked()
     assert joiner.uid.endswith("-5556") and joiner.uid != "seed"
     assert joiner.study_name == f"p2p-{joiner.uid}"
@@ -222,7 +224,7 @@ def test_received_trials_wait_for_the_exploration_rounds():
             for t in _study_with_trials(20).trials]
     peer = Peer(lambda t: t.suggest_float("x", -10, 10) ** 2 + 1, uid="p1",
                 bind="tcp://127.0.0.1:0", rounds=3, trials=4, explore_rounds=2,
-                heartbeat=0.05, peer_timeout=1)
+                heartbeat=0.05, peer_timeout=1, alone_wait=0)
     peer.start()
     assert peer.node is not None and peer.config.explore_rounds == 2
     for key, trial in sent:
@@ -235,3 +237,89 @@ def test_received_trials_wait_for_the_exploration_rounds():
     assert PeerConfig(rounds=10).checked().explore_rounds == 3
     with pytest.raises(UsageError, match="explore"):
         PeerConfig(explore_rounds=-1).checked()
+
+
+# ---- hardening -------------------------------------------------------------------------------
+
+def test_no_key_listens_on_loopback_only_unless_insecure():
+    c = PeerConfig(bind="tcp://*:5556", advertise="tcp://localhost:5556").checked()
+    assert c.bind == "tcp://127.0.0.1:5556" and "--insecure" in c.warnings[0]
+    assert PeerConfig(bind="tcp://*:5556", insecure=True).checked().bind == "tcp://*:5556"
+    assert PeerConfig(bind="tcp://*:5556", key=b"k").checked().bind == "tcp://*:5556"
+    assert PeerConfig(bind="tcp://[::]:5556").checked().bind == "tcp://[::1]:5556"
+    with pytest.raises(UsageError, match="other hosts could not reach tcp://node7:6000"):
+        PeerConfig(advertise="tcp://node7:6000").checked()
+    assert PeerConfig(advertise="tcp://node7:6000", key=b"k").checked().bind == "tcp://*:6000"
+
+
+def test_key_file_readable_by_others_is_refused(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("secret\n")
+    key.chmod(0o644)
+    with pytest.raises(UsageError, match="accessible by others .mode 644.: refused; run chmod 600"):
+        read_key(str(key))
+    key.chmod(0o600)
+    assert read_key(str(key)) == b"secret"
+    with pytest.raises(UsageError, match="Is a directory"):
+        read_key(str(tmp_path))
+
+
+def test_replayed_misdirected_and_stale_messages_are_dropped():
+    now = [1000.0]
+    guard = wire.ReplayGuard("p2", window=60, clock=lambda: now[0])
+
+    def msg(seq: int, inc: int = 5, to: str = "p2", ts: float = 1000.0, kind: str = "gossip"):
+        return {"type": kind, "from": "p1", "to": to, "inc": inc, "seq": seq, "ts": ts}
+
+    guard.check(msg(1))
+    guard.check(msg(3))  # a gap: a message lost on the way
+    for bad, why in [(msg(3), "seen before"), (msg(2), "seen before"),
+                     (msg(9, inc=4), "seen before"),  # an older incarnation of p1
+                     (msg(9, to="p3"), "meant for 'p3'"),
+                     (msg(9, ts=900.0), "sent 100 s ago")]:
+        with pytest.raises(wire.WireError, match=why):
+            guard.check(bad)
+    guard.check(msg(1, inc=6))  # p1 restarted under the same UID
+    guard.check(msg(2, inc=6, to="seed", kind="join"))  # a join names the seed as -s says
+    with pytest.raises(wire.WireError):
+        guard.check({"type": "gossip", "from": "p1", "to": "p2"})  # no numbers at all
+
+
+def test_final_best_is_the_same_whatever_the_order_of_trials():
+    """Peers that hold the same trials pick the same best, ties included (smallest key)."""
+    trials = [wire.payload_to_trial(wire.trial_to_payload(t, f"p{i}"), f"p{i}")[1]
+              for i, t in enumerate(_study_with_trials(6).trials)]
+    tie = wire.payload_to_trial(dict(wire.trial_to_payload(trials[0], "x"), key="a#1"), "a")[1]
+    tie.value = min(t.value for t in trials)
+    picks = set()
+    for order in (trials + [tie], [tie] + trials[::-1]):
+        study = optuna.create_study()
+        study.add_trials(order)
+        digest, best = wire.final_best(study, "me")
+        picks.add(digest)
+        assert best[0].system_attrs[attrs.ORIGIN] == "a#1"
+    assert len(picks) == 1
+    assert wire.final_best(optuna.create_study(), "me") == ("none", [])
+
+
+def test_the_library_does_not_import_the_cli():
+    """Arrows point down: tunefleet.cli uses tunefleet.p2p, never the reverse."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, tunefleet.p2p, tunefleet.p2p.peer, tunefleet.p2p.options; "
+            "print(sorted(m for m in sys.modules if m.startswith('tunefleet.cli')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    src = Path(wire.__file__).parent
+    imports = re.compile(r"^\s*(from|import)\s+tunefleet\.cli", re.M)
+    assert not [p.name for p in src.glob("*.py") if imports.search(p.read_text())]
+
+
+def test_peer_and_serve_default_ports_differ():
+    from tunefleet.cli.serve import serve
+
+    listen = next(p.default for p in serve.params if p.name == "listen")
+    peer_port = PeerConfig().checked().advertise.rsplit(":", 1)[1]
+    assert peer_port != str(listen).rsplit(":", 1)[1]
