@@ -6,7 +6,15 @@ interpreter's start-up on a busy machine. A parent that has imported PyTorch, JA
 cannot be forked safely (an OpenMP pool or a CUDA context inherited half-made hangs the child),
 so then the default is ``"spawn"``: each worker is a fresh ``python -m tunefleet.backends._child``
 that gets the objective by cloudpickle, without re-running the user's ``__main__`` (no
-``if __name__ == "__main__"`` guard needed). ``start_method=`` overrides the choice.
+``if __name__ == "__main__"`` guard needed). A parent that has used joblib's loky executor
+(scikit-learn with ``n_jobs>1``, ``joblib.Parallel``) gets fresh interpreters too: a forked child
+inherits the executor without its manager thread and hangs in its first ``joblib.Parallel``.
+``start_method=`` overrides the choice.
+
+Each worker's OpenMP and BLAS pools are capped at ``threads_per_worker`` threads (default: the
+CPUs this process may use, divided by the number of workers, at least 1), unless the user has
+set ``OMP_NUM_THREADS`` already; ``threads_per_worker=0`` leaves them alone. See
+``tunefleet.hub.worker.limit_threads``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Sequence
 from tunefleet.backends._base import Backend
 from tunefleet.errors import UsageError
 from tunefleet.gpus import worker_env
+from tunefleet.hub.worker import THREAD_VARS
 from tunefleet.transport._base import Link
 from tunefleet.transport.local import PipeChannel, PipeLink, PipeListener
 
@@ -31,17 +40,41 @@ from tunefleet.transport.local import PipeChannel, PipeLink, PipeListener
 def _process_main(conn: Connection, parent_pid: int, env: dict[str, str]) -> None:
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
-    from tunefleet.hub.worker import serve
+    from tunefleet.hub.worker import forget_parent_pools, limit_threads, serve
 
-    code = serve(PipeChannel(conn, parent_pid))
-    os._exit(code)  # skip the parent's atexit handlers, inherited through fork
+    forget_parent_pools()
+    if THREADS_VAR in env:
+        limit_threads(int(env[THREADS_VAR]))
+    # serve() shuts down the pools the objective started. Then a plain exit: multiprocessing
+    # ends a forked child with os._exit after its own clean-up (the parent's atexit handlers
+    # do not run), and waits for the threads the objective left running.
+    sys.exit(serve(PipeChannel(conn, parent_pid)))
+
+
+#: The environment variable that tells a worker how many threads its pools may use.
+THREADS_VAR = "TUNEFLEET_THREADS_PER_WORKER"
+
+
+def threads_per_worker(n_workers: int, requested: int | None) -> int | None:
+    """How many OpenMP/BLAS threads each of ``n_workers`` local workers may use: ``requested``
+    if given (0: no limit), else None when the user set ``OMP_NUM_THREADS`` themselves, else
+    this process's CPUs divided among the workers."""
+    if requested is not None:
+        return requested or None
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, n_workers))
 
 
 class ProcessBackend(Backend):
     """Local worker processes; ``gpus`` are handed out one per slot."""
 
     def __init__(self, gpus: Sequence[int | str] | None = None,
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, threads_per_worker: int | None = None) -> None:
         method = start_method or default_start_method()
         if method not in ("fork", "spawn", "forkserver"):
             raise UsageError(f"start_method {start_method!r}: choose fork or spawn")
@@ -50,11 +83,17 @@ class ProcessBackend(Backend):
         self.listener = PipeListener()
         self._procs: dict[PipeLink, tuple[int, _Proc]] = {}
         self._host = socket.gethostname()
+        self._threads_requested = threads_per_worker
+        self._threads: int | None = None
+        if threads_per_worker is not None and threads_per_worker < 0:
+            raise UsageError(f"threads_per_worker={threads_per_worker}: give 0 (no limit) "
+                             "or more")
 
     def default_workers(self) -> int:
         return len(self._gpus) if self._gpus else (os.cpu_count() or 1)
 
     def start(self, n_workers: int) -> None:
+        self._threads = threads_per_worker(n_workers, self._threads_requested)
         for slot in range(n_workers):
             self._spawn(slot)
 
@@ -64,6 +103,9 @@ class ProcessBackend(Backend):
 
     def _spawn(self, slot: int) -> None:
         env = worker_env(slot, self._gpus)
+        if self._threads is not None:
+            env[THREADS_VAR] = str(self._threads)
+            env.update({var: str(self._threads) for var in THREAD_VARS})
         if self._fork is not None:
             parent_conn, child_conn = self._fork.Pipe(duplex=True)
             mp_proc = self._fork.Process(target=_process_main, name=f"tunefleet-worker-{slot}",
@@ -95,11 +137,20 @@ _NOT_FORK_SAFE = ("torch", "jax", "tensorflow")
 
 def default_start_method() -> str:
     """``fork`` (fast: the parent's imports are shared) unless a library that is not fork-safe
-    is loaded in the parent, or fork does not exist; then ``spawn``."""
+    is loaded in the parent, or the parent has a loky executor, or fork does not exist; then
+    ``spawn``."""
     methods = mp.get_all_start_methods()
-    if "fork" in methods and not any(name in sys.modules for name in _NOT_FORK_SAFE):
+    if ("fork" in methods and not any(name in sys.modules for name in _NOT_FORK_SAFE)
+            and not _loky_executor_started()):
         return "fork"
     return "spawn"
+
+
+def _loky_executor_started() -> bool:
+    """Whether joblib's loky executor exists in this process (its manager thread and worker
+    processes do not survive a fork; a forked child's ``joblib.Parallel`` waits forever)."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    return getattr(loky, "_executor", None) is not None
 
 
 class _Proc:

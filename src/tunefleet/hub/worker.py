@@ -3,11 +3,16 @@ result with the request for the next one. The same loop runs behind every transp
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import linecache
 import os
 import pickle
 import socket
+import sys
+import threading
 import traceback
+import types
 from typing import Any, Callable
 
 import cloudpickle
@@ -15,7 +20,7 @@ import optuna
 
 from tunefleet.errors import CoordinatorGone
 from tunefleet.hub import protocol as P
-from tunefleet.hub.proxy import ProxyTrial
+from tunefleet.hub.proxy import ProxyTrial, StudyInfo
 from tunefleet.transport._base import Channel
 
 _worker_data: Any = None
@@ -36,6 +41,71 @@ class WorkerConfig:
     catch: tuple[type[BaseException], ...]
     n_objectives: int
     setup: Callable[[], Any] | None = None
+
+    def __reduce__(self) -> tuple:
+        # Pickled in the coordinator, loaded in the worker: locks in the objective's closure
+        # (MLflowCallback keeps one) become new locks, and the source of functions defined
+        # where no file holds it (a notebook cell, ``python -c``) travels for tracebacks.
+        fields = (self.objective, self.catch, self.n_objectives, self.setup)
+        return (_load_config, (_dumps(fields), _sources(self.objective, self.setup)))
+
+
+_LOCK_TYPES = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
+
+
+def _fresh_lock(lock: Any) -> tuple:
+    return (_LOCK_TYPES[type(lock)], ())
+
+
+def _code_with_filename(code: types.CodeType) -> tuple:
+    """cloudpickle's reduction of a code object, with the file name it replaces by
+    ``<dynamic-code>`` put back, so that tracebacks name the user's file."""
+    ctor, args = cloudpickle.cloudpickle._code_reduce(code)
+    return ctor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, except that a lock pickles as a new, unlocked lock (a worker is another
+    process, so a lock the parent holds means nothing there) and code keeps its file name."""
+
+    dispatch_table = collections.ChainMap(
+        {types.CodeType: _code_with_filename, **{t: _fresh_lock for t in _LOCK_TYPES}},
+        cloudpickle.Pickler.dispatch_table)
+
+
+def _dumps(obj: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def _load_config(data: bytes, sources: dict[str, list[str]]) -> WorkerConfig:
+    for filename, lines in sources.items():
+        if not os.path.exists(filename):  # a real file is read by linecache as usual
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    return WorkerConfig(*pickle.loads(data))
+
+
+def _sources(*functions: Any) -> dict[str, list[str]]:
+    """The lines of the files the functions' code comes from, for the files this process
+    knows (linecache) but a worker may not: notebook cells, ``<stdin>``, a file on another
+    machine's disk. Code objects keep their file name through cloudpickle, so a worker's
+    traceback names the user's file and line, and with this shows the line too."""
+    out: dict[str, list[str]] = {}
+    for fn in functions:
+        code = getattr(getattr(fn, "__call__", None), "__code__", None) or getattr(
+            fn, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            continue
+        name = code.co_filename
+        if name in out:
+            continue
+        lines = linecache.getlines(name, getattr(fn, "__globals__", None))
+        if lines and sum(map(len, lines)) < 2_000_000:
+            out[name] = lines
+    return out
 
 
 def serve(channel: Channel, label: str | None = None) -> int:
@@ -62,6 +132,7 @@ def serve(channel: Channel, label: str | None = None) -> int:
         return 0
     finally:
         channel.close()
+        release_pools()
 
 
 def _trial_loop(channel: Channel, config: WorkerConfig) -> int:
@@ -79,6 +150,7 @@ def _trial_loop(channel: Channel, config: WorkerConfig) -> int:
 
     result = None
     space: dict = {}  # the search space known to the coordinator, sent when it changes
+    study_info = StudyInfo()
     while True:
         channel.send((P.NEXT, result))
         msg = channel.recv()
@@ -88,7 +160,7 @@ def _trial_loop(channel: Channel, config: WorkerConfig) -> int:
         if new_space is not None:
             space = new_space
         trial = ProxyTrial(call, send_ops, config.n_objectives, trial_id, number, dt_start,
-                           fixed, presampled, space, user_attrs)
+                           fixed, presampled, space, user_attrs, study_info)
         result = run_objective(config, trial)
 
 
@@ -101,7 +173,7 @@ def run_objective(config: WorkerConfig, trial: ProxyTrial) -> tuple:
     except CoordinatorGone:
         raise
     except Exception as exc:
-        error = (_picklable(exc), repr(exc), traceback.format_exc(), isinstance(exc, config.catch))
+        error = (_picklable(exc), repr(exc), _user_traceback(exc), isinstance(exc, config.catch))
         return (trial._trial_id, P.FAIL, None, trial._take_ops(), error)
     return (trial._trial_id, P.COMPLETE, _plain_values(value), trial._take_ops(), None)
 
@@ -128,3 +200,57 @@ def _picklable(exc: BaseException) -> BaseException | None:
         return exc
     except Exception:
         return None
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the objective down, without this module's frame: the user's file
+    and line come first, as under ``study.optimize``."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_frame.f_code is run_objective.__code__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def limit_threads(n: int) -> None:
+    """Cap this worker's OpenMP and BLAS pools at ``n`` threads, as Dask does for its workers:
+    N workers that each start a pool as wide as the machine oversubscribe it N times (LightGBM
+    ran 10-60 times slower). The variables cover libraries loaded from now on; threadpoolctl
+    covers those already loaded, whose pools read the variables before a fork."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(n)
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def release_pools() -> None:
+    """Shut down the process pools the objective started (joblib's loky executor) before the
+    worker exits: left alone they outlive it until their idle timeout, holding the terminal's
+    pipe open (``tunefleet run ... | cat`` would not return) and leaking semaphores."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(loky, "_executor", None)
+    if executor is not None:
+        try:
+            executor.shutdown(wait=True, kill_workers=False)
+        except Exception:
+            pass
+        loky._executor = None
+
+
+def forget_parent_pools() -> None:
+    """In a forked worker, forget the parent's loky executor: its manager thread did not come
+    through the fork, so handing it work would hang; joblib starts a new one when needed."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    if loky is not None and getattr(loky, "_executor", None) is not None:
+        loky._executor = None
+        loky._executor_kwargs = None
