@@ -30,9 +30,11 @@ def test_run_quadratic_prints_best_and_persists(tmp_path):
     assert json.loads(best.stdout)["best_value"] == out["best_value"]
     listing = run_cli("studies", cwd=tmp_path)
     assert listing.stdout.startswith("tunefleet\tminimize")
-    again = run_cli("run", f"{QUAD}:Quadratic", "--n-trials", "10", "--workers", "2", "--json",
+    # --n-trials is the study's budget: the same study, continued up to 40 trials in all.
+    again = run_cli("run", f"{QUAD}:Quadratic", "--n-trials", "40", "--workers", "2", "--json",
                     "--no-progress", cwd=tmp_path)
-    assert json.loads(again.stdout)["n_trials"] == 40  # the same study, continued
+    assert "holds 30 of 40 trials; running 10 more" in again.stderr
+    assert json.loads(again.stdout)["n_trials"] == 40
 
 
 def test_run_class_target_and_options(tmp_path):
@@ -123,9 +125,10 @@ def test_ctrl_c_closes_running_trials_and_says_how_to_resume(tmp_path):
     assert "Run the same command again to continue" in err
     states = count_states(db)
     assert "RUNNING" not in states
-    assert states.get("FAIL", 0) >= 1  # the trials running at Ctrl-C
+    assert states.get("FAIL", 0) == 0  # the trials running at Ctrl-C finished in the grace period
     done = sum(states.values())
-    r = subprocess.run(cmd[:6] + ["2", "--no-progress", "--json"], cwd=tmp_path,
+    assert f"holds {done} finished trials" in err
+    r = subprocess.run(cmd[:5] + [str(done + 2), "--no-progress", "--json"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert json.loads(r.stdout)["n_trials"] == done + 2
 
@@ -133,7 +136,7 @@ def test_ctrl_c_closes_running_trials_and_says_how_to_resume(tmp_path):
 def test_progress_bar_shows_the_live_figures(tmp_path):
     r = run_cli("run", f"{QUAD}:objective", "--n-trials", "20", "--workers", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    last = r.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    last = [line for line in r.stderr.replace("\r", "\n").splitlines() if "|" in line][-1]
     assert "20/20" in last
     assert "best=" in last and "/min" in last and "busy=" in last
     assert "Trial 3 finished" not in r.stderr  # the bar replaces Optuna's per-trial lines

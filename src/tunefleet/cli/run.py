@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
-
 import click
 
-from tunefleet.cli._options import (best_summary, echo_summary, parse_gpus, spec_from_options,
-                                    study_options)
-from tunefleet.studies import DEFAULT_STORAGE, create_or_load_study, open_storage
+from tunefleet.cli._hub import remaining_budget, run_hub_command
+from tunefleet.cli._options import parse_gpus, spec_from_options, study_options
+from tunefleet.studies import create_or_load_study, open_storage
 from tunefleet.targets import load_target
 
 
 @click.command()
 @click.argument("target")
 @click.option("--n-trials", type=click.IntRange(min=0), default=None,
-              help="Trials to run in this call (default: until --timeout or Ctrl-C).")
+              help="The study's budget: run until it holds this many COMPLETE and PRUNED "
+                   "trials in all, so that rerunning the command after a crash or Ctrl-C "
+                   "finishes the budget (tunefleet.optimize's n_trials means 'this many more', "
+                   "as in Optuna).")
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: one per GPU of --gpus, else one per CPU).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
@@ -25,6 +25,9 @@ from tunefleet.targets import load_target
 @click.option("--gpus", default=None, help="GPU ids handed out one per worker, e.g. 0,1.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
               help="Runs of the parameters of a trial whose worker died.")
+@click.option("--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds running trials get to finish after Ctrl-C or SIGTERM before they "
+                   "are closed as FAIL (a second Ctrl-C closes them at once).")
 @click.option("--keep-going", is_flag=True,
               help="A trial whose objective raises fails, and the study goes on.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
@@ -33,7 +36,8 @@ from tunefleet.targets import load_target
 def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float | None,
         storage: str | None, study_name: str | None, directions: tuple[str, ...],
         sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
-        max_retries: int, keep_going: bool, progress: bool, as_json: bool) -> None:
+        max_retries: int, grace: float, keep_going: bool, progress: bool,
+        as_json: bool) -> None:
     """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
 
     The study is stored in --storage (a SQLite file in this folder by default), so running the
@@ -47,17 +51,8 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
     spec = spec_from_options(directions, sampler, seed, pruner)
     store = open_storage(storage, sqlite_wal=True)  # the coordinator is the only writer
     study = create_or_load_study(store, study_name, spec, directions_given=bool(directions))
-    try:
-        tunefleet.optimize(study, objective, n_trials=n_trials, n_workers=n_workers,
-                           timeout=timeout, gpus=parse_gpus(gpus), max_retries=max_retries,
-                           catch=(Exception,) if keep_going else (),
-                           show_progress_bar=progress)
-    except KeyboardInterrupt:
-        summary = best_summary(study)
-        click.echo(
-            f"interrupted: running trials were closed as FAIL; study {study.study_name!r} in "
-            f"{storage or DEFAULT_STORAGE} holds {summary['n_trials']} trials. "
-            f"Run the same command again to continue: tunefleet {shlex.join(sys.argv[1:])}",
-            err=True)
-        sys.exit(130)
-    echo_summary(best_summary(study), as_json)
+    remaining = remaining_budget(study, n_trials)
+    run_hub_command(study, storage, as_json, lambda: tunefleet.optimize(
+        study, objective, n_trials=remaining, n_workers=n_workers, timeout=timeout,
+        gpus=parse_gpus(gpus), max_retries=max_retries, grace=grace,
+        catch=(Exception,) if keep_going else (), show_progress_bar=progress))
