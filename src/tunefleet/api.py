@@ -17,7 +17,7 @@ def optimize(
     callbacks: Iterable[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
     catch: Iterable[type[Exception]] | type[Exception] = (),
     show_progress_bar: bool = False,
-    gpus: Sequence[int | str] | None = None,
+    gpus: int | Sequence[int | str] | None = None,
     max_retries: int = 1,
     backend: str = "processes",
     setup: Callable[[], Any] | None = None,
@@ -32,12 +32,15 @@ def optimize(
 
     Args:
         n_workers: how many workers (default: ``len(gpus)`` or the number of CPUs).
-        gpus: device ids handed out one per worker as ``CUDA_VISIBLE_DEVICES``.
+        gpus: a count N (the first N visible GPUs) or GPU indices, handed out one per worker
+            as ``CUDA_VISIBLE_DEVICES``; indices count within an inherited
+            ``CUDA_VISIBLE_DEVICES`` (see ``tunefleet.gpus``).
         max_retries: how many times the parameters of a trial whose worker died are run again.
         backend: "processes" (local), "dask", "ray", "spark" or "tcp" (workers join by hand).
         setup: run once in each worker before its first trial; its result is returned by
             ``tunefleet.worker_data()`` inside the objective.
     """
+    from tunefleet.gpus import resolve_gpus
     from tunefleet.hub.coordinator import run_hub
 
     return run_hub(
@@ -49,7 +52,7 @@ def optimize(
         callbacks=list(callbacks or []),
         catch=catch,
         show_progress_bar=show_progress_bar,
-        gpus=list(gpus) if gpus is not None else None,
+        gpus=resolve_gpus(gpus),
         max_retries=max_retries,
         backend=backend,
         setup=setup,

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import re
+import warnings
 from typing import Any, Sequence
 
 import optuna
@@ -51,7 +52,8 @@ DEFAULT_DRIVERS = {
 }
 
 
-def _installed(module: str) -> bool:
+def module_installed(module: str) -> bool:
+    """Whether MODULE can be imported here, without importing it."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a parent package missing
@@ -81,12 +83,12 @@ def driver_url(url: str) -> str:
         if tried is None:
             return f"{scheme}://{rest}"
         for name in tried:
-            if _installed(DRIVERS[name][0]):
+            if module_installed(DRIVERS[name][0]):
                 return f"{dialect}+{name}://{rest}"
         raise UsageError(f"storage {shown_url(url)} needs a {dialect} driver: pip install "
                          + " or ".join(DRIVERS[n][1] for n in tried))
     module, package = DRIVERS.get(driver.lower(), (None, None))
-    if module is not None and not _installed(module):
+    if module is not None and not module_installed(module):
         raise UsageError(f"storage {shown_url(url)} needs the {driver} driver: "
                          f"pip install {package}")
     return f"{scheme}://{rest}"
@@ -186,7 +188,7 @@ def check_sampler(name: str | None, search_space: dict[str, list[Any]] | None = 
     if name not in SAMPLERS:
         raise UsageError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
     modules, extra = SAMPLER_NEEDS.get(name, ((), ""))
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if not module_installed(m)]
     if missing:
         raise UsageError(f"sampler {name!r} needs {' and '.join(missing)}: "
                          f"pip install 'tunefleet[{extra}]'")
@@ -231,6 +233,27 @@ def check_search_space(data: Any, where: str = "search space") -> dict[str, list
     return {str(k): list(v) for k, v in data.items()}
 
 
+class _StopOnlyInOptimize:
+    """Grid and brute-force samplers call ``study.stop()`` once the space is exhausted, which
+    Optuna allows only inside ``Study.optimize``; storage workers and peers tell their trials
+    outside it. There an exhausted space stops nothing: the trial budget ends the run."""
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
+        try:
+            super().after_trial(study, trial, state, values)  # type: ignore[misc]
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+
+
+class GridSampler(_StopOnlyInOptimize, optuna.samplers.GridSampler):
+    """Optuna's GridSampler, usable outside ``Study.optimize`` (see ``_StopOnlyInOptimize``)."""
+
+
+class BruteForceSampler(_StopOnlyInOptimize, optuna.samplers.BruteForceSampler):
+    """Optuna's BruteForceSampler, usable outside ``Study.optimize``."""
+
+
 def build_sampler(name: str | None, seed: int | None = None, n_objectives: int = 1,
                   search_space: dict[str, list[Any]] | None = None
                   ) -> optuna.samplers.BaseSampler:
@@ -241,22 +264,25 @@ def build_sampler(name: str | None, seed: int | None = None, n_objectives: int =
     name = name.lower()
     check_sampler(name, search_space)
     try:
-        if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed)
-        if name == "random":
-            return optuna.samplers.RandomSampler(seed=seed)
-        if name == "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=seed)
-        if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
-        if name == "qmc":
-            return optuna.samplers.QMCSampler(seed=seed)
-        if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
-        if name == "grid":
-            return optuna.samplers.GridSampler(search_space, seed=seed)
-        if name == "bruteforce":
-            return optuna.samplers.BruteForceSampler(seed=seed)
+        # QMC, GP, BruteForce are "experimental" in Optuna: nothing a user can act on.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            if name == "tpe":
+                return optuna.samplers.TPESampler(seed=seed)
+            if name == "random":
+                return optuna.samplers.RandomSampler(seed=seed)
+            if name == "cmaes":
+                return optuna.samplers.CmaEsSampler(seed=seed)
+            if name == "gp":
+                return optuna.samplers.GPSampler(seed=seed)
+            if name == "qmc":
+                return optuna.samplers.QMCSampler(seed=seed)
+            if name == "nsga2":
+                return optuna.samplers.NSGAIISampler(seed=seed)
+            if name == "grid":
+                return GridSampler(search_space, seed=seed)
+            if name == "bruteforce":
+                return BruteForceSampler(seed=seed)
     except ImportError as exc:
         raise UsageError(f"sampler {name!r} needs a package that is not installed: {exc}") from None
     raise UsageError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")

@@ -16,6 +16,7 @@ BACKENDS = {
     "dask": "tunefleet.backends.dask:DaskBackend",
     "ray": "tunefleet.backends.ray:RayBackend",
     "spark": "tunefleet.backends.spark:SparkBackend",
+    "joblib": "tunefleet.backends.joblib:JoblibBackend",
 }
 
 

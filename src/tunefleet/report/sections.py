@@ -109,17 +109,29 @@ class Context:
             names.update(dict.fromkeys(t.params))
         return sorted(names)
 
+    @property
+    def importance_method(self) -> str:
+        """fANOVA (Optuna's default) when scikit-learn is installed, else PED-ANOVA, which
+        needs numpy only: the report then works with plotly alone (``tunefleet[report]``)."""
+        from tunefleet.studies import module_installed
+
+        return "fANOVA" if module_installed("sklearn") else "PED-ANOVA"
+
     def importances(self) -> dict[str, float] | None:
-        """fANOVA importances of the chosen objective (computed once), or None with an error."""
+        """Importances of the chosen objective (computed once, see ``importance_method``), or
+        None with an error."""
         if not self._importance_done:
             self._importance_done = True
             sub, _ = self.subset(IMPORTANCE_LIMIT)
+            if self.importance_method == "fANOVA":
+                evaluator: Any = optuna.importance.FanovaImportanceEvaluator(**FANOVA)
+            else:
+                evaluator = optuna.importance.PedAnovaImportanceEvaluator()
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     found = optuna.importance.get_param_importances(
-                        sub, evaluator=optuna.importance.FanovaImportanceEvaluator(**FANOVA),
-                        target=self.target())
+                        sub, evaluator=evaluator, target=self.target())
                 self._importances = {k: float(v) for k, v in found.items()}
             except Exception as exc:  # Optuna refuses some studies (e.g. conditional spaces)
                 self._importance_error = _first_line(exc)
@@ -208,7 +220,7 @@ def importances(ctx: Context) -> Section:
     fig = go.Figure(go.Bar(x=[values[n] for n in names], y=names, orientation="h",
                            text=[f"{values[n]:.2f}" for n in names], textposition="outside",
                            marker_color="#4c78a8"))
-    fig.update_layout(title=f"Importance for {ctx.target_name} (fANOVA)",
+    fig.update_layout(title=f"Importance for {ctx.target_name} ({ctx.importance_method})",
                       xaxis_title="importance", yaxis_title="parameter",
                       height=max(260, 80 + 28 * len(names)))
     sec.figure = fig

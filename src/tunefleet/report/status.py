@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tunefleet.report.trials import FINISHED_STATES, finished_at, started_at, worker_of
 
 RATE_WINDOW = 600.0  # seconds: "trials per minute" counts trials finished this recently
+# (before now, or before the last finish when nothing runs)
 MIN_FOR_EXPECTED = 3  # completed trials needed before a running trial can be "too long"
 
 
@@ -122,10 +123,14 @@ def _fill_rates(fig: StatusFigures, trials: Sequence[FrozenTrial], now: float,
     if not starts or not ends:
         return
     first = min(starts)
-    age = max(now - first, 1e-9)
+    # A study with nothing running has ended (or paused): its rates are those of its span,
+    # first start to last finish, not ever smaller figures as the clock goes on.
+    running = any(t.state == TrialState.RUNNING for t in trials)
+    end = now if running else max(max(ends), first)
+    age = max(end - first, 1e-9)
     fig.per_minute_overall = len(ends) / (age / 60.0)
     span = min(window, age)
-    recent = sum(1 for e in ends if e >= now - span)
+    recent = sum(1 for e in ends if e >= end - span)
     fig.per_minute = recent / (span / 60.0)
     durations = [finished_at(t) - started_at(t) for t in trials  # type: ignore[operator]
                  if t.state == TrialState.COMPLETE
