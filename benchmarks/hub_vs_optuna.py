@@ -1,27 +1,35 @@
 """Hub mode against Optuna's own ways of using several workers, side by side in one run.
 
-    python benchmarks/hub_vs_optuna.py            # the full run (a few minutes on 2 cores)
+    python benchmarks/hub_vs_optuna.py            # the full run (several minutes on 2 cores)
     python benchmarks/hub_vs_optuna.py --quick    # fewer trials
+    python benchmarks/hub_vs_optuna.py --postgres postgresql://user@host:port/db   # else one
+                                                  # is started with tests/services.py if it can
 
-Throughput: trivial objective (the quadratic), 4 workers, trials per second including start-up,
-for RandomSampler and TPESampler: tunefleet's hub (in memory, and on a SQLite file), Optuna's
-threads (``n_jobs=4``), 4 processes on one SQLite file, 4 processes on one journal file, and one
-process alone. Efficiency: an objective that sleeps 50 ms, 16 workers, 320 trials: ideal time /
-wall time, counted from the first trial and counting worker start-up.
+Throughput: trivial objective (the quadratic), 4 workers, trials per second counted until the
+call returns, i.e. until the storage holds every trial (*durable*): tunefleet's hub on SQLite,
+PostgreSQL and a journal file, beside the hub on Optuna's InMemoryStorage (*in memory*: nothing
+survives the process) and Optuna's setups: threads (``n_jobs=4``, in memory), 4 processes on one
+SQLite file, on one journal file and on PostgreSQL, and one process alone (in memory).
+Efficiency: an objective that sleeps 50 ms, 16 workers: ideal time / wall time.
+Long run: 20,000 trials on SQLite: seconds from the last trial's end to the call's return, and
+the coordinator's memory per trial against Optuna's own in-memory study of the same size.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import optuna
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def quadratic(trial):
@@ -41,11 +49,20 @@ def sampler(name: str, seed: int = 0):
         optuna.samplers.TPESampler(seed=seed)
 
 
-def storage_for(url: str):
+def storage_for(url: str | None, wal: bool = False):
+    """Open a storage as ``tunefleet run`` does (SQLite in WAL mode for the hub, whose
+    coordinator is the only writer; plain Optuna processes get Optuna's defaults)."""
+    if url is None:
+        return None
     if url.endswith(".log"):
-        from optuna.storages.journal import JournalFileBackend
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
+        return optuna.storages.JournalStorage(JournalFileBackend(url,
+                                                                 lock_obj=JournalFileOpenLock(url)))
+    if wal:
+        from tunefleet.studies import open_storage
+
+        return open_storage(url, sqlite_wal=True)
     return url
 
 
@@ -72,13 +89,18 @@ def optuna_processes(url: str, n_trials: int, n_workers: int, sampler_name: str,
 
 def hub(n_trials: int, n_workers: int, sampler_name: str, objective=quadratic,
         storage: str | None = None) -> tuple[float, optuna.Study]:
+    """Seconds until ``tunefleet.optimize`` returns: the storage then holds every trial."""
     import tunefleet
 
-    study = optuna.create_study(sampler=sampler(sampler_name), storage=storage,
+    study = optuna.create_study(sampler=sampler(sampler_name), storage=storage_for(storage, True),
                                 study_name=f"bench-{time.time_ns()}")
     start = time.perf_counter()
     tunefleet.optimize(study, objective, n_trials=n_trials, n_workers=n_workers)
-    return time.perf_counter() - start, study
+    wall = time.perf_counter() - start
+    if storage is not None:  # read back from a fresh connection: all there
+        held = optuna.load_study(study_name=study.study_name, storage=storage_for(storage))
+        assert len(held.trials) == n_trials, (len(held.trials), n_trials)
+    return wall, study
 
 
 def threads(n_trials: int, n_jobs: int, sampler_name: str) -> float:
@@ -96,44 +118,126 @@ def efficiency(study: optuna.Study, wall: float, n_workers: int, seconds: float)
     return ideal / (last - first).total_seconds(), ideal / wall
 
 
+def rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def long_run(kind: str, url: str | None, n: int) -> None:
+    """In a fresh process: run ``n`` trials and print JSON: exit lag and bytes per trial."""
+    import gc
+
+    import tunefleet
+
+    gc.collect()
+    before = rss()
+    study = optuna.create_study(sampler=sampler("random"), storage=storage_for(url, True),
+                                study_name=f"long-{time.time_ns()}")
+    if kind == "hub":
+        tunefleet.optimize(study, quadratic, n_trials=n, n_workers=4)
+    else:
+        study.optimize(quadratic, n_trials=n)
+    returned = time.time()
+    gc.collect()
+    grown = rss() - before
+    last = max(t.datetime_complete for t in study.get_trials(deepcopy=False)).timestamp()
+    print(json.dumps({"exit_after_last_trial_s": returned - last, "bytes_per_trial": grown / n}))
+
+
+def in_subprocess(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def start_postgres():
+    """A throw-away PostgreSQL server from tests/services.py (Debian's postgresql package)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.services import Postgres
+
+    return Postgres().start()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--postgres", default=None, help="a PostgreSQL URL to use (else one is started)")
     ap.add_argument("--worker", nargs=5)
+    ap.add_argument("--long", nargs=3)
     args = ap.parse_args()
     if args.worker:
         url, name, n, s, obj = args.worker
         worker_main(url, name, int(n), s, obj)
         return
-    n = 400 if args.quick else 1000
+    if args.long:
+        kind, url, n = args.long
+        long_run(kind, None if url == "-" else url, int(n))
+        return
+    server = None
+    pg_base = args.postgres
+    if pg_base is None:
+        try:
+            server = start_postgres()
+        except Exception as exc:  # noqa: BLE001 - the rest of the benchmark still runs
+            print(f"(no PostgreSQL: {exc})")
+    databases = iter(range(1000))
+
+    def pg() -> str | None:
+        if server is not None:
+            return server.new_database(f"bench{next(databases)}")
+        return pg_base
+
+    n = 500 if args.quick else 2000
     tmp = tempfile.mkdtemp()
-    print(f"trivial objective, {n} trials, 4 workers, trials/s including start-up "
+    print(f"trivial objective, {n} trials, 4 workers, trials/s counted until the call returns "
           f"({os.cpu_count()} CPUs, optuna {optuna.__version__})")
     for s in ("random", "tpe"):
+        m = n if s == "random" else n // 2
         rows = {}
-        wall, _ = hub(n, 4, s)
-        rows["tunefleet hub (in memory)"] = n / wall
-        wall, _ = hub(n, 4, s, storage=f"sqlite:///{tmp}/hub-{s}.db")
-        rows["tunefleet hub (SQLite file)"] = n / wall
-        rows["optuna threads n_jobs=4"] = n / threads(n, 4, s)
-        wall, _ = optuna_processes(f"sqlite:///{tmp}/plain-{s}.db", n, 4, s)
-        rows["optuna 4 processes, SQLite"] = n / wall
-        wall, _ = optuna_processes(f"{tmp}/plain-{s}.log", n, 4, s)
-        rows["optuna 4 processes, journal file"] = n / wall
-        rows["optuna 1 process alone"] = n / threads(n, 1, s)
-        hub_rate = rows["tunefleet hub (in memory)"]
-        print(f"\n{s} sampler")
+        rows["tunefleet hub, SQLite file (durable)"] = m / hub(m, 4, s, storage=f"sqlite:///{tmp}/hub-{s}.db")[0]
+        rows["tunefleet hub, journal file (durable)"] = m / hub(m, 4, s, storage=f"{tmp}/hub-{s}.log")[0]
+        if pg() is not None:
+            rows["tunefleet hub, PostgreSQL (durable)"] = m / hub(m, 4, s, storage=pg())[0]
+        rows["tunefleet hub, in memory (not durable)"] = m / hub(m, 4, s)[0]
+        rows["optuna 4 processes, journal file"] = m / optuna_processes(f"{tmp}/plain-{s}.log", m, 4, s)[0]
+        rows["optuna 4 processes, SQLite"] = m / optuna_processes(f"sqlite:///{tmp}/plain-{s}.db", m, 4, s)[0]
+        if pg() is not None:
+            rows["optuna 4 processes, PostgreSQL"] = m / optuna_processes(pg(), m, 4, s)[0]
+        rows["optuna threads n_jobs=4 (in memory)"] = m / threads(m, 4, s)
+        rows["optuna 1 process alone (in memory)"] = m / threads(m, 1, s)
+        base = rows["tunefleet hub, SQLite file (durable)"]
+        print(f"\n{s} sampler, {m} trials")
         for label, rate in rows.items():
-            ratio = "" if label.startswith("tunefleet hub (in") else f"  hub is {hub_rate / rate:.2f}x"
-            print(f"  {label:36s} {rate:8.1f}{ratio}")
+            print(f"  {label:42s} {rate:8.1f}  (hub on SQLite is {base / rate:.2f}x)")
+        journal = rows["optuna 4 processes, journal file"]
+        print(f"  -> durable hub on SQLite / 4 Optuna processes on a journal file: "
+              f"{base / journal:.2f}x")
+        if "optuna 4 processes, PostgreSQL" in rows:
+            print(f"  -> durable hub on PostgreSQL / 4 Optuna processes on PostgreSQL: "
+                  f"{rows['tunefleet hub, PostgreSQL (durable)'] / rows['optuna 4 processes, PostgreSQL']:.1f}x")
+        print(f"  -> durable hub on SQLite / hub in memory: "
+              f"{base / rows['tunefleet hub, in memory (not durable)']:.2f}")
+
+    n_long = 5000 if args.quick else 20000
+    print(f"\nlong run, Random, {n_long} trials, 4 workers, on SQLite")
+    hub_long = in_subprocess("--long", "hub", f"sqlite:///{tmp}/long.db", str(n_long))
+    plain = in_subprocess("--long", "optuna", "-", str(n_long))
+    print(f"  call returned {hub_long['exit_after_last_trial_s']:.2f} s after the last trial ended")
+    print(f"  coordinator memory: {hub_long['bytes_per_trial']:.0f} bytes/trial; Optuna's own "
+          f"in-memory study.optimize: {plain['bytes_per_trial']:.0f} bytes/trial")
 
     n_sleep = 160 if args.quick else 320
     print(f"\nobjective sleeping 50 ms, 16 workers, {n_sleep} trials: efficiency "
           "(from the first trial / counting start-up)")
-    wall, study = hub(n_sleep, 16, "random", objective=sleepy)
-    print("  tunefleet hub            %.2f / %.2f" % efficiency(study, wall, 16, 0.05))
+    wall, study = hub(n_sleep, 16, "random", objective=sleepy, storage=f"sqlite:///{tmp}/sl.db")
+    print("  tunefleet hub, SQLite (durable)    %.2f / %.2f" % efficiency(study, wall, 16, 0.05))
     wall, study = optuna_processes(f"{tmp}/sleepy.log", n_sleep, 16, "random", "sleepy")
     print("  optuna 16 processes, journal file  %.2f / %.2f" % efficiency(study, wall, 16, 0.05))
+    if server is not None:
+        server.stop()
 
 
 if __name__ == "__main__":

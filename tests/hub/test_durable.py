@@ -27,7 +27,7 @@ from tunefleet import attrs
 HERE = Path(__file__).resolve().parent
 OBJECTIVES = HERE / "durable_objectives.py"
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(900)
 
 _names = iter(range(10**6))
 
@@ -76,7 +76,7 @@ class Run:
             found = self.SHOWN.findall(self.err)
         return int(found[-1][0]) if found else 0
 
-    def wait_for(self, predicate, what: str, timeout: float = 120) -> None:
+    def wait_for(self, predicate, what: str, timeout: float = 400) -> None:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not predicate(self.err):
@@ -90,7 +90,7 @@ class Run:
         self.wait_for(lambda err: (lambda f: bool(f) and int(f[-1][0]) >= n)(
             self.SHOWN.findall(err)), f"{n} trials shown")
 
-    def finish(self, timeout: float = 120) -> int:
+    def finish(self, timeout: float = 400) -> int:
         code = self.proc.wait(timeout=timeout)
         self._reader.join(timeout=30)
         assert self.proc.stdout is not None

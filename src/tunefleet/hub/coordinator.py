@@ -38,7 +38,8 @@ from tunefleet.hub.progress import Progress
 from tunefleet.hub.worker import WorkerConfig
 from tunefleet.transport._base import Link
 
-_logger = optuna.logging.get_logger("tunefleet")
+# Under Optuna's logger: optuna.logging.set_verbosity governs it, in Optuna's format.
+_logger = optuna.logging.get_logger("optuna.tunefleet")
 
 #: Samplers whose ``sample_independent`` may run at ask time for parameters the objective has
 #: not asked for yet (their result depends only on the study and the parameter). Any other
@@ -402,6 +403,8 @@ class Coordinator:
         if kind == P.STUDY_CALL:
             _, name, args, kwargs = request
             return getattr(self.study, name)(*args, **kwargs)
+        if kind == P.STORAGE:  # trial.storage in a worker (integrations, optuna.artifacts)
+            return P.answer_storage(self._storage, request)
         raise ValueError(f"unknown request {kind!r}")
 
     # -- ends of trials -------------------------------------------------------------------------
