@@ -20,6 +20,7 @@ import optuna
 
 from tunefleet.errors import CoordinatorGone
 from tunefleet.hub import protocol as P
+from tunefleet.hub._beat import BeatingChannel
 from tunefleet.hub.proxy import ProxyTrial, StudyInfo
 from tunefleet.transport._base import Channel
 
@@ -95,6 +96,7 @@ def _sources(*functions: Any) -> dict[str, list[str]]:
     traceback names the user's file and line, and with this shows the line too."""
     out: dict[str, list[str]] = {}
     for fn in functions:
+        fn = getattr(fn, "__wrapped__", fn)
         code = getattr(getattr(fn, "__call__", None), "__code__", None) or getattr(
             fn, "__code__", None)
         if not isinstance(code, types.CodeType):
@@ -127,6 +129,7 @@ def serve(channel: Channel, label: str | None = None) -> int:
             channel.send((P.FAILED, f"worker on {socket.gethostname()} (pid {os.getpid()}) "
                                     f"could not load the objective: {type(exc).__name__}: {exc}"))
             return 1
+        channel = BeatingChannel(channel)  # liveness for the coordinator's worker_timeout
         return _trial_loop(channel, config)
     except CoordinatorGone:
         return 0
@@ -178,6 +181,22 @@ def run_objective(config: WorkerConfig, trial: ProxyTrial) -> tuple:
     return (trial._trial_id, P.COMPLETE, _plain_values(value), trial._take_ops(), None)
 
 
+class GcAfterTrial:
+    """``gc_after_trial=True``: the objective, then ``gc.collect()`` in the worker that ran it,
+    whatever the outcome, as ``Study.optimize`` does after each trial."""
+
+    def __init__(self, objective: Callable[[optuna.Trial], Any]) -> None:
+        self.__wrapped__ = objective
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        try:
+            return self.__wrapped__(trial)
+        finally:
+            import gc
+
+            gc.collect()
+
+
 def _plain_values(value: Any) -> Any:
     """Floats travel as floats; anything else as itself if it pickles, or as text, so that
     the coordinator's ``tell`` fails the trial with Optuna's own message."""
@@ -206,7 +225,7 @@ def _user_traceback(exc: BaseException) -> str:
     """The traceback from the objective down, without this module's frame: the user's file
     and line come first, as under ``study.optimize``."""
     tb = exc.__traceback__
-    if tb is not None and tb.tb_frame.f_code is run_objective.__code__:
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 

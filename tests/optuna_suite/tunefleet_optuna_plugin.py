@@ -1,0 +1,77 @@
+"""A pytest plugin that runs Optuna's own tests with ``Study.optimize`` routed through
+``tunefleet.optimize``: every trial of every ``study.optimize(...)`` in those tests runs in a hub
+worker process, with the study owned by a coordinator, exactly as a user's would.
+
+Loaded by ``scripts/optuna-suite`` as ``-p tunefleet_optuna_plugin``. ``TUNEFLEET_SUITE_WORKERS``
+sets the number of workers (default 2). ``n_jobs`` is dropped (the workers are the parallelism).
+At the end it prints how many tests actually went through tunefleet, so that a pass that never
+touched it is not taken for one that did.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import optuna
+import pytest
+
+import tunefleet
+
+WORKERS = int(os.environ.get("TUNEFLEET_SUITE_WORKERS", "2"))
+
+_plain_optimize = optuna.study.Study.optimize
+_routed: set[str] = set()
+_current: list[str] = []
+
+
+def _routed_optimize(self: optuna.Study, func: Any, n_trials: int | None = None,
+                     timeout: float | None = None, n_jobs: int = 1, catch: Any = (),
+                     callbacks: Any = None, gc_after_trial: bool = False,
+                     show_progress_bar: bool = False) -> None:
+    """``Study.optimize``'s signature and argument checks, then ``tunefleet.optimize``."""
+    if not isinstance(catch, tuple):
+        raise TypeError("The catch argument is of type '{}' but must be a tuple.".format(
+            type(catch).__name__))
+    if self._thread_local.in_optimize_loop:
+        raise RuntimeError("Nested invocation of `Study.optimize` method isn't allowed.")
+    if _current:
+        _routed.add(_current[-1])
+    tunefleet.optimize(self, func, n_trials, n_workers=WORKERS, timeout=timeout, catch=catch,
+                       callbacks=callbacks, gc_after_trial=gc_after_trial,
+                       show_progress_bar=show_progress_bar, max_retries=0)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    optuna.study.Study.optimize = _routed_optimize  # type: ignore[method-assign]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    optuna.study.Study.optimize = _plain_optimize  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    _current.append(item.nodeid)
+    try:
+        yield
+    finally:
+        _current.pop()
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> Any:
+    if report.when == "call":
+        report.user_properties.append(("tunefleet", report.nodeid in _routed))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+                            config: pytest.Config) -> None:
+    passed = terminalreporter.stats.get("passed", [])
+    through = [r for r in passed if r.nodeid in _routed]
+    terminalreporter.write_line(
+        f"tunefleet: {len(_routed)} tests called Study.optimize (routed through "
+        f"tunefleet.optimize with {WORKERS} workers); {len(through)} of them passed")
+    out = os.environ.get("TUNEFLEET_SUITE_ROUTED")
+    if out:
+        with open(out, "w") as f:
+            f.write("\n".join(sorted(_routed)) + "\n")
