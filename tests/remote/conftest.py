@@ -56,6 +56,7 @@ class Procs:
         key = self.cwd / "hub.key"
         if not key.exists():  # as a user would copy it to the workers' hosts first
             key.write_text("test-key-0123456789\n")
+            key.chmod(0o600)  # serve and worker refuse a key file others can read
         return self.tunefleet("serve", target, "--listen", f"tcp://127.0.0.1:{port}",
                               "--key-file", "hub.key", "--storage", "sqlite:///hub.db",
                               "--no-progress", "--json", *args)

@@ -1,23 +1,41 @@
-"""The TCP listener against clients without the key, garbage, oversized and replayed messages:
-each is dropped and logged once, and the coordinator goes on serving real workers."""
+"""The TCP listener against clients without the key, garbage, oversized and replayed messages,
+floods of unauthenticated connections, running out of file descriptors, and bad key files and
+addresses: each is dropped (or refused in one line) and logged once, and the coordinator goes on
+serving real workers. The hardening tests run real `tunefleet serve` processes on port 0."""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import resource
 import socket
 import struct
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import optuna
 import pytest
 
 import tunefleet
+from optuna.trial import TrialState
+
 from tests.remote import objectives
-from tests.remote.conftest import free_port, wait_for
+from tests.remote.conftest import ROOT, free_port, wait_for
 from tunefleet.hub import protocol as P
-from tunefleet.transport.tcp import TcpChannel
+from tunefleet.transport.tcp import HANDSHAKE_SIZE, MAX_PENDING, TcpChannel
 
 KEY = b"the-right-key"
+TARGET = f"{Path(objectives.__file__)}:slow_quadratic"
+
+
+def write_key(path: Path, text: bytes = KEY) -> Path:
+    """A key file as it must be: readable by its owner only."""
+    path.write_bytes(text)
+    path.chmod(0o600)
+    return path
 
 def raw(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -33,7 +51,7 @@ def closed_by_peer(sock: socket.socket) -> bool:
 @pytest.fixture
 def coordinator(procs, tmp_path, caplog):
     """A coordinator (optimize with backend="tcp") in a thread, waiting for workers."""
-    (tmp_path / "hub.key").write_bytes(KEY)
+    write_key(tmp_path / "hub.key")
     port = free_port()
     study = optuna.create_study()
     errors: list[BaseException] = []
@@ -73,7 +91,7 @@ def finish(coordinator, procs, tmp_path) -> None:
 
 def test_a_worker_with_a_wrong_key_is_rejected(coordinator, procs, tmp_path, caplog):
     port = coordinator[0]
-    (tmp_path / "wrong.key").write_text("not-the-key\n")
+    write_key(tmp_path / "wrong.key", b"not-the-key\n")
     for _ in range(2):
         intruder = procs.worker(port, key_file="wrong.key")
         _, err = intruder.communicate(timeout=60)
@@ -91,8 +109,8 @@ def test_garbage_and_oversized_messages_are_dropped(coordinator, procs, tmp_path
         sock = raw(port)
         sock.sendall(struct.pack(">I", 2**31) + b"x" * 100)  # a 2 GiB message announced
         assert closed_by_peer(sock)
-    assert rejections(caplog, "authentication failed") == 1
-    assert rejections(caplog, "over the limit") == 1
+    assert rejections(caplog, "authentication failed (malformed handshake)") == 1
+    assert rejections(caplog, "frame larger than the handshake before authentication") == 1
     # garbage after an authenticated handshake: a frame with a bad signature
     channel = TcpChannel(f"tcp://127.0.0.1:{port}", KEY, connect_timeout=10)
     channel.sock.sendall(struct.pack(">I", 60) + b"\x01" * 60)
@@ -131,3 +149,188 @@ def test_listener_binds_to_loopback_by_default():
         assert listener._server.getsockname()[0] == "127.0.0.1"
     finally:
         listener.close()
+
+
+# -- `tunefleet serve` itself ----------------------------------------------------------------
+
+class Serve:
+    """A real `tunefleet serve` on port 0; its stderr goes to a file (a flood of log lines
+    must not fill a pipe nobody reads), and the port comes from its first line."""
+
+    def __init__(self, tmp_path: Path, procs, n_trials: int = 20) -> None:
+        write_key(tmp_path / "hub.key")
+        self.tmp_path = tmp_path
+        self.n_trials = n_trials
+        self.err_path = tmp_path / "serve.err"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tunefleet", "serve", TARGET, "--listen",
+             "tcp://127.0.0.1:0", "--key-file", "hub.key", "--storage", "sqlite:///hub.db",
+             "--n-trials", str(n_trials), "--sampler", "random", "--no-progress", "--json"],
+            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            stdout=open(tmp_path / "serve.out", "w"), stderr=open(self.err_path, "w"))
+        procs.started.append(self.proc)
+        wait_for(self._started, 120, "serve to say its address")
+        self.port = int(re.search(r" on tcp://127\.0\.0\.1:(\d+);", self.stderr()).group(1))
+        self.pid = self.proc.pid
+
+    def _started(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"serve exited {self.proc.returncode}: {self.stderr()}")
+        return "start workers with" in self.stderr()
+
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def count(self, text: str) -> int:
+        return self.stderr().count(text)
+
+    def sockets(self) -> int:
+        """Sockets serve holds open now (its listener, workers, pending connections)."""
+        fd_dir = Path(f"/proc/{self.pid}/fd")
+        n = 0
+        for fd in fd_dir.iterdir():
+            try:
+                n += os.readlink(fd).startswith("socket:")
+            except OSError:  # closed while we looked
+                pass
+        return n
+
+    def peak_rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc/PID/status")
+
+    def hello(self) -> socket.socket:
+        """A connection that got the coordinator's hello (so it was accepted)."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=60)
+        got = b""
+        while len(got) < 4 + 6 + 32:
+            chunk = sock.recv(64)
+            assert chunk, "closed before the hello"
+            got += chunk
+        return sock
+
+    def finish_with_a_worker(self, procs) -> None:
+        """A real worker with the key runs the whole study: exact count, none RUNNING."""
+        worker = procs.worker(self.port)
+        assert self.proc.wait(180) == 0, self.stderr()[-3000:]
+        assert worker.wait(60) == 0
+        study = optuna.load_study(study_name="tunefleet",
+                                  storage=f"sqlite:///{self.tmp_path}/hub.db")
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        assert states.count(TrialState.COMPLETE) == self.n_trials == len(states)
+
+
+def test_serve_reads_nothing_larger_than_the_handshake_before_authentication(procs, tmp_path):
+    serve = Serve(tmp_path, procs)
+    before = serve.peak_rss_kib()
+    for _ in range(4):  # the attack that took the coordinator from 82 MB to 1.2 GB
+        sock = serve.hello()
+        sock.sendall(struct.pack(">I", 200 * 1024 * 1024))
+        try:
+            for _ in range(50):  # up to 50 MB of the 200 announced, until it is closed
+                sock.sendall(b"\0" * (1 << 20))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert closed_by_peer(sock)
+        sock.close()
+    assert serve.peak_rss_kib() - before < 16 * 1024  # nothing of it was buffered
+    assert serve.count("frame larger than the handshake before authentication "
+                       f"(209715200 bytes announced, a handshake is {HANDSHAKE_SIZE})") == 1
+    serve.finish_with_a_worker(procs)
+
+
+def test_serve_keeps_at_most_the_limit_of_unauthenticated_connections(procs, tmp_path):
+    serve = Serve(tmp_path, procs)
+    base = serve.sockets()
+    idle = [serve.hello() for _ in range(MAX_PENDING + 20)]  # each was accepted
+    # The oldest were dropped to let the newest in: never more than the limit held.
+    assert serve.sockets() - base <= MAX_PENDING
+    assert closed_by_peer(idle[0])
+    assert serve.count(f"over the limit of {MAX_PENDING} unauthenticated connections") == 1
+    serve.finish_with_a_worker(procs)  # while the idle connections are still open
+    for sock in idle:
+        sock.close()
+
+
+def test_serve_survives_running_out_of_file_descriptors(procs, tmp_path):
+    serve = Serve(tmp_path, procs)
+    in_use = len(os.listdir(f"/proc/{serve.pid}/fd"))
+    hard = resource.prlimit(serve.pid, resource.RLIMIT_NOFILE)[1]
+    resource.prlimit(serve.pid, resource.RLIMIT_NOFILE, (in_use + 6, hard))
+    idle = [socket.create_connection(("127.0.0.1", serve.port), timeout=60) for _ in range(30)]
+    wait_for(lambda: "too many open files" in serve.stderr(), 120, "serve to run out")
+    assert serve.proc.poll() is None, serve.stderr()[-3000:]
+    assert serve.count("accept: too many open files; dropped the oldest unauthenticated "
+                       "connection to make room") == 1
+    for sock in idle:  # the attacker goes; the descriptors come back to serve
+        sock.close()
+    serve.finish_with_a_worker(procs)
+    assert "Traceback" not in serve.stderr()
+
+
+def one_line_error(proc: subprocess.Popen, timeout: float = 120) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("mode, who", [(0o644, "serve"), (0o640, "serve"), (0o604, "worker"),
+                                       (0o660, "worker")])
+def test_a_key_file_others_can_read_is_refused(procs, tmp_path, mode, who):
+    """Like ssh with a private key: refused in one line that says how to fix it."""
+    key = write_key(tmp_path / "hub.key")
+    key.chmod(mode)
+    if who == "serve":
+        proc = procs.serve(TARGET, 0, "--n-trials", "1")
+    else:
+        proc = procs.worker(free_port())
+    err = one_line_error(proc)
+    assert err == (f"tunefleet: error: key file hub.key is accessible by others (mode "
+                   f"{mode:o}): refused; run chmod 600 hub.key\n")
+
+
+@pytest.mark.parametrize("who", ["serve", "worker"])
+def test_a_key_file_path_that_is_a_directory_is_one_line(procs, tmp_path, who):
+    (tmp_path / "hub.key").mkdir()
+    proc = procs.serve(TARGET, 0, "--n-trials", "1") if who == "serve" else \
+        procs.worker(free_port())
+    assert one_line_error(proc) == ("tunefleet: error: key file hub.key is a directory, not a "
+                                    "file\n")
+
+
+def test_serve_on_a_busy_port_is_one_line(procs, tmp_path):
+    write_key(tmp_path / "hub.key")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        err = one_line_error(procs.serve(TARGET, port, "--n-trials", "1"))
+    assert err == (f"tunefleet: error: cannot listen on tcp://127.0.0.1:{port}: the port is "
+                   "already in use\n")
+    assert not (tmp_path / "hub.db").exists()  # nothing was opened before the bind
+
+
+@pytest.mark.parametrize("address, why", [
+    ("tcp://127.0.0.1:99999", "(Port out of range 0-65535)"),
+    ("tcp://127.0.0.1:http", "(Port could not be cast to integer value as 'http')"),
+    ("tcp://127.0.0.1", ""),
+    ("udp://127.0.0.1:5555", ""),
+    ("tcp://127.0.0.1:5555/x", ""),
+])
+@pytest.mark.parametrize("who", ["serve", "worker"])
+def test_a_malformed_address_is_one_line(procs, tmp_path, address, why, who):
+    write_key(tmp_path / "hub.key")
+    if who == "serve":
+        proc = procs.tunefleet("serve", TARGET, "--listen", address, "--key-file", "hub.key",
+                               "--n-trials", "1", "--storage", "sqlite:///hub.db")
+        expected = f"address {address!r} must look like tcp://HOST:PORT"
+    else:
+        proc = procs.tunefleet("worker", "--connect", address, "--key-file", "hub.key")
+        expected = (f"address {address!r} must look like tcp://HOST:PORT"
+                    if address.startswith("tcp://") else
+                    f"--connect {address!r} must look like tcp://HOST:PORT")
+    err = one_line_error(proc)
+    assert err == f"tunefleet: error: {expected}{' ' + why if why else ''}\n"

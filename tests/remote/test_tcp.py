@@ -119,6 +119,7 @@ def test_elastic_workers_join_and_leave_and_serve_waits_for_them(procs, tmp_path
 def test_optimize_with_backend_tcp_and_worker_processes(procs, tmp_path):
     key_file = tmp_path / "hub.key"
     key_file.write_text("s3cret-for-this-test\n")
+    key_file.chmod(0o600)  # workers refuse a key file others can read
     port = free_port()
     workers = [procs.worker(port) for _ in range(2)]  # they wait for the coordinator
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
@@ -134,6 +135,7 @@ def test_optimize_with_backend_tcp_and_worker_processes(procs, tmp_path):
 
 def test_setup_runs_once_per_tcp_worker(procs, tmp_path):
     (tmp_path / "hub.key").write_text("another-secret\n")
+    (tmp_path / "hub.key").chmod(0o600)
     port = free_port()
     workers = [procs.worker(port) for _ in range(2)]
     calls = tmp_path / "setup-calls"

@@ -79,14 +79,21 @@ class TcpBackend(Backend):
             coordinator listening on ``tcp://0.0.0.0:5555`` is reached as ``tcp://myhost:5555``).
         key: the shared secret; a fresh random one is made when not given (engine-started
             workers receive it with their task).
+        listener: a ``TcpListener`` already bound with ``key`` (``tunefleet serve`` binds
+            first, so that a busy port is reported before anything else happens).
     """
 
     def __init__(self, listen: str = "tcp://127.0.0.1:0", advertise: str | None = None,
                  key: bytes | None = None, gpus: Sequence[int | str] | None = None,
-                 max_message: int | None = None) -> None:
+                 max_message: int | None = None, listener: TcpListener | None = None) -> None:
         self.key = key or secrets.token_hex(32).encode()
-        kwargs = {"max_message": max_message} if max_message else {}
-        tcp = TcpListener(listen, self.key, **kwargs)
+        if listener is not None:
+            if listener.key != self.key:
+                raise ValueError("the listener given was bound with another key")
+            tcp = listener
+        else:
+            kwargs = {"max_message": max_message} if max_message else {}
+            tcp = TcpListener(listen, self.key, **kwargs)
         self.listener = _WatchedListener(tcp, self)
         if advertise:
             parse_address(advertise)

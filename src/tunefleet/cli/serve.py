@@ -35,20 +35,29 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
     Workers may join and leave at any time; each exits 0 when the study is done.
     """
     import tunefleet
-    from tunefleet.transport.tcp import load_key
+    from tunefleet.transport.tcp import TcpListener, load_key, parse_address
 
     if n_trials is None and timeout is None:
         raise click.UsageError("give --n-trials or --timeout (or both)")
-    objective = load_target(target)
+    parse_address(listen)  # a malformed address: one line, exit 2, before anything is opened
     key = load_key(key_file, create=True)
-    spec = spec_from_options(directions, sampler, seed, pruner)
-    study = create_or_load_study(open_storage(storage, sqlite_wal=True), study_name, spec,
-                                 directions_given=bool(directions))
-    click.echo(f"coordinator for study {study.study_name!r} on {listen}; start workers with:\n"
-               f"  tunefleet worker --connect {listen} --key-file {key_file}", err=True)
+    # Bound before anything is said or opened: a busy port is one line and exit 2, and with
+    # port 0 the line below gives the port the workers need.
+    listener = TcpListener(listen, key)
+    try:
+        objective = load_target(target)
+        spec = spec_from_options(directions, sampler, seed, pruner)
+        study = create_or_load_study(open_storage(storage, sqlite_wal=True), study_name, spec,
+                                     directions_given=bool(directions))
+    except BaseException:
+        listener.close()
+        raise
+    click.echo(f"coordinator for study {study.study_name!r} on {listener.address}; start "
+               f"workers with:\n  tunefleet worker --connect {listener.address} "
+               f"--key-file {key_file}", err=True)
     try:
         tunefleet.optimize(study, objective, n_trials=n_trials, timeout=timeout, backend="tcp",
-                           listen=listen, key=key, max_retries=max_retries,
+                           listen=listen, key=key, listener=listener, max_retries=max_retries,
                            catch=(Exception,) if keep_going else (),
                            show_progress_bar=progress)
     except KeyboardInterrupt:

@@ -102,9 +102,11 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
         click.echo(f"tunefleet: worker {opts.worker_id}: {exc} (pass --catch to go on)", err=True)
         sys.exit(1)
     done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+    dropped = (f", {result.dropped} dropped (failed by others while this worker was silent)"
+               if result.dropped else "")
     click.echo(f"worker {opts.worker_id}: {result.complete} complete, {result.pruned} pruned, "
-               f"{result.failed} failed, {result.reaped} taken over from dead workers; "
-               f"{result.reason}: the study holds {done}/{n_trials}")
+               f"{result.failed} failed, {result.reaped} taken over from dead workers"
+               f"{dropped}; {result.reason}: the study holds {done}/{n_trials}")
 
 
 def _join_hub(target: str | None, address: str, key_file: str | None, processes: int) -> None:
@@ -113,5 +115,8 @@ def _join_hub(target: str | None, address: str, key_file: str | None, processes:
     if not address.startswith("tcp://"):
         raise UsageError(f"--connect {address!r} must look like tcp://HOST:PORT")
     from tunefleet.hub.remote import run_workers
+    from tunefleet.transport.tcp import parse_address
+
+    parse_address(address)  # a malformed address is one line and exit 2, before any fork
 
     sys.exit(run_workers(address, processes, key_file=key_file))

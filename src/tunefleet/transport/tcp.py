@@ -10,14 +10,22 @@ then every message is ``seq (8 bytes) + HMAC(session, direction + seq + payload)
 with ``session = HMAC(key, "session" + server_nonce + client_nonce)``; ``seq`` must be exactly
 the next one, so a replayed, reordered or forged message closes the connection. A worker that
 dies closes its socket (the coordinator sees it at once); TCP keepalive finds a vanished host.
+
+Before a connection is authenticated it costs the coordinator at most one small buffer: only
+the handshake's exact size is read (a larger frame announced closes it), at most
+``max_pending`` such connections are kept (a new one pushes out the oldest of the host that
+holds the most), and running out of file descriptors in ``accept`` drops pending connections
+or pauses accepting instead of crashing. Every refusal is logged once per host and reason.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import logging
 import os
+import stat
 import pickle
 import secrets
 import selectors
@@ -37,31 +45,69 @@ NONCE = 32
 MAC = 32
 MAX_MESSAGE = 256 * 1024 * 1024
 HANDSHAKE_TIMEOUT = 10.0
+#: Unauthenticated connections kept at once; more push out the oldest (a real worker's
+#: handshake takes one round trip, an attacker's idle connection is what gets dropped).
+MAX_PENDING = 64
+#: The only frame a client may send before it is authenticated: its nonce and proof.
+HANDSHAKE_SIZE = NONCE + MAC
+#: The frames a server sends before it is authenticated: its hello, then its proof.
+HELLO_SIZE = len(MAGIC) + NONCE
+#: Seconds accept() rests after "too many open files" with nothing it could drop.
+ACCEPT_PAUSE = 0.5
+#: accept() errors that mean "out of a resource", not "listener broken".
+_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _LEN = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
 
 
 def parse_address(address: str) -> tuple[str, int]:
-    """``tcp://HOST:PORT`` (or ``HOST:PORT``) -> (host, port); ``*`` means every interface."""
-    url = urlparse(address if "://" in address else f"tcp://{address}")
-    if url.scheme != "tcp" or url.port is None:
-        raise UsageError(f"address {address!r} must look like tcp://HOST:PORT")
+    """``tcp://HOST:PORT`` (or ``HOST:PORT``) -> (host, port); ``*`` means every interface.
+    A malformed address is a ``UsageError`` (one line, exit 2), never a traceback."""
+    shape = f"address {address!r} must look like tcp://HOST:PORT"
+    try:
+        url = urlparse(address if "://" in address else f"tcp://{address}")
+        port = url.port
+    except ValueError as exc:  # "Port out of range 0-65535", "Port could not be cast ..."
+        raise UsageError(f"{shape} ({exc})") from None
+    if url.scheme != "tcp" or port is None or url.path not in ("", "/"):
+        raise UsageError(shape)
     host = url.hostname or "127.0.0.1"
-    return ("0.0.0.0" if host == "*" else host), url.port
+    return ("0.0.0.0" if host == "*" else host), port
+
+
+def _check_key_mode(key_file: str, mode: int) -> None:
+    """Refuse, as ssh does for private keys (and ``tunefleet peer`` for its key), a key file
+    its group or others may read or change: anyone who reads it can join the study, have the
+    coordinator run trials they forge, and receive pickled objectives."""
+    if mode & 0o077:
+        raise UsageError(f"key file {key_file} is accessible by others (mode "
+                         f"{stat.S_IMODE(mode):o}): refused; run chmod 600 {key_file}")
 
 
 def load_key(key_file: str | None = None, *, create: bool = False) -> bytes:
     """The shared secret: the contents of ``key_file``, else ``$TUNEFLEET_KEY``. With
-    ``create``, a missing key file is made with a fresh random key (readable by its owner)."""
+    ``create``, a missing key file is made with a fresh random key (readable by its owner).
+    Every problem with the file, a mode that lets others read it included, is a
+    ``UsageError`` that names it."""
     if key_file:
-        if not os.path.exists(key_file):
-            if not create:
-                raise UsageError(f"key file {key_file} does not exist")
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
-        with open(key_file, "rb") as f:
-            key = f.read().strip()
+        try:
+            if not os.path.lexists(key_file):
+                if not create:
+                    raise UsageError(f"key file {key_file} does not exist")
+                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32) + "\n")
+            with open(key_file, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise UsageError(f"key file {key_file} is not a regular file")
+                _check_key_mode(key_file, info.st_mode)
+                key = f.read(1 << 16).strip()
+        except IsADirectoryError:
+            raise UsageError(f"key file {key_file} is a directory, not a file") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read key file {key_file}: "
+                             f"{exc.strerror or exc}") from None
         if not key:
             raise UsageError(f"key file {key_file} is empty")
         return key
@@ -119,6 +165,7 @@ class _Conn(Link):
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock = sock
         self.peer = peer
+        self.host = peer.rsplit(":", 1)[0]
         self.name = peer
         self.buf = bytearray()
         self.server_nonce = secrets.token_bytes(NONCE)
@@ -148,46 +195,89 @@ class _Conn(Link):
 
 
 class TcpListener(Listener):
-    """The coordinator's TCP side: accepts, authenticates, and reads every worker's messages."""
+    """The coordinator's TCP side: accepts, authenticates, and reads every worker's messages.
 
-    def __init__(self, address: str, key: bytes, max_message: int = MAX_MESSAGE) -> None:
+    Args:
+        address: ``tcp://HOST:PORT`` to listen on; a busy or bad address is a ``UsageError``.
+        key: the shared secret.
+        max_message: the largest frame an authenticated worker may send.
+        max_pending: how many connections may wait for their handshake at once.
+    """
+
+    def __init__(self, address: str, key: bytes, max_message: int = MAX_MESSAGE,
+                 max_pending: int = MAX_PENDING) -> None:
         host, port = parse_address(address)
         self.key = key
         self.max_message = max_message
-        self._server = socket.create_server((host, port), reuse_port=False, backlog=128)
+        self.max_pending = max_pending
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            self._server = socket.create_server((host, port), family=family, reuse_port=False,
+                                                backlog=128)
+        except socket.gaierror as exc:
+            raise UsageError(f"cannot listen on {address}: unknown host {host!r} "
+                             f"({exc.strerror})") from None
+        except OSError as exc:
+            why = {errno.EADDRINUSE: "the port is already in use",
+                   errno.EADDRNOTAVAIL: f"{host} is not an address of this host",
+                   errno.EACCES: "permission denied (ports below 1024 need root)"}.get(
+                       exc.errno, exc.strerror or str(exc))
+            raise UsageError(f"cannot listen on {address}: {why}") from None
         self._server.setblocking(False)
-        bound_host, bound_port = self._server.getsockname()[:2]
+        bound_port = self._server.getsockname()[1]
         self.address = f"tcp://{host}:{bound_port}"
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._server, selectors.EVENT_READ, None)
         self._conns: dict[socket.socket, _Conn] = {}
-        self._warned: set[str] = set()
+        self._warned: set[tuple[str, str]] = set()
+        self._accept_paused_until = 0.0
 
     def links(self) -> list[Link]:
         return [c for c in self._conns.values() if c.sealer is not None]
 
+    def _pending(self) -> list[_Conn]:
+        return [c for c in self._conns.values() if c.sealer is None]
+
     def poll(self, timeout: float | None) -> list[tuple[Link, Optional[tuple]]]:
         out: list[tuple[Link, Optional[tuple]]] = []
+        now = time.monotonic()
+        if self._accept_paused_until:
+            if now >= self._accept_paused_until:
+                self._accept_paused_until = 0.0
+                self._sel.register(self._server, selectors.EVENT_READ, None)
+            elif timeout is None or timeout > self._accept_paused_until - now:
+                timeout = self._accept_paused_until - now
         for key, _ in self._sel.select(timeout):
             if key.data is None:
                 self._accept()
-            else:
+            elif key.data.sock in self._conns:  # not dropped by an accept in this round
                 self._read(key.data, out)
         now = time.monotonic()
-        for conn in list(self._conns.values()):
-            if conn.sealer is None and now - conn.accepted_at > HANDSHAKE_TIMEOUT:
+        for conn in self._pending():
+            if now - conn.accepted_at > HANDSHAKE_TIMEOUT:
                 self._reject(conn, "no handshake in time")
         return out
 
     def _accept(self) -> None:
         try:
             sock, addr = self._server.accept()
-        except BlockingIOError:
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
-        _keepalive(sock)
-        sock.setblocking(True)
-        sock.settimeout(10.0)
+        except OSError as exc:
+            self._out_of_resources(exc)
+            return
+        try:
+            _keepalive(sock)
+            sock.setblocking(True)
+            sock.settimeout(10.0)
+        except OSError:  # reset before we looked at it
+            sock.close()
+            return
         conn = _Conn(sock, f"{addr[0]}:{addr[1]}")
+        pending = self._pending()
+        if len(pending) >= self.max_pending:
+            self._push_out(pending, f"over the limit of {self.max_pending} unauthenticated "
+                                    "connections; dropped the oldest of the host that holds most")
         try:
             sock.sendall(_frame(MAGIC + conn.server_nonce))
         except OSError:
@@ -196,9 +286,42 @@ class TcpListener(Listener):
         self._conns[sock] = conn
         self._sel.register(sock, selectors.EVENT_READ, conn)
 
+    def _push_out(self, pending: list[_Conn], why: str) -> bool:
+        """Drop the oldest pending connection of the host with the most pending ones (a flood
+        from one host does not push out another host's handshake); False when none."""
+        if not pending:
+            return False
+        hosts: dict[str, int] = {}
+        for c in pending:
+            hosts[c.host] = hosts.get(c.host, 0) + 1
+        busiest = max(hosts, key=lambda h: hosts[h])
+        victim = min((c for c in pending if c.host == busiest), key=lambda c: c.accepted_at)
+        self._reject(victim, why)
+        return True
+
+    def _out_of_resources(self, exc: OSError) -> None:
+        """``accept`` failed: out of file descriptors (EMFILE/ENFILE) or memory. Free a
+        descriptor by dropping a pending connection, or rest the listener for a moment (the
+        connection waits in the kernel's backlog); the coordinator goes on either way."""
+        if exc.errno not in _RESOURCE_ERRORS:
+            self._warn_once("accept", f"tunefleet: accept failed ({exc}); going on")
+            return
+        what = os.strerror(exc.errno)
+        if self._push_out(self._pending(), f"accept: {what.lower()}; dropped the oldest "
+                                           "unauthenticated connection to make room"):
+            return
+        self._warn_once(f"pause:{exc.errno}", f"tunefleet: accept: {what.lower()} with no "
+                        f"unauthenticated connection to drop; not accepting for "
+                        f"{ACCEPT_PAUSE}s at a time until a descriptor is free")
+        self._sel.unregister(self._server)
+        self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
+
     def _read(self, conn: _Conn, out: list) -> None:
+        # Before the handshake, read no more than the handshake: nothing an unauthenticated
+        # party sends is buffered beyond that.
+        want = 4 + HANDSHAKE_SIZE - len(conn.buf) if conn.sealer is None else 1 << 20
         try:
-            data = conn.sock.recv(1 << 20)
+            data = conn.sock.recv(want)
         except (BlockingIOError, socket.timeout):
             return
         except OSError as exc:
@@ -210,6 +333,14 @@ class TcpListener(Listener):
         conn.buf += data
         while len(conn.buf) >= 4:
             (size,) = _LEN.unpack_from(conn.buf)
+            if conn.sealer is None and size != HANDSHAKE_SIZE:
+                if size > HANDSHAKE_SIZE:
+                    self._reject(conn, f"frame larger than the handshake before "
+                                       f"authentication ({size} bytes announced, a handshake "
+                                       f"is {HANDSHAKE_SIZE})")
+                else:
+                    self._reject(conn, "authentication failed (malformed handshake)")
+                return
             if size > self.max_message:
                 self._reject(conn, f"message of {size} bytes is over the limit of "
                                    f"{self.max_message}", out)
@@ -220,6 +351,9 @@ class TcpListener(Listener):
             del conn.buf[:4 + size]
             if conn.sealer is None:
                 if not self._handshake(conn, body):
+                    return
+                if conn.buf:  # a client sends nothing before the server's proof
+                    self._reject(conn, "data before the end of the handshake")
                     return
                 continue
             try:
@@ -250,11 +384,19 @@ class TcpListener(Listener):
         conn.sealer = _Sealer(session, out_dir=b"s2c", in_dir=b"c2s")
         return True
 
+    def _warn_once(self, key: str, message: str, host: str = "") -> None:
+        """Log MESSAGE once per (host, key): a flood is one line, not one per connection."""
+        if (host, key) in self._warned:
+            return
+        if len(self._warned) > 10_000:  # many source addresses must not grow memory
+            self._warned.clear()
+        self._warned.add((host, key))
+        _logger.warning(message)
+
     def _reject(self, conn: _Conn, why: str, out: list | None = None) -> None:
-        host = conn.peer.rsplit(":", 1)[0]
-        if (host, why) not in self._warned:  # logged once per host and reason
-            self._warned.add((host, why))  # type: ignore[arg-type]
-            _logger.warning(f"tunefleet: rejected connection from {conn.peer}: {why}")
+        category = why.split(" (", 1)[0]
+        self._warn_once(category, f"tunefleet: rejected connection from {conn.peer}: {why}",
+                        host=conn.host)
         conn.reason = f"rejected: {why}"
         self._drop(conn, out)
 
@@ -301,14 +443,18 @@ class TcpChannel(Channel):
                 time.sleep(0.5)
         _keepalive(self.sock)
         try:
-            hello = self._recv_frame()
-            if not hello.startswith(MAGIC) or len(hello) != len(MAGIC) + NONCE:
+            # Before the server is authenticated, read no more than the handshake's frames.
+            hello = self._recv_frame(limit=HELLO_SIZE)
+            if not hello.startswith(MAGIC) or len(hello) != HELLO_SIZE:
                 raise CoordinatorGone(f"{address} is not a tunefleet coordinator")
             server_nonce = hello[len(MAGIC):]
             client_nonce = secrets.token_bytes(NONCE)
             self.sock.sendall(_frame(client_nonce + _mac(key, b"client", server_nonce,
                                                          client_nonce)))
-            proof = self._recv_frame()
+            proof = self._recv_frame(limit=MAC)
+        except OSError as exc:
+            raise CoordinatorGone(f"coordinator connection lost during the handshake: {exc} "
+                                  "(is the key the coordinator's?)") from None
         except CoordinatorGone as exc:
             raise CoordinatorGone(f"{exc} (is the key the coordinator's?)") from None
         if not hmac.compare_digest(proof, _mac(key, b"server", client_nonce, server_nonce)):
@@ -331,9 +477,9 @@ class TcpChannel(Channel):
             n -= len(chunk)
         return b"".join(chunks)
 
-    def _recv_frame(self) -> bytes:
+    def _recv_frame(self, limit: int | None = None) -> bytes:
         (size,) = _LEN.unpack(self._recv_exact(4))
-        if size > self.max_message:
+        if size > (limit if limit is not None else self.max_message):
             raise CoordinatorGone(f"message of {size} bytes from the coordinator is too large")
         return self._recv_exact(size)
 
