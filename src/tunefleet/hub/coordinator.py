@@ -33,6 +33,7 @@ from tunefleet.backends import make_backend
 from tunefleet.backends._base import Backend
 from tunefleet.errors import Interrupted, UsageError, WorkerStartError
 from tunefleet.hub import protocol as P
+from tunefleet.hub._beat import BEAT_INTERVAL
 from tunefleet.hub.mirror import MirroredStorage, mirrored_study
 from tunefleet.hub.progress import Progress
 from tunefleet.hub.worker import WorkerConfig
@@ -79,6 +80,7 @@ class _WorkerState:
     hello: bool = False
     finished_trials: int = 0
     space_version: int = -1  # the version of the known search space this worker holds
+    heard: float = field(default_factory=time.monotonic)  # when it last sent anything
 
 
 @dataclass
@@ -100,8 +102,12 @@ class Coordinator:
                  n_workers: int, limits: Limits, callbacks: Sequence[Callable] = (),
                  catch: tuple[type[BaseException], ...] = (), max_retries: int = 1,
                  progress: Progress | None = None, setup: Callable[[], Any] | None = None,
-                 mirror: MirroredStorage | None = None, grace: float = 5.0) -> None:
+                 mirror: MirroredStorage | None = None, grace: float = 5.0,
+                 worker_timeout: float | None = None) -> None:
         self.study = study
+        self.worker_timeout = worker_timeout
+        self._silenced: dict[int, str] = {}  # trial id -> why it was failed (silent worker)
+        self._next_silence_check = 0.0
         self.mirror = mirror
         self.grace = grace
         self.backend = backend
@@ -265,10 +271,30 @@ class Coordinator:
             self.progress.running(
                 (now - r.trial._cached_frozen_trial.datetime_start.timestamp()
                  for r in self._running.values()), len(self._workers))
+        if self.worker_timeout and self._running and time.monotonic() >= self._next_silence_check:
+            self._fail_silent()
         if self._heartbeat and self._running and time.monotonic() >= self._next_beat:
             for trial_id in self._running:
                 self._storage.record_heartbeat(trial_id)
             self._next_beat = time.monotonic() + (self._storage.get_heartbeat_interval() or 60)
+
+    def _fail_silent(self) -> None:
+        """Fail and retry the trial of each worker silent for ``worker_timeout`` (stopped,
+        hung, cut off): workers beat every second while a trial runs. A late result from such
+        a worker is refused (see ``_finish``); the worker itself may go on with new trials."""
+        now = time.monotonic()
+        self._next_silence_check = now + min(1.0, self.worker_timeout / 4)
+        for link, state in list(self._workers.items()):
+            if state.trial_id is None or now - state.heard <= self.worker_timeout:
+                continue
+            run = self._running.pop(state.trial_id, None)
+            trial_id, state.trial_id = state.trial_id, None
+            if run is None:
+                continue
+            reason = (f"worker {link.name} was silent for {now - state.heard:.0f} s "
+                      f"(worker_timeout {self.worker_timeout:g} s)")
+            self._silenced[trial_id] = reason
+            self._fail_lost(run, reason)
 
     def _announce(self) -> None:
         """Count the trials the durable storage now holds: callbacks, progress, best value."""
@@ -283,6 +309,9 @@ class Coordinator:
         state = self._workers.get(link)
         if state is None:
             state = self._workers[link] = _WorkerState()
+        state.heard = time.monotonic()
+        if op == P.BEAT:
+            return
         if op == P.NEXT:
             if msg[1] is not None:
                 self._finish(link, msg[1])
@@ -414,8 +443,12 @@ class Coordinator:
         state = self._workers.get(link)
         if state is not None:
             state.trial_id = None
-        if run is None:
-            return  # already failed by an abort
+        if run is None:  # already failed: by an abort, or because its worker fell silent
+            why = self._silenced.pop(trial_id, None)
+            if why is not None:
+                _logger.warning(f"late result from worker {link.name} refused: its trial was "
+                                f"failed and retried because the {why[len('worker '):]}")
+            return
         try:
             self._apply_ops(run, ops)
         except Exception as exc:  # as if raised by the objective, like in Optuna
@@ -528,7 +561,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
             n_workers: int | None, timeout: float | None, callbacks: list[Callable],
             catch: Any, show_progress_bar: bool, gpus: list | None, max_retries: int,
             backend: str, setup: Callable[[], Any] | None,
-            backend_options: dict[str, Any], grace: float = 5.0) -> optuna.Study:
+            backend_options: dict[str, Any], grace: float = 5.0,
+            worker_timeout: float | None = None) -> optuna.Study:
     """What ``tunefleet.optimize`` does; see there."""
     if isinstance(catch, type):
         catch = (catch,)
@@ -539,6 +573,9 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
         raise ValueError(f"max_retries must be non-negative, got {max_retries}")
     if grace < 0:
         raise ValueError(f"grace must be non-negative, got {grace}")
+    if worker_timeout is not None and worker_timeout < 3 * BEAT_INTERVAL:
+        raise ValueError(f"worker_timeout must be at least {3 * BEAT_INTERVAL:g} s (workers "
+                         f"beat every {BEAT_INTERVAL:g} s), got {worker_timeout}")
     if study._thread_local.in_optimize_loop:
         raise RuntimeError("Nested invocation of `Study.optimize` method isn't allowed.")
     options = dict(backend_options)
@@ -564,7 +601,7 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
     coordinator = Coordinator(run_study, objective, engine, n_workers=workers,
                               limits=Limits(n_trials, timeout), callbacks=callbacks, catch=catch,
                               max_retries=max_retries, progress=progress, setup=setup,
-                              mirror=mirror, grace=grace)
+                              mirror=mirror, grace=grace, worker_timeout=worker_timeout)
     study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = True
     try:
         coordinator.run()

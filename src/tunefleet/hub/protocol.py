@@ -35,6 +35,7 @@ NEXT = "next"
 CALL = "call"
 OPS = "ops"
 FAILED = "failed"
+BEAT = "beat"  # (BEAT,): still alive, when nothing else was sent for a while
 
 CONFIG = "config"
 TRIAL = "trial"
