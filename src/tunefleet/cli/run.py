@@ -28,6 +28,9 @@ from tunefleet.targets import load_target
 @click.option("--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Seconds running trials get to finish after Ctrl-C or SIGTERM before they "
                    "are closed as FAIL (a second Ctrl-C closes them at once).")
+@click.option("--worker-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Seconds a worker may stay silent during a trial (stopped, hung) before the "
+                   "trial is failed and retried; 0 waits forever.")
 @click.option("--keep-going", is_flag=True,
               help="A trial whose objective raises fails, and the study goes on.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
@@ -36,7 +39,7 @@ from tunefleet.targets import load_target
 def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float | None,
         storage: str | None, study_name: str | None, directions: tuple[str, ...],
         sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
-        max_retries: int, grace: float, keep_going: bool, progress: bool,
+        max_retries: int, grace: float, worker_timeout: float, keep_going: bool, progress: bool,
         as_json: bool) -> None:
     """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
 
@@ -51,8 +54,12 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
     spec = spec_from_options(directions, sampler, seed, pruner)
     store = open_storage(storage, sqlite_wal=True)  # the coordinator is the only writer
     study = create_or_load_study(store, study_name, spec, directions_given=bool(directions))
+    if worker_timeout and worker_timeout < 3:
+        raise click.BadParameter("must be 0 (wait forever) or at least 3 seconds (workers beat "
+                                 "every second)", param_hint="--worker-timeout")
     remaining = remaining_budget(study, n_trials)
     run_hub_command(study, storage, as_json, lambda: tunefleet.optimize(
         study, objective, n_trials=remaining, n_workers=n_workers, timeout=timeout,
         gpus=parse_gpus(gpus), max_retries=max_retries, grace=grace,
+        worker_timeout=worker_timeout or None,
         catch=(Exception,) if keep_going else (), show_progress_bar=progress))
