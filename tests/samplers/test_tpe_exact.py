@@ -187,25 +187,40 @@ def test_each_finished_trial_is_read_once(monkeypatch: pytest.MonkeyPatch) -> No
     assert sorted(ingested) == list(range(39))  # the last trial finished after its asks
 
 
-def test_added_trials_and_resumed_sampler() -> None:
-    """Trials added in bulk are picked up, and a pickled sampler (a fresh table) continues
-    exactly as Optuna's does."""
+@pytest.mark.parametrize("multivariate", [True, False])
+def test_large_study_with_ties_and_resumed_sampler(multivariate: bool) -> None:
+    """Hundreds of trials added in bulk (integer parameters, tied values) are picked up, and a
+    pickled sampler (a fresh table) continues exactly as Optuna's does."""
     rng = np.random.default_rng(1)
     dists = {"x": optuna.distributions.FloatDistribution(-5, 5),
-             "y": optuna.distributions.FloatDistribution(-5, 5)}
-    added = [optuna.trial.create_trial(params={"x": float(x), "y": float(y)}, distributions=dists,
-                                       value=float(x * x + y * y))
-             for x, y in rng.uniform(-5, 5, size=(300, 2))]
+             "i": optuna.distributions.IntDistribution(0, 12),
+             "c": optuna.distributions.CategoricalDistribution(["a", "b", "c"])}
+    added = [optuna.trial.create_trial(
+        params={"x": float(x), "i": int(i), "c": "abc"[int(c)]}, distributions=dists,
+        value=float(round(x * x) + abs(i - 4)))
+        for x, i, c in zip(rng.uniform(-5, 5, 700), rng.integers(0, 13, 700),
+                           rng.integers(0, 3, 700))]
+
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -5, 5)
+        i = trial.suggest_int("i", 0, 12)
+        trial.suggest_categorical("c", ["a", "b", "c"])
+        return float(round(x * x) + abs(i - 4))
 
     def go(sampler: optuna.samplers.BaseSampler) -> list[dict[str, Any]]:
         study = optuna.create_study(sampler=sampler)
         study.add_trials(added)
-        study.optimize(quadratic, n_trials=10)
+        study.optimize(objective, n_trials=8)
         study.sampler = pickle.loads(pickle.dumps(study.sampler))
-        study.optimize(quadratic, n_trials=10)
-        return [t.params for t in study.trials[300:]]
+        for _ in range(4):  # two at a time: the constant liar sees a running trial
+            pair = [study.ask(), study.ask()]
+            values = [objective(t) for t in pair]
+            for t, v in zip(pair, values):
+                study.tell(t, v)
+        return [t.params for t in study.trials[700:]]
 
-    assert go(TPESampler(seed=2)) == go(optuna.samplers.TPESampler(seed=2))
+    kwargs = {"seed": 2, "multivariate": multivariate}
+    assert go(TPESampler(**kwargs)) == go(optuna.samplers.TPESampler(**kwargs))
 
 
 def test_fast_log_pdf_matches_optuna() -> None:

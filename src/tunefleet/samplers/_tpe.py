@@ -23,6 +23,7 @@ computed in a different floating-point order, so they agree to about 1e-12 relat
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -32,17 +33,23 @@ from optuna.distributions import CategoricalDistribution
 from optuna.samplers._tpe import _truncnorm
 from optuna.samplers._tpe import sampler as _optuna_tpe
 from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
+from optuna.samplers._tpe.parzen_estimator import EPS
 from optuna.samplers._tpe.probability_distributions import (
     _BatchedCategoricalDistributions,
+    _BatchedDiscreteTruncLogNormDistributions,
+    _BatchedDiscreteTruncNormDistributions,
+    _BatchedTruncLogNormDistributions,
+    _BatchedTruncNormDistributions,
     _unique_inverse_2d,
 )
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-try:  # A vectorized log_ndtr; without SciPy the exact but slower Optuna routine is used.
+try:  # Vectorized ndtr / log_ndtr; without SciPy Optuna's (partly per-element) routines are used.
     from scipy.special import log_ndtr as _scipy_log_ndtr
+    from scipy.special import ndtr as _scipy_ndtr
 except ImportError:  # pragma: no cover - SciPy comes with the test and report extras
-    _scipy_log_ndtr = None
+    _scipy_log_ndtr = _scipy_ndtr = None
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -258,8 +265,8 @@ _FAR = 9.0
 
 
 def _log_gauss_mass(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Optuna's ``_truncnorm._log_gauss_mass`` with a vectorized ``log_ndtr`` (SciPy) in place
-    of its per-element Python one; equal to it up to rounding."""
+    """Optuna's ``_truncnorm._log_gauss_mass`` with SciPy's vectorized ``ndtr``/``log_ndtr`` in
+    place of its per-element Python ones; equal to it up to rounding."""
     if _scipy_log_ndtr is None:
         return _truncnorm._log_gauss_mass(a, b)
     a, b = np.broadcast_arrays(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
@@ -275,30 +282,34 @@ def _log_gauss_mass(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         out[right] = _truncnorm._log_diff(_scipy_log_ndtr(-a[right]), _scipy_log_ndtr(-b[right]))
     if central.any():
         ac, bc = a[central], b[central]
-        out[central] = np.log1p(-_truncnorm._ndtr(ac) - _truncnorm._ndtr(-bc))
+        out[central] = np.log1p(-_scipy_ndtr(ac) - _scipy_ndtr(-bc))
     return out
 
 
 _EXP_FLOOR = -60.0
+_SQRT_HALF = math.sqrt(0.5)
+_BLOCK = 2048  # kernels per block: a (24 x 2048) float64 buffer pair fits in L2
 
 
 def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.ndarray:
     """``mpe.log_pdf(samples)`` without per-kernel Python work and without (samples x kernels x
     params) temporaries: per-kernel terms (normalizing mass, log sigma, log weight) are summed
-    once per kernel, and each continuous parameter adds its squared distances in place.
-    (No BLAS: a threaded matrix product is slower than this on a loaded machine.)"""
+    once per kernel, and each continuous parameter adds its squared distances in place, a block
+    of kernels at a time. (No BLAS: a threaded matrix product is slower than this on a loaded
+    machine.)"""
     mixture = mpe._mixture_distribution
     x = mpe._transform(samples)
     m, k = len(x), len(mixture.weights)
     with np.errstate(divide="ignore"):
         const = np.log(mixture.weights)
-    acc = np.zeros((m, k))  # the (sample, kernel) log densities of the non-continuous params
+    acc: np.ndarray | None = None  # (sample, kernel) log densities of the non-continuous params
     cont: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # x, mu, sigma (internal)
     for i, d in enumerate(mixture.distributions):
         xi = x[:, i]
         if isinstance(d, _BatchedCategoricalDistributions):
             with np.errstate(divide="ignore"):
-                acc += np.log(d.weights[:, xi.astype(np.int64)]).T
+                term = np.log(d.weights[:, xi.astype(np.int64)]).T
+            acc = term if acc is None else acc + term
             continue
         step = d.step
         lo, hi = d.adapted_low, d.adapted_high
@@ -308,9 +319,11 @@ def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.n
             const -= np.log(d.sigma) + _truncnorm._norm_pdf_logC
             cont.append((xc, d.mu, d.sigma))
             outside = np.flatnonzero((xc < lo) | (xc > hi))
-            for r in outside:  # rare: a candidate on the wrong side of a bound by rounding
-                z = (xc[r] - d.mu) / d.sigma
-                acc[r, (z < (lo - d.mu) / d.sigma) | (z > (hi - d.mu) / d.sigma)] = -np.inf
+            if len(outside):  # rare: a candidate on the wrong side of a bound by rounding
+                acc = np.zeros((m, k)) if acc is None else acc
+                for r in outside:
+                    z = (xc[r] - d.mu) / d.sigma
+                    acc[r, (z < (lo - d.mu) / d.sigma) | (z > (hi - d.mu) / d.sigma)] = -np.inf
         else:  # the discrete case, as Optuna: mass of [x - step/2, x + step/2] per kernel
             x_uniq, x_inv = np.unique(xi, return_inverse=True)
             mu_u, sigma_u, ms_inv = _unique_inverse_2d(d.mu, d.sigma)
@@ -318,32 +331,98 @@ def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.n
             right = np.log(x_uniq + step / 2) if d.is_log else x_uniq + step / 2
             mass = _log_gauss_mass((left[:, None] - mu_u) / sigma_u,
                                    (right[:, None] - mu_u) / sigma_u)
-            acc += mass[np.ix_(x_inv.ravel(), ms_inv)]
+            term = mass[np.ix_(x_inv.ravel(), ms_inv)]
+            acc = term if acc is None else acc + term
             const -= _log_gauss_mass((lo - mu_u) / sigma_u, (hi - mu_u) / sigma_u)[ms_inv]
-    if cont:  # -0.5 * sum over continuous params of z**2, z = (x - mu) / sigma, in place
-        sq = np.empty((m, k))
-        tmp = np.empty((m, k)) if len(cont) > 1 else sq
-        for j, (xc, mu, sigma) in enumerate(cont):
-            out = sq if j == 0 else tmp
-            np.subtract(xc[:, None], mu[None, :], out=out)
-            out /= sigma
+    # log sum_k exp(const_k + acc_rk - sum over continuous params of (z_rk / sqrt 2)**2), with
+    # z = (x - mu) / sigma, in blocks of kernels that stay in cache, combined as a logsumexp.
+    scaled = [(xc, mu, _SQRT_HALF / sigma) for xc, mu, sigma in cont]
+    width = min(k, _BLOCK)
+    buf, tmp = np.empty((m, width)), np.empty((m, width))
+    maxes, sums = [], []
+    for start in range(0, k, width):
+        stop = min(k, start + width)
+        t, u = buf[:, : stop - start], tmp[:, : stop - start]
+        for j, (xc, mu, scale) in enumerate(scaled):
+            out = t if j == 0 else u
+            np.subtract(xc[:, None], mu[None, start:stop], out=out)
+            out *= scale[start:stop]
             out *= out
             if j:
-                sq += tmp
-        sq *= -0.5
-        acc += sq
-    acc += const[None, :]
-    max_ = acc.max(axis=1)
+                t += u
+        if scaled:
+            np.subtract(const[None, start:stop], t, out=t)
+        else:
+            t[:] = const[None, start:stop]
+        if acc is not None:
+            t += acc[:, start:stop]
+        block_max = t.max(axis=1)
+        maxes.append(block_max)
+        t -= np.where(np.isneginf(block_max), 0.0, block_max)[:, None]
+        # Terms below e**-60 of a block's largest change its sum (>= 1) by under 1e-22 per
+        # kernel, and numpy's exp takes a slow path for large negative arguments: clip them.
+        np.maximum(t, _EXP_FLOOR, out=t)
+        np.exp(t, out=t)
+        sums.append(t.sum(axis=1))
+    block_maxes = np.array(maxes)
+    max_ = block_maxes.max(axis=0)
     impossible = np.isneginf(max_)  # no kernel gives this sample any density
     max_[impossible] = 0
-    acc -= max_[:, None]
-    # Terms below e**-60 change a sum that is >= 1 by less than 1e-22 (for 1e4 kernels), and
-    # numpy's exp takes a slow path for large negative arguments (15x here): clip them.
-    np.maximum(acc, _EXP_FLOOR, out=acc)
-    np.exp(acc, out=acc)
-    out = np.log(acc.sum(axis=1)) + max_
+    with np.errstate(invalid="ignore"):
+        out = np.log((np.array(sums) * np.exp(block_maxes - max_)).sum(axis=0)) + max_
     out[impossible] = -np.inf
     return out
+
+
+class _ParzenEstimatorFastSigmas(_ParzenEstimator):
+    """Optuna's estimator with the kernel bandwidths computed without a second sort.
+
+    Optuna's ``compute_sigmas`` maps the sorted bandwidths back with
+    ``np.argsort(sorted_indices)``, a full sort of a permutation; scattering into the inverse
+    permutation gives the identical array in linear time. The method is Optuna's otherwise, step
+    for step (it is one function there, so it is replicated whole); ``np.argsort(mus)`` is kept
+    as is, since its tie order decides which of several equal observations gets which bandwidth.
+    """
+
+    def _calculate_numerical_distributions(
+        self, observations: np.ndarray, search_space: Any, parameters: Any,
+    ) -> Any:
+        low, high = search_space.low, search_space.high
+        if search_space.step is not None:
+            low -= search_space.step / 2
+            high += search_space.step / 2
+        if search_space.log:
+            observations = np.log(observations)
+            low, high = np.log(low), np.log(high)
+        mus = observations
+        sorted_indices = np.argsort(mus)
+        with_ends = np.empty(len(mus) + 2, dtype=float)
+        with_ends[0] = low
+        with_ends[1:-1] = mus[sorted_indices]
+        with_ends[-1] = high
+        sorted_sigmas = np.maximum(with_ends[1:-1] - with_ends[0:-2],
+                                   with_ends[2:] - with_ends[1:-1])
+        if not parameters.consider_endpoints and with_ends.shape[0] >= 4:
+            sorted_sigmas[0] = with_ends[2] - with_ends[1]
+            sorted_sigmas[-1] = with_ends[-2] - with_ends[-3]
+        sigmas = np.empty_like(sorted_sigmas)
+        sigmas[sorted_indices] = sorted_sigmas  # == sorted_sigmas[np.argsort(sorted_indices)]
+        maxsigma = high - low
+        if parameters.consider_magic_clip:
+            n_kernels = len(observations) + 1  # + 1 for the prior, as Optuna
+            minsigma = (high - low) / min(100.0, (1.0 + n_kernels))
+        else:
+            minsigma = EPS
+        sigmas = np.asarray(np.clip(sigmas, minsigma, maxsigma))
+        mus = np.append(mus, [0.5 * (low + high)])
+        sigmas = np.append(sigmas, [high - low])
+        if search_space.step is None:
+            cls = _BatchedTruncLogNormDistributions if search_space.log else \
+                _BatchedTruncNormDistributions
+            return cls(mus, sigmas, search_space.low, search_space.high)
+        cls = _BatchedDiscreteTruncLogNormDistributions if search_space.log else \
+            _BatchedDiscreteTruncNormDistributions
+        return cls(mus, sigmas, search_space.low, search_space.high, search_space.step)
 
 
 class TPESampler(optuna.samplers.TPESampler):
@@ -472,15 +551,16 @@ class TPESampler(optuna.samplers.TPESampler):
         predetermined = None
         if study._is_multi_objective():
             predetermined = np.ones(len(next(iter(obs_below.values()))) if obs_below else 0)
-        mpe_below = self._parzen_estimator_cls(
-            obs_below, search_space, self._parzen_estimator_parameters, predetermined)
-        mpe_above = self._parzen_estimator_cls(
-            obs_above, search_space, self._parzen_estimator_parameters)
+        cls = self._parzen_estimator_cls
+        if cls is _ParzenEstimator:  # not customised by the user
+            cls = _ParzenEstimatorFastSigmas
+        mpe_below = cls(obs_below, search_space, self._parzen_estimator_parameters, predetermined)
+        mpe_above = cls(obs_above, search_space, self._parzen_estimator_parameters)
         if not isinstance(mpe_below, _ParzenEstimator):
             raise RuntimeError("_parzen_estimator_cls must override _ParzenEstimator.")
 
         samples = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
-        if type(mpe_below) is _ParzenEstimator:
+        if type(mpe_below) is _ParzenEstimatorFastSigmas:
             acq = _fast_log_pdf(mpe_below, samples) - _fast_log_pdf(mpe_above, samples)
         else:  # a user's estimator keeps its own density
             acq = self._compute_acquisition_func(samples, mpe_below, mpe_above)
