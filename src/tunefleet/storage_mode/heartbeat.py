@@ -126,8 +126,11 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     return compare_and_set(storage, trial._trial_id, TrialState.RUNNING, TrialState.FAIL)
 
 
-def queue_retry(study: optuna.Study, failed: FrozenTrial, max_retries: int) -> bool:
-    """Queue the parameters of FAILED as a WAITING trial, unless they were retried enough."""
+def queue_retry(study: optuna.Study, failed: FrozenTrial, max_retries: int,
+                total: int | None = None) -> bool:
+    """Queue the parameters of FAILED as a WAITING trial, unless they were retried enough or,
+    with TOTAL, the study has no room for it (then the budget is made up by trials that are
+    already there, and a retry could only be left WAITING at the end)."""
     count = int(failed.system_attrs.get(attrs.RETRY_COUNT, 0))
     if count >= max_retries:
         return False
@@ -135,6 +138,14 @@ def queue_retry(study: optuna.Study, failed: FrozenTrial, max_retries: int) -> b
     params.update(failed.params)
     system_attrs = {"fixed_params": params, attrs.RETRY_OF: failed.number,
                     attrs.RETRY_COUNT: count + 1}
-    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING,
-                                              system_attrs=system_attrs))
-    return True
+    if total is None:
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING,
+                                                  system_attrs=system_attrs))
+        return True
+    from tunefleet.storage_mode.atomic import create_within_budget
+
+    made = create_within_budget(study._storage, study._study_id, system_attrs, total,
+                                state=TrialState.WAITING)
+    if made is None:
+        _log.info("trial %d not retried: the study's places are all taken", failed.number)
+    return made is not None

@@ -8,14 +8,16 @@ import logging
 import os
 import socket
 import time
+import math
 import traceback
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import attrs
-from tunefleet.storage_mode.atomic import _rdb, create_running_trial, pop_waiting
+from tunefleet.storage_mode.atomic import _rdb, create_within_budget, pop_waiting
 from tunefleet.storage_mode.backoff import is_transient, with_backoff
 from tunefleet.storage_mode.budget import Census, census, has_room, within_budget
 from tunefleet.storage_mode.heartbeat import Heartbeat, fail_trial, queue_retry
@@ -38,6 +40,43 @@ class ObjectiveFailed(Exception):
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
+
+
+def check_values(value: Any, n_objectives: int) -> tuple[list[float] | None, str | None]:
+    """What ``study.optimize`` accepts as an objective's result: (floats, None), or (None,
+    why) for a value it would mark FAIL (None, text, NaN, wrong number of values, an object
+    that is no number). Never raises, whatever the objective returned."""
+    if value is None:
+        return None, "The value None could not be cast to float."
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        items = list(value)
+    else:
+        items = [value]
+    out: list[float] = []
+    errors: list[str] = []
+    for v in items:
+        try:
+            f = float(v)
+        except Exception:
+            errors.append(f"The value {_short_repr(v)} could not be cast to float")
+            continue
+        if math.isnan(f):
+            errors.append(f"The value {f} is not acceptable")
+        out.append(f)
+    if errors:
+        return None, "; ".join(errors)
+    if len(out) != n_objectives:
+        return None, (f"The number of the values {len(out)} did not match the number of the "
+                      f"objectives {n_objectives}")
+    return out, None
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @dataclasses.dataclass
@@ -63,6 +102,7 @@ class WorkerResult:
     failed: int = 0
     void: int = 0
     reaped: int = 0  # trials of dead workers this worker failed
+    dropped: int = 0  # own trials others failed while this worker was silent
     retries_queued: int = 0
     reason: str = ""
 
@@ -103,18 +143,21 @@ class StorageWorker:
             if with_backoff(lambda: fail_trial(self.study, t, reason), what="fail stale trial"):
                 self.result.reaped += 1
                 _log.warning("trial %d: %s; failed it", t.number, reason)
-                if with_backoff(lambda: queue_retry(self.study, t, self.opts.max_retries),
+                if with_backoff(lambda: queue_retry(self.study, t, self.opts.max_retries,
+                                                    self.opts.n_trials),
                                 what="queue retry"):
                     self.result.retries_queued += 1
 
     # -- claiming ------------------------------------------------------------------------------
-    def _claim(self, last: Census) -> tuple[int, int]:
-        """Pop a WAITING trial (a retry or an enqueued one) or create one; return (id, number).
+    def _claim(self, last: Census) -> tuple[int, int] | None:
+        """Pop a WAITING trial (a retry or an enqueued one) or create one; return (id, number),
+        or None when the study has no room (its places are all taken by trials that count).
         A WAITING trial is taken only when LAST proves it within the budget, so that it is
         never voided (it may be a retry, or a trial the user enqueued).
 
-        A new trial is created with the worker's attributes in one write; its
-        ``tunefleet:started`` is its first heartbeat (see :mod:`.heartbeat`).
+        A new trial is created with the worker's attributes in one write, and only within the
+        budget (:func:`.atomic.create_within_budget`); its ``tunefleet:started`` is its first
+        heartbeat (see :mod:`.heartbeat`).
         """
         study = self.study
         study._thread_local.cached_all_trials = None
@@ -131,19 +174,9 @@ class StorageWorker:
             return popped
         system_attrs = {attrs.WORKER: self.opts.worker_id, attrs.HOST: self.host,
                         attrs.STARTED: now}
-        trial_id = with_backoff(lambda: create_running_trial(self.storage, study._study_id,
-                                                             system_attrs),
-                                what="create trial")
-        return trial_id, self._number_of(trial_id)
-
-    def _number_of(self, trial_id: int) -> int:
-        """The number of a trial this worker just created: Optuna's cache of a database storage
-        has it (no read); elsewhere, ask the storage."""
-        known = getattr(self.storage, "_trial_id_to_study_id_and_number", {}).get(trial_id)
-        if known is not None:
-            return known[1]
-        return with_backoff(lambda: self.storage.get_trial_number_from_id(trial_id),
-                            what="read trial number")
+        return with_backoff(lambda: create_within_budget(self.storage, study._study_id,
+                                                         system_attrs, total),
+                            what="create trial")
 
     def _void(self, trial_id: int) -> None:
         def close() -> None:
@@ -168,13 +201,11 @@ class StorageWorker:
 
         try:
             frozen = with_backoff(tell, what="report trial")
-        except optuna.exceptions.UpdateFinishedTrialError:
-            _log.warning("trial %d was failed by another worker (no heartbeat within %ss); "
-                         "its result is dropped", trial.number, self.opts.grace_period)
-            return
-        except ValueError as exc:  # Optuna: "Cannot tell a finished trial" in some versions
-            if "finished" not in str(exc).lower():
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+            # Optuna: "Cannot tell a FAIL trial" (ValueError) or UpdateFinishedTrialError
+            if not self._taken_over(trial):
                 raise
+            self._dropped(trial, exc)
             return
         final = frozen.state
         if final == TrialState.COMPLETE:
@@ -184,6 +215,24 @@ class StorageWorker:
         else:
             self.result.failed += 1
         _log.info("trial %d %s by %s", trial.number, final.name.lower(), self.opts.worker_id)
+
+    def _taken_over(self, trial: optuna.Trial) -> bool:
+        """Whether another worker failed this trial (we were silent past the grace period:
+        stopped, swapped out, cut off by the network) and it is no longer ours to report."""
+        try:
+            state = with_backoff(lambda: self.storage.get_trial(trial._trial_id).state,
+                                 what="read trial")
+        except Exception:
+            return False
+        return state != TrialState.RUNNING
+
+    def _dropped(self, trial: optuna.Trial, exc: BaseException | None = None) -> None:
+        """One warning for a result that came too late; the worker goes on with a new trial."""
+        why = f" ({type(exc).__name__})" if exc is not None else ""
+        _log.warning("trial %d was failed by another worker while this one was silent (no "
+                     "heartbeat within %ss); its result is dropped and this worker goes on%s",
+                     trial.number, self.opts.grace_period, why)
+        self.result.dropped += 1
 
     def _run_one(self, trial_id: int) -> None:
         self.heartbeat.start(trial_id)
@@ -199,11 +248,16 @@ class StorageWorker:
                 self.heartbeat.stop()
                 self._finish(trial, TrialState.FAIL, reason="worker was stopped by a signal")
                 frozen = self.storage.get_trial(trial_id)
-                if queue_retry(self.study, frozen, self.opts.max_retries):
+                if queue_retry(self.study, frozen, self.opts.max_retries, self.opts.n_trials):
                     self.result.retries_queued += 1
                 raise
             except Exception as exc:
                 self.heartbeat.stop()
+                if (isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
+                        and self._taken_over(trial)):
+                    # trial.report / suggest / set_user_attr hit the trial others failed
+                    self._dropped(trial, exc)
+                    return
                 reason = f"{type(exc).__name__}: {exc}"[:1000]
                 self._finish(trial, TrialState.FAIL, reason=reason)
                 if is_transient(exc):
@@ -216,7 +270,15 @@ class StorageWorker:
                              traceback.format_exc().rstrip())
                 return
             self.heartbeat.stop()
-            self._finish(trial, TrialState.COMPLETE, value)
+            values, problem = check_values(value, len(self.study.directions))
+            if problem is not None:
+                # As study.optimize does: FAIL with the reason, a warning, and go on.
+                shown = _short_repr(value)
+                reason = problem if shown in problem else f"objective returned {shown}: {problem}"
+                _log.warning("trial %d failed: %s", trial.number, reason)
+                self._finish(trial, TrialState.FAIL, reason=reason[:1000])
+                return
+            self._finish(trial, TrialState.COMPLETE, values)
         finally:
             self.heartbeat.stop()
 
@@ -254,7 +316,12 @@ class StorageWorker:
                     last = None  # only a dead worker's or a failed trial can free a place
                     time.sleep(self.opts.poll)
                     continue
-            trial_id, number = self._claim(last)
+            claim = self._claim(last)
+            if claim is None:  # full: wait for the running trials (or a failure) to decide
+                last = None
+                time.sleep(self.opts.poll)
+                continue
+            trial_id, number = claim
             claimed += 1
             if last.rank(number) >= total:
                 # Near the end: decide on a fresh read (which also fills the study's per-trial
