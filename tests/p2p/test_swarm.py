@@ -186,7 +186,8 @@ def test_garbage_forged_and_replayed_messages_are_dropped(swarm, tmp_path):
     r_seed, r_good = seed.result(), good.result()
     assert {p["uid"] for p in r_seed["peers"]} == {"seed", "p1"}
     assert r_seed["best_value"] == r_good["best_value"] > -1e9  # the forged trial never got in
-    assert r_seed["n_received"] == r_good["n_received"] == 1  # p1's best, seed's best
+    for r in (r_seed, r_good):  # at most the other peer's best: nothing from outsiders
+        assert r["n_received"] <= 1 and r["n_trials"] == 3 + r["n_received"], r
     assert not {"intruder", "ghost"} & {p["uid"] for p in r_good["peers"]}
     assert "Traceback" not in seed.stderr and "network thread failed" not in seed.stderr
     assert "swarm is open" not in seed.stderr

@@ -149,7 +149,7 @@ def resolve_addresses(bind: str | None, advertise: str | None) -> tuple[str, str
     check_address(bind, "-b/--bind")
     if advertise is None:
         b_host, b_port = check_address(bind, "-b/--bind")
-        host = b_host if b_host not in ("*", "0.0.0.0") else "localhost"
+        host = b_host if b_host not in ("*", "0.0.0.0", "[::]") else "localhost"
         advertise = f"tcp://{host}:{b_port}"
     return bind, advertise
 

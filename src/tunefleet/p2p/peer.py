@@ -127,7 +127,7 @@ class Peer:
             while self.node.n_known() < c.wait_peers:
                 if self.node.stopped.is_set():
                     raise TunefleetError(f"peer {self.uid}: the network thread stopped")
-                time.sleep(0.05)
+                time.sleep(0.2)  # the view is refreshed once per heartbeat anyway
         return self
 
     def optimize(self) -> optuna.Study:

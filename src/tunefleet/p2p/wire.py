@@ -42,7 +42,11 @@ def _tag(key: bytes, body: bytes) -> bytes:
 
 
 def encode(message: dict[str, Any], key: bytes | None) -> list[bytes]:
-    body = json.dumps(message, separators=(",", ":"), allow_nan=True).encode()
+    return frames(json.dumps(message, separators=(",", ":"), allow_nan=True).encode(), key)
+
+
+def frames(body: bytes, key: bytes | None) -> list[bytes]:
+    """The three frames of an encoded BODY (the tag covers the protocol name and the body)."""
     return [PROTOCOL, _tag(key, body) if key else b"", body]
 
 
