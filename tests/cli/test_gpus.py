@@ -80,3 +80,28 @@ def test_api_takes_a_count(monkeypatch):
     study = optuna.create_study()
     tunefleet.optimize(study, objectives.records_gpu, n_trials=4, gpus=1)
     assert {t.user_attrs["cuda"] for t in study.trials} == {"7"}
+
+
+@pytest.mark.timeout(240)
+def test_tuner_on_dask_workers_that_own_gpus(tmp_path):
+    """``Tuner(client=..., gpus=2)``: one worker task per GPU, each needing Dask's ``GPU``
+    resource, so that each runs on a Dask worker that owns a GPU (as dask-cuda starts them:
+    one worker per GPU, with its CUDA_VISIBLE_DEVICES)."""
+    import distributed
+    from distributed.deploy.spec import SpecCluster
+
+    from tests.trainer.toy import ToyTuner
+
+    workers = {f"gpu{g}": {"cls": distributed.Nanny,
+                           "options": {"nthreads": 1, "resources": {"GPU": 1},
+                                       "env": {"CUDA_VISIBLE_DEVICES": g}}}
+               for g in ("5", "6")}
+    scheduler = {"cls": distributed.Scheduler, "options": {"dashboard_address": None}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, \
+            distributed.Client(cluster) as client:
+        tuner = ToyTuner("dask-gpus", "valid_loss", n_trials=6, client=client, gpus=2,
+                         storage=":memory:", log=False, verbose=False)
+        tuner.sleep = 0.5  # both workers take trials
+        study = tuner.run()
+    assert len(study.trials) == 6
+    assert {t.user_attrs["cuda_visible_devices"] for t in study.trials} == {"5", "6"}

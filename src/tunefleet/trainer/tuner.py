@@ -45,7 +45,7 @@ class Tuner:
                  direction: str | None = None, n_trials: int = 10, report_last_n: int = 1,
                  do_fixed_trial: bool = False, n_fixed_trials: int = 1,
                  storage: str | None = None, n_workers: int | None = None,
-                 gpus: Sequence[int | str] | None = None, client: Any = None,
+                 gpus: int | Sequence[int | str] | None = None, client: Any = None,
                  allow_prune: bool = True, sampler: str | optuna.samplers.BaseSampler | None = None,
                  pruner: str | optuna.pruners.BasePruner | None = None, seed: int | None = 42,
                  trackers: Sequence[Tracker] = (), timeout: float | None = None,
@@ -71,7 +71,7 @@ class Tuner:
         self.n_fixed_trials = n_fixed_trials
         self.storage = storage
         self.n_workers = n_workers
-        self.gpus = list(gpus) if gpus is not None else None
+        self.gpus = gpus if gpus is None or isinstance(gpus, int) else list(gpus)
         self.client = client
         self.on_dask = client is not None
         self.allow_prune = allow_prune and not do_fixed_trial
@@ -137,14 +137,20 @@ class Tuner:
             except Exception as exc:
                 warn(tracker.name, "preparing the study", exc)
         backend: dict[str, Any] = {}
+        gpus = self.gpus
         if self.client is not None:
             backend = {"backend": "dask", "client": self.client}
+            if gpus is not None:  # one GPU per worker task: Dask workers own their GPUs
+                backend["resources"] = {"GPU": 1}
+                backend["n_workers"] = self.n_workers or (gpus if isinstance(gpus, int)
+                                                          else len(gpus))
+                gpus = None
         elif self.start_method is not None:
             backend = {"start_method": self.start_method}
         try:
-            tunefleet.optimize(study, self.objective, n_trials=n_trials, n_workers=self.n_workers,
-                               gpus=self.gpus, timeout=self.timeout, max_retries=self.max_retries,
-                               **backend)
+            backend.setdefault("n_workers", self.n_workers)
+            tunefleet.optimize(study, self.objective, n_trials=n_trials, gpus=gpus,
+                               timeout=self.timeout, max_retries=self.max_retries, **backend)
         finally:
             for tracker in self.trackers:
                 try:
@@ -191,7 +197,8 @@ class Tuner:
         if threads is None:
             threads = 1
             if self.start_method not in (None, "fork"):
-                workers = self.n_workers or (len(self.gpus) if self.gpus else os.cpu_count() or 1)
+                gpus = self.gpus if isinstance(self.gpus, int) else len(self.gpus or [])
+                workers = self.n_workers or gpus or os.cpu_count() or 1
                 threads = max(1, (os.cpu_count() or 1) // max(1, workers))
         import torch
 
