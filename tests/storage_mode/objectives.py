@@ -28,3 +28,38 @@ def pruned_sometimes(trial: optuna.Trial) -> float:
     if trial.number % 4 == 1:
         raise optuna.TrialPruned()
     return x * x
+
+
+def bad_values(trial: optuna.Trial) -> object:
+    """Returns what ``study.optimize`` marks FAIL on trials 1-5 (None, text, NaN, two values
+    for one objective, an object that is no number and cannot be pickled), a number else."""
+    import threading
+
+    x = trial.suggest_float("x", -10, 10)
+    bad = {1: None, 2: "text", 3: float("nan"), 4: [1.0, 2.0], 5: threading.Lock()}
+    return bad.get(trial.number, x * x)
+
+
+def reporting(trial: optuna.Trial) -> float:
+    """Reports an intermediate value every step (a dead worker that comes back hits its failed
+    trial here). Trial number TF_STOP_AT, first run only, stops its own process with SIGSTOP
+    after its first report: a worker silent past the grace period, stopped at a known point.
+    Each step first touches TF_MARKS/<pid> (a test waits for it before cutting the network)."""
+    import signal
+
+    x = trial.suggest_float("x", -10, 10)
+    steps = int(os.environ.get("TF_STEPS", "5"))
+    marks = os.environ.get("TF_MARKS")
+    for step in range(steps):
+        trial.report(x * x + steps - step, step)
+        if str(trial.number) == os.environ.get("TF_STOP_AT") and step == 0:
+            try:  # exactly one process stops, once
+                os.close(os.open(os.environ["TF_STOP_MARK"], os.O_CREAT | os.O_EXCL))
+                os.kill(os.getpid(), signal.SIGSTOP)
+            except FileExistsError:
+                pass
+        if marks:
+            with open(os.path.join(marks, str(os.getpid())), "w") as f:
+                f.write(f"{trial.number} {step}\n")
+        time.sleep(float(os.environ.get("TF_SLEEP", "0.1")))
+    return x * x

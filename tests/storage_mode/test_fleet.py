@@ -23,8 +23,9 @@ SLOW = f"{HERE / 'objectives.py'}:slow"
 
 
 def start_workers(n: int, url: str, study: str, total: int, target: str = SLOW,
-                  extra: tuple[str, ...] = (), sleep: str = "0.2") -> list[subprocess.Popen]:
-    env = {**os.environ, "TF_SLEEP": sleep}
+                  extra: tuple[str, ...] = (), sleep: str = "0.2",
+                  env: dict[str, str] | None = None) -> list[subprocess.Popen]:
+    env = {**os.environ, "TF_SLEEP": sleep, **(env or {})}
     cmd = [sys.executable, "-m", "tunefleet", "worker", target, "--storage", url, "--study", study,
            "--n-trials", str(total), "--heartbeat-interval", "1", "--grace-period", "3", "-q",
            *extra]
