@@ -87,6 +87,11 @@ class _TrialTable:
         self.num: dict[str, np.ndarray] = {}  # param name -> float(value), NaN if not castable
         self.ext: dict[str, list[tuple[int, Any]]] = {}  # param name -> (number, external value)
         self.cat_cols: dict[tuple[str, Any], tuple[np.ndarray, int]] = {}
+        # param name -> finished trials with a numeric value, sorted by it (and those values),
+        # kept by merging in the newly finished ones: a sort order for the Parzen bandwidths.
+        self.sorted_rows: dict[str, np.ndarray] = {}
+        self.sorted_vals: dict[str, np.ndarray] = {}
+        self.unsorted: dict[str, list[int]] = {}
         self.seen = 0  # trials with number < seen were all looked at least once
         self.pending: list[int] = []  # numbers < seen that were unfinished at the last sync
         self.running: list[FrozenTrial] = []  # RUNNING trials of the last snapshot
@@ -162,9 +167,25 @@ class _TrialTable:
             self.has[name][i] = True
             try:
                 self.num[name][i] = float(value)
+                self.unsorted.setdefault(name, []).append(i)
             except (TypeError, ValueError):
                 pass
             self.ext[name].append((i, value))
+
+    def sorted_by_value(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(trial numbers, values) of the finished trials with a numeric NAME, by value."""
+        rows = self.sorted_rows.get(name, np.zeros(0, dtype=np.int64))
+        vals = self.sorted_vals.get(name, np.zeros(0))
+        new = self.unsorted.pop(name, None)
+        if new:
+            new_rows = np.asarray(new, dtype=np.int64)
+            new_vals = self.num[name][new_rows]
+            order = np.argsort(new_vals, kind="stable")
+            new_rows, new_vals = new_rows[order], new_vals[order]
+            at = np.searchsorted(vals, new_vals)
+            rows, vals = np.insert(rows, at, new_rows), np.insert(vals, at, new_vals)
+            self.sorted_rows[name], self.sorted_vals[name] = rows, vals
+        return rows, vals
 
     def column(self, name: str, dist: BaseDistribution, rows: np.ndarray) -> np.ndarray:
         """Internal representation of NAME under DIST for the finished trials ROWS, as Optuna's
@@ -289,21 +310,22 @@ def _log_gauss_mass(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _EXP_FLOOR = -60.0
 _SQRT_HALF = math.sqrt(0.5)
 _BLOCK = 2048  # kernels per block: a (24 x 2048) float64 buffer pair fits in L2
+_MAX_EXPANDED = 1e4
 
 
 def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.ndarray:
     """``mpe.log_pdf(samples)`` without per-kernel Python work and without (samples x kernels x
     params) temporaries: per-kernel terms (normalizing mass, log sigma, log weight) are summed
-    once per kernel, and each continuous parameter adds its squared distances in place, a block
-    of kernels at a time. (No BLAS: a threaded matrix product is slower than this on a loaded
-    machine.)"""
+    once per kernel, and the exponents of a block of kernels come from one small matrix
+    product."""
     mixture = mpe._mixture_distribution
     x = mpe._transform(samples)
     m, k = len(x), len(mixture.weights)
     with np.errstate(divide="ignore"):
         const = np.log(mixture.weights)
     acc: np.ndarray | None = None  # (sample, kernel) log densities of the non-continuous params
-    cont: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # x, mu, sigma (internal)
+    # continuous params: x, mu, sigma (internal representation) and the domain's centre
+    cont: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
     for i, d in enumerate(mixture.distributions):
         xi = x[:, i]
         if isinstance(d, _BatchedCategoricalDistributions):
@@ -317,7 +339,7 @@ def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.n
             xc = np.log(xi) if d.is_log else xi
             const -= _log_gauss_mass((lo - d.mu) / d.sigma, (hi - d.mu) / d.sigma)
             const -= np.log(d.sigma) + _truncnorm._norm_pdf_logC
-            cont.append((xc, d.mu, d.sigma))
+            cont.append((xc, d.mu, d.sigma, 0.5 * (lo + hi)))
             outside = np.flatnonzero((xc < lo) | (xc > hi))
             if len(outside):  # rare: a candidate on the wrong side of a bound by rounding
                 acc = np.zeros((m, k)) if acc is None else acc
@@ -334,32 +356,50 @@ def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.n
             term = mass[np.ix_(x_inv.ravel(), ms_inv)]
             acc = term if acc is None else acc + term
             const -= _log_gauss_mass((lo - mu_u) / sigma_u, (hi - mu_u) / sigma_u)[ms_inv]
-    # log sum_k exp(const_k + acc_rk - sum over continuous params of (z_rk / sqrt 2)**2), with
-    # z = (x - mu) / sigma, in blocks of kernels that stay in cache, combined as a logsumexp.
-    scaled = [(xc, mu, _SQRT_HALF / sigma) for xc, mu, sigma in cont]
+    # log sum_k exp(const_k + acc_rk - sum over continuous params of z_rk**2 / 2), with
+    # z = (x - mu) / sigma. Centred on its domain, z**2 / 2 = s*x**2 - 2*s*mu*x + s*mu**2 with
+    # s = 1 / (2 sigma**2): the whole exponent is one (samples x 2d+1) x (2d+1 x kernels)
+    # product, taken a cache-sized block of kernels at a time (einsum: no threaded BLAS).
+    # Expanding loses about eps * s * max(x**2, mu**2), under 1e-11 with Optuna's magic clip
+    # (sigma >= range / 100); past _MAX_EXPANDED the direct form is used instead.
+    expanded = all(
+        float(np.max(0.5 / (sigma * sigma))) * max(float(np.max(np.abs(xc - c))),
+                                                    float(np.max(np.abs(mu - c)))) ** 2
+        <= _MAX_EXPANDED for xc, mu, sigma, c in cont)
     width = min(k, _BLOCK)
-    buf, tmp = np.empty((m, width)), np.empty((m, width))
+    buf = np.empty((m, width))
+    if expanded:
+        lhs = np.ones((m, 2 * len(cont) + 1))
+        rhs = np.empty((2 * len(cont) + 1, k))
+        rhs[-1] = const
+        for j, (xc, mu, sigma, c) in enumerate(cont):
+            xs, ms, half_prec = xc - c, mu - c, 0.5 / (sigma * sigma)
+            lhs[:, 2 * j], lhs[:, 2 * j + 1] = xs * xs, xs
+            rhs[2 * j], rhs[2 * j + 1] = -half_prec, 2.0 * half_prec * ms
+            rhs[-1] -= half_prec * ms * ms
+    else:
+        tmp = np.empty((m, width))
+        scaled = [(xc, mu, _SQRT_HALF / sigma) for xc, mu, sigma, _ in cont]
     maxes, sums = [], []
     for start in range(0, k, width):
         stop = min(k, start + width)
-        t, u = buf[:, : stop - start], tmp[:, : stop - start]
-        for j, (xc, mu, scale) in enumerate(scaled):
-            out = t if j == 0 else u
-            np.subtract(xc[:, None], mu[None, start:stop], out=out)
-            out *= scale[start:stop]
-            out *= out
-            if j:
-                t += u
-        if scaled:
-            np.subtract(const[None, start:stop], t, out=t)
+        t = buf[:, : stop - start]
+        if expanded:
+            np.einsum("ij,jk->ik", lhs, rhs[:, start:stop], out=t)
         else:
+            u = tmp[:, : stop - start]
             t[:] = const[None, start:stop]
+            for xc, mu, scale in scaled:
+                np.subtract(xc[:, None], mu[None, start:stop], out=u)
+                u *= scale[start:stop]
+                u *= u
+                t -= u
         if acc is not None:
             t += acc[:, start:stop]
         block_max = t.max(axis=1)
         maxes.append(block_max)
         t -= np.where(np.isneginf(block_max), 0.0, block_max)[:, None]
-        # Terms below e**-60 of a block's largest change its sum (>= 1) by under 1e-22 per
+        # Terms below e**-60 of a block's largest change its sum (>= 1) by under 1e-26 per
         # kernel, and numpy's exp takes a slow path for large negative arguments: clip them.
         np.maximum(t, _EXP_FLOOR, out=t)
         np.exp(t, out=t)
@@ -375,14 +415,41 @@ def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.n
 
 
 class _ParzenEstimatorFastSigmas(_ParzenEstimator):
-    """Optuna's estimator with the kernel bandwidths computed without a second sort.
+    """Optuna's estimator with the kernel bandwidths computed without sorting.
 
-    Optuna's ``compute_sigmas`` maps the sorted bandwidths back with
-    ``np.argsort(sorted_indices)``, a full sort of a permutation; scattering into the inverse
-    permutation gives the identical array in linear time. The method is Optuna's otherwise, step
-    for step (it is one function there, so it is replicated whole); ``np.argsort(mus)`` is kept
-    as is, since its tie order decides which of several equal observations gets which bandwidth.
+    Optuna's ``compute_sigmas`` sorts the observations (``np.argsort(mus)``) and maps the sorted
+    bandwidths back with ``np.argsort(sorted_indices)``, a second full sort. Here the first sort
+    comes from the trial table's incrementally kept order when that order is verified to sort
+    the observations strictly (then it is the only sorting permutation, so np.argsort's own);
+    with ties np.argsort is called, since its tie order decides which of several equal
+    observations gets which bandwidth. The second sort becomes a scatter into the inverse
+    permutation, the identical array. The method is Optuna's otherwise, step for step (it is one
+    function there, so it is replicated whole).
     """
+
+    def __init__(self, observations: dict[str, np.ndarray],
+                 search_space: dict[str, BaseDistribution], parameters: Any,
+                 predetermined_weights: np.ndarray | None = None,
+                 presorted: dict[str, np.ndarray] | None = None) -> None:
+        self._presorted = presorted or {}
+        self._presort: np.ndarray | None = None
+        super().__init__(observations, search_space, parameters, predetermined_weights)
+
+    def _calculate_distributions(self, observations: np.ndarray, param_name: str,
+                                 search_space: BaseDistribution, parameters: Any) -> Any:
+        self._presort = self._presorted.get(param_name)
+        return super()._calculate_distributions(observations, param_name, search_space,
+                                                parameters)
+
+    def _sorted_indices(self, mus: np.ndarray) -> np.ndarray:
+        """``np.argsort(mus)``, or the presorted permutation when it provably equals it: if it
+        orders MUS strictly increasing it is the only sorting permutation there is."""
+        order = self._presort
+        if order is not None and len(order) == len(mus):
+            sorted_mus = mus[order]
+            if np.all(sorted_mus[1:] > sorted_mus[:-1]):
+                return order
+        return np.argsort(mus)
 
     def _calculate_numerical_distributions(
         self, observations: np.ndarray, search_space: Any, parameters: Any,
@@ -395,7 +462,7 @@ class _ParzenEstimatorFastSigmas(_ParzenEstimator):
             observations = np.log(observations)
             low, high = np.log(low), np.log(high)
         mus = observations
-        sorted_indices = np.argsort(mus)
+        sorted_indices = self._sorted_indices(mus)
         with_ends = np.empty(len(mus) + 2, dtype=float)
         with_ends[0] = low
         with_ends[1:-1] = mus[sorted_indices]
@@ -509,9 +576,12 @@ class TPESampler(optuna.samplers.TPESampler):
 
     def _observations(self, table: _TrialTable, study: Study, rows: np.ndarray,
                       running: list[FrozenTrial], search_space: dict[str, BaseDistribution],
-                      ) -> dict[str, np.ndarray]:
+                      presort: bool = False,
+                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Optuna's ``_get_internal_repr`` for finished ROWS plus RUNNING trials, in number
-        order, keeping only trials that have every parameter of SEARCH_SPACE."""
+        order, keeping only trials that have every parameter of SEARCH_SPACE; and with PRESORT,
+        for each numeric parameter, the permutation that likely sorts its observations (taken
+        from the table's sorted order; the estimator checks it before using it)."""
         names = list(search_space)
         mask = np.ones(len(rows), dtype=bool)
         for name in names:
@@ -519,19 +589,35 @@ class TPESampler(optuna.samplers.TPESampler):
             mask &= has[rows] if has is not None else False
         rows = rows[mask]
         obs = {name: table.column(name, search_space[name], rows) for name in names}
-        if running:
-            extra_numbers: list[int] = []
-            extra: dict[str, list[float]] = {name: [] for name in names}
-            for t in running:  # the few trials still running (constant liar)
-                params = self._get_params(t, study)
-                if search_space.keys() <= params.keys():
-                    extra_numbers.append(t.number)
-                    for name, dist in search_space.items():
-                        extra[name].append(dist.to_internal_repr(params[name]))
-            if extra_numbers:
-                order = np.argsort(np.concatenate([rows, extra_numbers]), kind="stable")
-                obs = {name: np.concatenate([obs[name], extra[name]])[order] for name in names}
-        return obs
+        numbers = rows
+        extra: dict[str, list[float]] = {name: [] for name in names}
+        extra_numbers: list[int] = []
+        for t in running:  # the few trials still running (constant liar)
+            params = self._get_params(t, study)
+            if search_space.keys() <= params.keys():
+                extra_numbers.append(t.number)
+                for name, dist in search_space.items():
+                    extra[name].append(dist.to_internal_repr(params[name]))
+        if extra_numbers:
+            numbers = np.concatenate([rows, extra_numbers])
+            order = np.argsort(numbers, kind="stable")
+            obs = {name: np.concatenate([obs[name], extra[name]])[order] for name in names}
+            numbers = numbers[order]
+        presorted: dict[str, np.ndarray] = {}
+        if presort and len(numbers):
+            position = np.full(max(table.cap, int(numbers[-1]) + 1), -1, dtype=np.int64)
+            position[numbers] = np.arange(len(numbers))
+            for name, dist in search_space.items():
+                if isinstance(dist, CategoricalDistribution):
+                    continue
+                by_value, values = table.sorted_by_value(name)
+                keep = position[by_value] >= 0
+                order = position[by_value[keep]]
+                if extra_numbers:
+                    at = np.searchsorted(values[keep], extra[name])
+                    order = np.insert(order, at, position[np.asarray(extra_numbers)])
+                presorted[name] = order
+        return obs, presorted
 
     def _sample(self, study: Study, trial: FrozenTrial,
                 search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
@@ -545,8 +631,9 @@ class TPESampler(optuna.samplers.TPESampler):
             below, above = table.split_finished(study, self._gamma(table.n_finished))
             running = ([t for t in table.running if t.number != trial.number]
                        if self._constant_liar else [])
-            obs_below = self._observations(table, study, below, [], search_space)
-            obs_above = self._observations(table, study, above, running, search_space)
+            obs_below, _ = self._observations(table, study, below, [], search_space)
+            obs_above, presorted = self._observations(table, study, above, running,
+                                                      search_space, presort=True)
 
         predetermined = None
         if study._is_multi_objective():
@@ -555,7 +642,11 @@ class TPESampler(optuna.samplers.TPESampler):
         if cls is _ParzenEstimator:  # not customised by the user
             cls = _ParzenEstimatorFastSigmas
         mpe_below = cls(obs_below, search_space, self._parzen_estimator_parameters, predetermined)
-        mpe_above = cls(obs_above, search_space, self._parzen_estimator_parameters)
+        if cls is _ParzenEstimatorFastSigmas:
+            mpe_above = cls(obs_above, search_space, self._parzen_estimator_parameters,
+                            presorted=presorted)
+        else:
+            mpe_above = cls(obs_above, search_space, self._parzen_estimator_parameters)
         if not isinstance(mpe_below, _ParzenEstimator):
             raise RuntimeError("_parzen_estimator_cls must override _ParzenEstimator.")
 
