@@ -269,3 +269,26 @@ def test_the_hub_writes_the_study_study_optimize_writes(tmp_path, storage_url):
         assert t.datetime_start is not None and t.datetime_complete is not None
         assert t.datetime_start <= t.datetime_complete
         assert t.system_attrs[attrs.WORKER]
+
+
+class _BrokenSampler(optuna.samplers.RandomSampler):
+    """Fails from trial 3 on, whether asked at hand-out (presampling) or by a suggest call."""
+
+    def sample_independent(self, study, trial, name, dist):
+        if trial.number >= 3:
+            raise RuntimeError("sampler broke")
+        return super().sample_independent(study, trial, name, dist)
+
+
+def test_a_sampler_that_raises_leaves_no_trial_running(tmp_path):
+    import tunefleet
+    from tunefleet.studies import open_storage
+
+    url = f"sqlite:///{tmp_path / 'broken.db'}"
+    study = optuna.create_study(study_name="tunefleet", storage=open_storage(url),
+                                sampler=_BrokenSampler(seed=0))
+    with pytest.raises(RuntimeError, match="sampler broke"):
+        tunefleet.optimize(study, _quick, n_trials=20, n_workers=2)
+    held = states(url)
+    assert held[TrialState.COMPLETE] == 3 and held[TrialState.RUNNING] == 0
+    assert held[TrialState.FAIL] >= 1 and held[TrialState.WAITING] == 0

@@ -64,7 +64,9 @@ def _say(message: str) -> None:
 def _presample_safe(sampler: optuna.samplers.BaseSampler) -> bool:
     if isinstance(sampler, optuna.samplers.PartialFixedSampler):
         return _presample_safe(sampler._base_sampler)
-    return type(sampler) in _PRESAMPLE_SAFE
+    from tunefleet.samplers import TPESampler  # the same algorithm as Optuna's, faster
+
+    return type(sampler) in _PRESAMPLE_SAFE or type(sampler) is TPESampler
 
 
 @dataclass
@@ -555,6 +557,19 @@ class Coordinator:
             except Exception as exc:  # the storage itself may be what failed
                 _logger.warning(f"could not close trial {run.trial.number}: {exc}")
         self._running.clear()
+        # A trial the sampler failed on while it was being handed out (``ask`` raised after
+        # creating it) is in no worker's hands: this coordinator owns the study, so any trial
+        # still RUNNING is one of those.
+        try:
+            stray = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except Exception:
+            stray = []
+        for frozen in stray:
+            try:
+                self._storage.set_trial_system_attr(frozen._trial_id, attrs.FAIL_REASON, reason)
+                self._storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+            except Exception as exc:
+                _logger.warning(f"could not close trial {frozen.number}: {exc}")
 
 
 def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int | None,
