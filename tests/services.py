@@ -60,11 +60,19 @@ def _pg_bin() -> Path:
 
 @dataclass
 class Postgres:
-    """A private PostgreSQL cluster on 127.0.0.1:PORT with database ``tunefleet``."""
+    """A private PostgreSQL cluster on LISTEN:PORT (127.0.0.1 unless told) with database
+    ``tunefleet``. With NETNS (tests/lab) the server runs in that network namespace, listening
+    on its address there; this process reaches it through its Unix socket (``socket_url``)."""
 
     fsync: bool = False
+    listen: str = "127.0.0.1"
+    netns: str | None = None
     base: Path = field(init=False)
     port: int = field(init=False)
+
+    @property
+    def _client_host(self) -> str:
+        return str(self.base) if self.netns else "127.0.0.1"
 
     def start(self) -> "Postgres":
         bin_ = _pg_bin()
@@ -72,23 +80,33 @@ class Postgres:
         self.port = free_port()
         _run(["runuser", "-u", "postgres", "--", str(bin_ / "initdb"), "-D",
               str(self.base / "data"), "-A", "trust", "-U", "postgres", "--no-sync"], "initdb")
-        opts = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if self.listen != "127.0.0.1":  # the lab's other hosts: clients on its own subnet
+            with open(self.base / "data" / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
+        opts = (f"-p {self.port} -k {self.base} -c listen_addresses={self.listen} "
+                "-c max_connections=200")
         if not self.fsync:
             opts += " -c fsync=off -c synchronous_commit=off"
-        _run(["runuser", "-u", "postgres", "--", str(bin_ / "pg_ctl"), "-D", str(self.base / "data"),
-              "-o", opts, "-l", str(self.base / "log"), "-w", "-t", "60", "start"], "pg_ctl start")
-        _run([str(bin_ / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-              "-c", "CREATE DATABASE tunefleet"], "createdb")
+        where = ["ip", "netns", "exec", self.netns] if self.netns else []
+        _run([*where, "runuser", "-u", "postgres", "--", str(bin_ / "pg_ctl"), "-D",
+              str(self.base / "data"), "-o", opts, "-l", str(self.base / "log"), "-w", "-t",
+              "60", "start"], "pg_ctl start")
+        _run([str(bin_ / "psql"), "-h", self._client_host, "-p", str(self.port), "-U",
+              "postgres", "-c", "CREATE DATABASE tunefleet"], "createdb")
         return self
 
     @property
     def url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/tunefleet"
+        return f"postgresql+psycopg2://postgres@{self.listen}:{self.port}/tunefleet"
+
+    def socket_url(self, name: str = "tunefleet") -> str:
+        """The database NAME through the server's Unix socket (from outside its namespace)."""
+        return f"postgresql+psycopg2://postgres@/{name}?host={self.base}&port={self.port}"
 
     def new_database(self, name: str) -> str:
-        _run([str(_pg_bin() / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-              "-c", f"CREATE DATABASE {name}"], "createdb")
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{name}"
+        _run([str(_pg_bin() / "psql"), "-h", self._client_host, "-p", str(self.port), "-U",
+              "postgres", "-c", f"CREATE DATABASE {name}"], "createdb")
+        return f"postgresql+psycopg2://postgres@{self.listen}:{self.port}/{name}"
 
     def stop(self) -> None:
         subprocess.run(["runuser", "-u", "postgres", "--", str(_pg_bin() / "pg_ctl"), "-D",

@@ -1,0 +1,117 @@
+"""Lab test (c) of issue 12: storage mode on PostgreSQL on its own host, one worker on each of
+three other hosts; one worker's host is cut off the network past the grace period, then healed.
+The others fail its trial and run its parameters again; the returning worker drops its late
+result with one warning and carries on; the study holds exactly its budget, nothing RUNNING."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from tests.lab.netlab import Lab
+from tests.services import Postgres
+from tests.storage_mode.test_fleet import trials_of
+from tunefleet import attrs
+
+OBJECTIVES = Path(__file__).resolve().parents[1] / "storage_mode" / "objectives.py"
+DROPPED = "was failed by another worker while this one was silent"
+
+
+@pytest.fixture
+def lab_postgres(netlab: Lab):
+    """PostgreSQL on the lab's host "db", listening on that host's address only."""
+    db = netlab.host("db")
+    server = Postgres(listen=db.address, netns=db.netns).start()
+    yield server
+    server.stop()
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(420)
+def test_storage_workers_on_three_hosts_survive_a_partition(netlab, lab_postgres, tmp_path,
+                                                            cli):
+    total = 24
+    url = lab_postgres.url  # what the workers use: the db host's address, over the switch
+    here = lab_postgres.socket_url()  # what this test uses: the Unix socket
+    assert cli("init", "--storage", here, "--study", "lab", "--sampler",
+               "random").returncode == 0
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    env = {**os.environ, "TF_MARKS": str(marks), "TF_SLEEP": "0.3", "TF_STEPS": "5"}
+    hosts = [netlab.host(f"w{i}") for i in (1, 2, 3)]
+    workers = {}
+    for host in hosts:
+        out, err = open(tmp_path / f"{host.name}.out", "w"), open(tmp_path / f"{host.name}.err",
+                                                                   "w")
+        workers[host.name] = host.run(
+            [sys.executable, "-m", "tunefleet", "worker", f"{OBJECTIVES}:reporting", "--storage",
+             url, "--study", "lab", "--n-trials", str(total), "--heartbeat-interval", "1",
+             "--grace-period", "4", "-q"], env=env, stdout=out, stderr=err)
+    victim_host = hosts[1]
+    victim = workers[victim_host.name]
+
+    def done() -> int:
+        return sum(t.state == TrialState.COMPLETE for t in trials_of(here, "lab"))
+
+    def victim_sleeping_in_a_trial() -> int | None:
+        """The trial the victim runs, once it reported a step and sleeps (no storage call
+        of its own in flight), after a few trials are done."""
+        mark = marks / str(victim.pid)
+        if victim.poll() is not None:
+            raise AssertionError(f"the worker on {victim_host.name} exited early: "
+                                 f"{(tmp_path / 'w2.err').read_text()[-2000:]}")
+        if not mark.exists() or done() < 3:
+            return None
+        number, step = map(int, mark.read_text().split())
+        return number if step >= 1 else None
+
+    wait_until(lambda: victim_sleeping_in_a_trial() is not None, 240,
+               "the worker on w2 to be in a trial with others done")
+    number = victim_sleeping_in_a_trial()
+    victim_host.partition()
+
+    def its_trial() -> object:
+        return next(t for t in trials_of(here, "lab") if t.number == number)
+
+    try:
+        wait_until(lambda: its_trial().state == TrialState.FAIL, 120,
+                   f"the other hosts to fail trial {number} of the cut-off worker")
+    finally:
+        victim_host.heal()
+    for name, proc in workers.items():
+        assert proc.wait(240) == 0, (tmp_path / f"{name}.err").read_text()[-3000:]
+
+    errs = {name: (tmp_path / f"{name}.err").read_text() for name in workers}
+    assert all("Traceback" not in e for e in errs.values()), errs
+    assert errs["w2"].count(f"trial {number} {DROPPED}") == 1
+    assert "dropped (failed by others" in (tmp_path / "w2.out").read_text()
+    trials = trials_of(here, "lab")
+    states = [t.state for t in trials]
+    assert states.count(TrialState.COMPLETE) == total
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    cut = next(t for t in trials if t.number == number)
+    assert cut.state == TrialState.FAIL
+    assert "stopped sending heartbeats" in cut.system_attrs[attrs.FAIL_REASON]
+    retry = [t for t in trials if t.system_attrs.get(attrs.RETRY_OF) == number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == cut.params
+    # Every FAIL is a trial whose worker went silent, and each such worker said so once:
+    # no placeholder, no failure of another kind (a loaded machine may make a second one).
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert all("stopped sending heartbeats" in t.system_attrs[attrs.FAIL_REASON] for t in failed)
+    assert len(failed) == sum(e.count(DROPPED) for e in errs.values())
+    # The workers of all three hosts took trials.
+    assert {t.system_attrs[attrs.WORKER].rsplit("/", 1)[1] for t in trials} == {
+        str(p.pid) for p in workers.values()}
