@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -123,6 +124,28 @@ class Host:
         """Run CMD on this host to its end and capture its output."""
         return subprocess.run(["ip", "netns", "exec", self.netns, *cmd], capture_output=True,
                               text=True, timeout=timeout, **kw)
+
+    def python(self, code: str, *args: str, **popen: Any) -> subprocess.Popen:
+        """Start ``python -c CODE ARGS`` (this interpreter, so the venv) on this host."""
+        return self.run([sys.executable, "-c", code, *args], **popen)
+
+    def tunefleet(self, *args: str, logs: Path, **popen: Any) -> subprocess.Popen:
+        """Start ``tunefleet ARGS`` on this host, its stdout and stderr in LOGS/<host>.out
+        and .err (files: a flood of log lines never blocks it on a full pipe)."""
+        logs.mkdir(parents=True, exist_ok=True)
+        n = len(self.procs)
+        return self.run([sys.executable, "-m", "tunefleet", *args],
+                        stdout=open(logs / f"{self.name}-{n}.out", "w"),
+                        stderr=open(logs / f"{self.name}-{n}.err", "w"), **popen)
+
+    def can_reach(self, address: str, port: int, timeout: float = 3.0) -> bool:
+        """Whether a TCP connection from this host to ADDRESS:PORT is accepted."""
+        code = ("import socket, sys\n"
+                "try:\n"
+                f"    socket.create_connection(({address!r}, {port}), timeout={timeout})\n"
+                "except OSError:\n"
+                "    sys.exit(1)\n")
+        return self.run_wait([sys.executable, "-c", code], timeout=timeout + 60).returncode == 0
 
     def partition(self) -> None:
         """Cut this host off the switch: its packets, and those sent to it, are dropped."""
