@@ -69,3 +69,52 @@ def test_spawned_workers_are_separate_interpreters_and_replace_dead_ones():
 def test_unknown_start_method_is_a_usage_error():
     with pytest.raises(tunefleet.errors.UsageError, match="start_method"):
         ProcessBackend(start_method="telepathy")
+
+
+LOKY_SCRIPT = textwrap.dedent("""
+    import joblib, optuna, tunefleet
+    from tunefleet.backends.processes import default_start_method
+
+    # The parent has used loky (what scikit-learn's n_jobs>1 does): its executor exists now.
+    joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-i) for i in range(4))
+    print("start method", default_start_method())
+
+    def objective(trial):
+        x = trial.suggest_float("x", -1, 1)
+        out = joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-i) for i in range(4))
+        return x * x + sum(out)
+
+    study = optuna.create_study()
+    tunefleet.optimize(study, objective, n_trials=4, n_workers=2)
+    print("trials", sum(t.state.name == "COMPLETE" for t in study.trials), "end")
+""")
+
+
+def test_workers_of_a_parent_that_used_loky_do_not_hang_in_joblib(tmp_path):
+    """Forked from a parent whose loky executor exists, a worker's first joblib.Parallel
+    waited forever on the parent's executor (its manager thread is not in the child). The
+    timeout guards against that hang; the run itself takes seconds."""
+    script = tmp_path / "loky_parent.py"
+    script.write_text(LOKY_SCRIPT)
+    try:
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=150, cwd=tmp_path)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"workers hung in joblib.Parallel: {(exc.stderr or b'')[-1000:]!r}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "start method spawn" in proc.stdout
+    assert "trials 4 end" in proc.stdout
+
+
+def test_forked_worker_forgets_the_parents_loky_executor(tmp_path):
+    """start_method="fork" forced after loky: the worker drops the inherited executor and
+    joblib makes its own instead of waiting on the parent's."""
+    script = tmp_path / "loky_fork.py"
+    script.write_text(LOKY_SCRIPT.replace("n_workers=2)", "n_workers=2, start_method='fork')"))
+    try:
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=150, cwd=tmp_path)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"workers hung in joblib.Parallel: {(exc.stderr or b'')[-1000:]!r}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trials 4 end" in proc.stdout

@@ -19,6 +19,7 @@ set ``OMP_NUM_THREADS`` already; ``threads_per_worker=0`` leaves them alone. See
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing as mp
 import os
 import signal
@@ -42,13 +43,19 @@ def _process_main(conn: Connection, parent_pid: int, env: dict[str, str]) -> Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     from tunefleet.hub.worker import forget_parent_pools, limit_threads, serve
 
+    # The parent's atexit handlers are not this worker's (multiprocessing never runs them in a
+    # forked child); those the objective's libraries register here are, as in any process:
+    # joblib removes its memmapping folders in one, and the resource tracker warns of leaks
+    # otherwise.
+    atexit._clear()
     forget_parent_pools()
     if THREADS_VAR in env:
         limit_threads(int(env[THREADS_VAR]))
-    # serve() shuts down the pools the objective started. Then a plain exit: multiprocessing
-    # ends a forked child with os._exit after its own clean-up (the parent's atexit handlers
-    # do not run), and waits for the threads the objective left running.
-    sys.exit(serve(PipeChannel(conn, parent_pid)))
+    # serve() shuts down the pools the objective started; then this worker's atexit handlers,
+    # and multiprocessing's own clean-up, which waits for threads the objective left running.
+    code = serve(PipeChannel(conn, parent_pid))
+    atexit._run_exitfuncs()
+    sys.exit(code)
 
 
 #: The environment variable that tells a worker how many threads its pools may use.

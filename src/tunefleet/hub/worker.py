@@ -260,7 +260,13 @@ def release_pools() -> None:
     executor = getattr(loky, "_executor", None)
     if executor is not None:
         try:
-            executor.shutdown(wait=True, kill_workers=False)
+            # joblib's executor: shut down, then remove its memmapping folders, which joblib
+            # leaves to atexit (not run in a forked worker).
+            stop = getattr(executor, "terminate", None)
+            if stop is not None:
+                stop(kill_workers=False)
+            else:
+                executor.shutdown(wait=True, kill_workers=False)
         except Exception:
             pass
         loky._executor = None
