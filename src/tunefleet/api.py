@@ -21,6 +21,8 @@ def optimize(
     max_retries: int = 1,
     backend: str = "processes",
     setup: Callable[[], Any] | None = None,
+    gc_after_trial: bool = False,
+    n_jobs: int | None = None,
     **backend_options: Any,
 ) -> optuna.Study:
     """Run ``objective`` on a fleet of workers against ``study`` and return the study.
@@ -39,9 +41,22 @@ def optimize(
         backend: "processes" (local), "dask", "ray", "spark" or "tcp" (workers join by hand).
         setup: run once in each worker before its first trial; its result is returned by
             ``tunefleet.worker_data()`` inside the objective.
+        gc_after_trial: as in ``Study.optimize``: ``gc.collect()`` after each trial, in the
+            worker that ran it.
+        n_jobs: not supported: trials run in ``n_workers`` worker processes, not threads.
     """
     from tunefleet.gpus import resolve_gpus
     from tunefleet.hub.coordinator import run_hub
+
+    if n_jobs is not None:
+        from tunefleet.errors import UsageError
+
+        raise UsageError(f"tunefleet.optimize runs trials in worker processes: use "
+                         f"n_workers={n_jobs} instead of n_jobs={n_jobs}")
+    if gc_after_trial:
+        from tunefleet.hub.worker import GcAfterTrial
+
+        objective = GcAfterTrial(objective)
 
     return run_hub(
         study,
