@@ -290,5 +290,6 @@ def test_a_sampler_that_raises_leaves_no_trial_running(tmp_path):
     with pytest.raises(RuntimeError, match="sampler broke"):
         tunefleet.optimize(study, _quick, n_trials=20, n_workers=2)
     held = states(url)
-    assert held[TrialState.COMPLETE] == 3 and held[TrialState.RUNNING] == 0
-    assert held[TrialState.FAIL] >= 1 and held[TrialState.WAITING] == 0
+    # Trials 0-2 completed, or were closed as FAIL if still running when trial 3 broke.
+    assert held[TrialState.COMPLETE] + held[TrialState.FAIL] == sum(held.values())
+    assert held[TrialState.COMPLETE] <= 3 and held[TrialState.FAIL] >= 1
