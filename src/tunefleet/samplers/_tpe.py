@@ -359,7 +359,8 @@ def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.n
     # log sum_k exp(const_k + acc_rk - sum over continuous params of z_rk**2 / 2), with
     # z = (x - mu) / sigma. Centred on its domain, z**2 / 2 = s*x**2 - 2*s*mu*x + s*mu**2 with
     # s = 1 / (2 sigma**2): the whole exponent is one (samples x 2d+1) x (2d+1 x kernels)
-    # product, taken a cache-sized block of kernels at a time (einsum: no threaded BLAS).
+    # product, taken a block of kernels at a time: small enough to stay in cache and for BLAS
+    # to run it on one thread (threads only lose on a busy machine at this size).
     # Expanding loses about eps * s * max(x**2, mu**2), under 1e-11 with Optuna's magic clip
     # (sigma >= range / 100); past _MAX_EXPANDED the direct form is used instead.
     expanded = all(
@@ -367,6 +368,8 @@ def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.n
                                                     float(np.max(np.abs(mu - c)))) ** 2
         <= _MAX_EXPANDED for xc, mu, sigma, c in cont)
     width = min(k, _BLOCK)
+    if expanded:  # OpenBLAS keeps a product under 24 * 5 * 2048 multiply-adds single-threaded
+        width = min(k, max(256, _BLOCK * 5 * 24 // ((2 * len(cont) + 1) * max(m, 1))))
     buf = np.empty((m, width))
     if expanded:
         lhs = np.ones((m, 2 * len(cont) + 1))
@@ -385,7 +388,7 @@ def _fast_log_pdf(mpe: _ParzenEstimator, samples: dict[str, np.ndarray]) -> np.n
         stop = min(k, start + width)
         t = buf[:, : stop - start]
         if expanded:
-            np.einsum("ij,jk->ik", lhs, rhs[:, start:stop], out=t)
+            np.matmul(lhs, rhs[:, start:stop], out=t)
         else:
             u = tmp[:, : stop - start]
             t[:] = const[None, start:stop]
