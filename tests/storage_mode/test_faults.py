@@ -43,7 +43,8 @@ def test_bad_return_values_fail_their_trial_with_the_reason(storage_url, cli):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("storage_url", ["sqlite", "postgresql", "journal"], indirect=True)
+@pytest.mark.parametrize("storage_url", ["sqlite", "postgresql", "journal", "mysql"],
+                         indirect=True, ids=["sqlite", "postgresql", "journal", "mariadb"])
 def test_workers_leave_no_placeholder_trial(storage_url, cli):
     """Workers racing for the last places of the budget used to leave one FAIL trial each."""
     assert cli("init", "--storage", storage_url, "--study", "end",

@@ -10,9 +10,13 @@ than TOTAL counting trials have smaller numbers::
 A worker runs a trial only after checking its rank, so the study can never hold more than TOTAL
 complete-or-pruned trials (the last of them had fewer than TOTAL counting trials before it, and
 every earlier one that completed was counting then). Failed trials stop counting, which frees a
-place for a new trial or a retry, so the total is reached as long as one worker is alive. A trial
-found over the budget is closed at once, unrun, as FAIL with ``tunefleet:void``; that happens only
-when several workers race for the last free places, at most one per worker.
+place for a new trial or a retry, so the total is reached as long as one worker is alive.
+
+On databases and journal files a new trial (or retry) is created only when fewer than TOTAL
+trials count, counted and created in one step (:func:`.atomic.create_within_budget`), so its
+rank is below TOTAL by construction and workers racing for the last places leave nothing behind.
+Only on another storage can a trial be found over the budget after it was made; it is then
+closed at once, unrun, as FAIL with ``tunefleet:void`` (at most one per worker, at the end).
 """
 
 from __future__ import annotations
