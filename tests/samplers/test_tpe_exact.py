@@ -268,3 +268,33 @@ def test_same_constructor_as_optuna() -> None:
     for name, p in theirs.items():
         assert ours[name].default == p.default and ours[name].kind == p.kind, name
     assert isinstance(TPESampler(), optuna.samplers.TPESampler)
+
+
+def test_bandwidths_use_the_tables_sort_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With distinct float observations the 'above' estimator takes its sort order from the
+    trial table (no np.argsort of every observation per ask), and with ties (integers) it
+    falls back to np.argsort, whose tie order Optuna's bandwidths depend on."""
+    used: list[tuple[int, bool]] = []
+    original = _tpe._ParzenEstimatorFastSigmas._sorted_indices
+
+    def spy(self: Any, mus: np.ndarray) -> np.ndarray:
+        order = original(self, mus)
+        used.append((len(mus), order is self._presort))
+        return order
+
+    monkeypatch.setattr(_tpe._ParzenEstimatorFastSigmas, "_sorted_indices", spy)
+    rng = np.random.default_rng(0)
+    dists = {"x": optuna.distributions.FloatDistribution(-5, 5),
+             "i": optuna.distributions.IntDistribution(0, 5)}
+    study = optuna.create_study(sampler=TPESampler(seed=0))
+    study.add_trials([optuna.trial.create_trial(
+        params={"x": float(x), "i": int(i)}, distributions=dists, value=float(x * x + i))
+        for x, i in zip(rng.uniform(-5, 5, 300), rng.integers(0, 6, 300))])
+    for _ in range(3):
+        pair = [study.ask(), study.ask()]  # a running trial joins the 'above' observations
+        for t in pair:
+            study.tell(t, t.suggest_float("x", -5, 5) ** 2 + t.suggest_int("i", 0, 5))
+    large = [presorted for n, presorted in used if n > 250]
+    assert len(large) == 12  # 6 asks x the 2 parameters, in name order (i, x)
+    assert large[0::2] == [False] * 6  # i: ties, np.argsort
+    assert large[1::2] == [True] * 6  # x: the table's order
