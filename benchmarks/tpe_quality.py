@@ -3,17 +3,21 @@
 
 Both samplers get the same seed for a run (a paired comparison). tunefleet's sampler is meant to
 propose exactly what Optuna's does, so paired runs should end identically; the table says how many
-pairs did, next to the means and standard deviations.
+pairs did (same parameters in every trial), next to the means and standard deviations. Runs of 200 trials
+come first, then runs of 1000 seed by seed; results are appended to --out as they finish, and
+a second call resumes, so an interrupted run still gives a table (with the seeds it covered).
 
-    python benchmarks/tpe_quality.py                       # 3 functions, 20 seeds, 1000 trials
+    python benchmarks/tpe_quality.py                       # 3 functions, 20 seeds, 200 and 1000
     python benchmarks/tpe_quality.py --quick               # 2 seeds, 200 trials
-    python benchmarks/tpe_quality.py --jobs 2 --json out.json
+    python benchmarks/tpe_quality.py --jobs 2 --out runs.jsonl --table-only
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import statistics
 import time
 import warnings
@@ -54,9 +58,8 @@ FUNCTIONS: dict[str, tuple[Callable[[np.ndarray], float], int, float, float, flo
 SAMPLERS = {"optuna": optuna.samplers.TPESampler, "tunefleet": TPESampler}
 
 
-def one_run(function: str, sampler: str, seed: int, n_trials: int,
-            checkpoints: tuple[int, ...]) -> dict:
-    """Best value at each checkpoint of one seeded run, and the run's wall time."""
+def one_run(function: str, sampler: str, seed: int, n_trials: int) -> dict:
+    """Best value after every trial of one seeded run, and the run's wall time."""
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     f, dim, low, high, _ = FUNCTIONS[function]
@@ -68,33 +71,43 @@ def one_run(function: str, sampler: str, seed: int, n_trials: int,
     t0 = time.perf_counter()
     study.optimize(objective, n_trials=n_trials)
     wall = time.perf_counter() - t0
-    values = np.minimum.accumulate([t.value for t in study.trials])
-    return {"function": function, "sampler": sampler, "seed": seed, "wall_s": wall,
-            "best": {str(c): float(values[c - 1]) for c in checkpoints},
-            "params": [t.params for t in study.trials]}
+    return {"function": function, "sampler": sampler, "seed": seed, "n_trials": n_trials,
+            "wall_s": wall, "best": np.minimum.accumulate([t.value for t in study.trials]).tolist(),
+            "digests": {str(c): _digest(study.trials[:c]) for c in {200, n_trials} if c <= n_trials}}
 
 
-def table(results: list[dict], seeds: list[int], checkpoints: tuple[int, ...]) -> str:
-    rows = ["| function (optimum) | trials | Optuna TPE mean ± sd | tunefleet TPE mean ± sd "
-            "| paired seeds identical | s/run Optuna | s/run tunefleet |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
-    by = {(r["function"], r["sampler"], r["seed"]): r for r in results}
+def _digest(trials: list[optuna.trial.FrozenTrial]) -> str:
+    """A fingerprint of the parameters proposed, to tell identical runs apart."""
+    return hashlib.sha1(json.dumps([t.params for t in trials]).encode()).hexdigest()
+
+
+def table(results: list[dict], checkpoints: list[int]) -> str:
+    """Mean ± sd of the best value at each checkpoint, over the seeds both samplers ran."""
+    rows = ["| function (optimum) | trials | seeds | Optuna TPE mean ± sd | tunefleet TPE mean ± sd "
+            "| paired runs identical | s/run Optuna | s/run tunefleet |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for function in FUNCTIONS:
-        if not any(k[0] == function for k in by):
-            continue
         for c in checkpoints:
+            runs = {(r["sampler"], r["seed"]): r for r in results
+                    if r["function"] == function and r["n_trials"] >= c}
+            seeds = sorted(s for (sm, s) in runs if sm == "optuna" and ("tunefleet", s) in runs)
+            if not seeds:
+                continue
             cells = []
             for sampler in SAMPLERS:
-                v = [by[function, sampler, s]["best"][str(c)] for s in seeds]
+                v = [runs[sampler, s]["best"][c - 1] for s in seeds]
                 sd = statistics.stdev(v) if len(v) > 1 else 0.0
                 cells.append(f"{statistics.mean(v):.4g} ± {sd:.3g}")
-            same = sum(by[function, "optuna", s]["params"][:c]
-                       == by[function, "tunefleet", s]["params"][:c] for s in seeds)
-            walls = [statistics.mean(by[function, sampler, s]["wall_s"] for s in seeds)
-                     for sampler in SAMPLERS]
-            wall_cells = [f"{w:.1f}" for w in walls] if c == checkpoints[-1] else ["", ""]
-            rows.append(f"| {function} ({FUNCTIONS[function][4]:.5g}) | {c} | {cells[0]} | {cells[1]} | {same}/{len(seeds)} | "
-                        f"{wall_cells[0]} | {wall_cells[1]} |")
+            same = sum(runs["optuna", s]["digests"].get(str(c)) is not None and
+                       runs["optuna", s]["digests"].get(str(c))
+                       == runs["tunefleet", s]["digests"].get(str(c)) for s in seeds)
+            walls = [statistics.mean(runs[sampler, s]["wall_s"] for s in seeds
+                                     if runs[sampler, s]["n_trials"] == c) if any(
+                runs[sampler, s]["n_trials"] == c for s in seeds) else float("nan")
+                for sampler in SAMPLERS]
+            rows.append(f"| {function} ({FUNCTIONS[function][4]:.5g}) | {c} | {len(seeds)} | "
+                        f"{cells[0]} | {cells[1]} | {same}/{len(seeds)} | {walls[0]:.1f} | "
+                        f"{walls[1]:.1f} |")
     return "\n".join(rows)
 
 
@@ -102,27 +115,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 seeds, 200 trials")
     parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--trials", type=int, nargs="*", default=[200, 1000],
+                        help="run lengths (each also a checkpoint of the table)")
     parser.add_argument("--functions", nargs="*", default=list(FUNCTIONS), choices=FUNCTIONS)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
-    parser.add_argument("--json", help="also write every run's results here")
+    parser.add_argument("--out", default="tpe_quality.jsonl",
+                        help="results, one run a line; runs already there are not run again")
+    parser.add_argument("--table-only", action="store_true", help="print the table and exit")
     args = parser.parse_args()
     seeds = list(range(2 if args.quick else args.seeds))
-    n_trials = 200 if args.quick else args.trials
-    checkpoints = tuple(c for c in (200, 1000) if c <= n_trials) or (n_trials,)
+    lengths = [200] if args.quick else sorted(args.trials)
 
-    jobs = [(fn, sampler, seed, n_trials, checkpoints)
-            for fn in args.functions for seed in seeds for sampler in SAMPLERS]
+    results: list[dict] = []
+    if os.path.exists(args.out):
+        with open(args.out) as fh:
+            results = [json.loads(line) for line in fh if line.strip()]
+    done = {(r["function"], r["sampler"], r["seed"], r["n_trials"]) for r in results}
+    # Short runs first, then seed by seed across functions: whatever finishes is a usable table.
+    jobs = [(fn, sampler, seed, n) for n in lengths for seed in seeds for fn in args.functions
+            for sampler in SAMPLERS if (fn, sampler, seed, n) not in done]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        results = list(pool.map(one_run, *zip(*jobs)))
-    print(f"{len(seeds)} seeds, {n_trials} trials per run, {len(jobs)} runs, "
-          f"{time.perf_counter() - t0:.0f} s in all, {args.jobs} job(s)")
-    print(table(results, seeds, checkpoints))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump([{k: v for k, v in r.items() if k != "params"} for r in results], fh,
-                      indent=1)
+    if jobs and not args.table_only:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool, open(args.out, "a") as fh:
+            for result in pool.map(one_run, *zip(*jobs)):
+                results.append(result)
+                fh.write(json.dumps(result) + "\n")
+                fh.flush()
+        print(f"{len(jobs)} runs in {time.perf_counter() - t0:.0f} s, {args.jobs} job(s)")
+    print(table(results, lengths))
 
 
 if __name__ == "__main__":
