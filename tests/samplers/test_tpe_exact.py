@@ -298,3 +298,23 @@ def test_bandwidths_use_the_tables_sort_order(monkeypatch: pytest.MonkeyPatch) -
     assert len(large) == 12  # 6 asks x the 2 parameters, in name order (i, x)
     assert large[0::2] == [False] * 6  # i: ties, np.argsort
     assert large[1::2] == [True] * 6  # x: the table's order
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_persistent_storages(kind: str, tmp_path: Any) -> None:
+    """The fleet's storages (RDB through Optuna's cache, journal file): same proposals, with
+    two trials running at a time."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    def go(sampler: optuna.samplers.BaseSampler, name: str) -> list[dict[str, Any]]:
+        storage: Any = (f"sqlite:///{tmp_path}/{name}.db" if kind == "sqlite"
+                        else JournalStorage(JournalFileBackend(str(tmp_path / f"{name}.log"))))
+        study = optuna.create_study(sampler=sampler, storage=storage)
+        for _ in range(14):
+            pair = [study.ask(), study.ask()]
+            for t in pair:
+                study.tell(t, t.suggest_float("x", -5, 5) ** 2 + t.suggest_int("i", 0, 9))
+        return [t.params for t in study.trials]
+
+    assert go(TPESampler(seed=4), "ours") == go(optuna.samplers.TPESampler(seed=4), "theirs")
