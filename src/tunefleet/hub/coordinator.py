@@ -61,6 +61,17 @@ def _say(message: str) -> None:
     tqdm.write(f"tunefleet: {message}", file=sys.stderr)
 
 
+def _draws_ahead(study: optuna.Study) -> bool:
+    """Whether the coordinator may draw a trial's values before the trial exists (see
+    ``Coordinator._prepare``): for tunefleet's TPE, whose draws cost enough to be worth moving
+    off the message path, without Hyperband. Every other sampler keeps Optuna's exact order of
+    draws (a seeded Random run gives Optuna's values)."""
+    from tunefleet.samplers import TPESampler
+
+    return (type(study.sampler) is TPESampler
+            and not isinstance(study.pruner, optuna.pruners.HyperbandPruner))
+
+
 def _presample_safe(sampler: optuna.samplers.BaseSampler) -> bool:
     if isinstance(sampler, optuna.samplers.PartialFixedSampler):
         return _presample_safe(sampler._base_sampler)
@@ -138,6 +149,10 @@ class Coordinator:
         # change number that ended them, trial, state, values).
         self._unannounced: deque[tuple[int, optuna.Trial, TrialState, Any, bool]] = deque()
         self._parked: list[Link] = []  # workers waiting for a trial while the storage catches up
+        # Values drawn ahead (see _prepare): (relative search space, relative values,
+        # independent values).
+        self._prepared: deque[tuple[dict, dict, dict]] = deque()
+        self._prepare_limit = 2 if (self._presample and _draws_ahead(study)) else 0
         self._signal: int | None = None  # the first SIGINT / SIGTERM received
         self._signals = 0
         self._stop_at: float | None = None  # end of the grace period for running trials
@@ -155,11 +170,16 @@ class Coordinator:
             self.backend.start(self.n_workers)
             listener = self.backend.listener
             while not self._done():
-                for link, msg in listener.poll(0.005 if self._waiting_on_storage() else 0.1):
+                prepare = self._can_prepare()
+                messages = listener.poll(0.0 if prepare else (
+                    0.005 if self._waiting_on_storage() else 0.1))
+                for link, msg in messages:
                     if msg is None:
                         self._on_lost(link)
                     else:
                         self._on_message(link, msg)
+                if prepare and not messages:
+                    self._prepare()  # nothing to answer: draw the next trial's values now
                 self._tick()
             if self._error is not None:
                 self._abort(f"optimization stopped: {self._error!r}")
@@ -356,7 +376,7 @@ class Coordinator:
             return
         if self._heartbeat:
             optuna.storages.fail_stale_trials(self.study)
-        trial = self.study.ask()
+        trial = self._ask()
         self._counted += 1
         trial_id = trial._trial_id
         presampled = self._sample_known(trial)
@@ -388,17 +408,79 @@ class Coordinator:
         fixed = trial._fixed_params
         frozen = None
         filtered = None
+        prepared = self._prepared.popleft()[2] if self._prepared else None
+        if fixed:
+            prepared = None
         for name, dist in self._known.items():
             if name in fixed or dist.single():
                 continue
             if trial._is_relative_param(name, dist):
                 out[name] = trial.relative_params[name]
                 continue
+            if prepared is not None and name in prepared:
+                out[name] = prepared[name]
+                continue
             if frozen is None:
                 frozen = trial._get_latest_trial()
                 filtered = pruners._filter_study(self.study, frozen)
             out[name] = self.study.sampler.sample_independent(filtered, frozen, name, dist)
         return out
+
+    # -- samples drawn ahead, while the coordinator would otherwise wait ----------------------
+    def _can_prepare(self) -> bool:
+        """Whether to draw the next trial's values now: only for a sampler whose independent
+        draws do not depend on the trial they are for (TPE leaves the trial's own number out
+        and nothing else), never under Hyperband (its brackets go by trial number), and never
+        more than the budget can use."""
+        return (self._prepare_limit > 0 and bool(self._known)
+                and len(self._prepared) < self._prepare_limit and self._may_dispatch()
+                and (self.limits.n_trials is None
+                     or self._counted + len(self._prepared) < self.limits.n_trials))
+
+    def _prepare(self) -> None:
+        """Draw a trial's values before the trial exists, so that a worker asking for one gets
+        it without waiting for the sampler: the relative ones (multivariate TPE, Optuna 5's
+        default; running trials count as constant-liar fantasies) for the search space the
+        study has now, and independent ones for every known parameter."""
+        ghost = optuna.trial.FrozenTrial(
+            number=-1, trial_id=-1, state=TrialState.RUNNING, value=None, values=None,
+            datetime_start=None, datetime_complete=None, params={}, distributions={},
+            user_attrs={}, system_attrs={}, intermediate_values={})
+        sampler = self.study.sampler
+        space = sampler.infer_relative_search_space(self.study, ghost)
+        # TPE's own step, without the constant-liar note it writes on the trial (there is no
+        # trial yet: ``_ask`` has it written on the real one). Grouped TPE splits the space
+        # first: it draws at ask time.
+        relative = (sampler._sample_relative(self.study, ghost, space)
+                    if space and not sampler._group else {})
+        independent = {name: sampler.sample_independent(self.study, ghost, name, dist)
+                       for name, dist in self._known.items()
+                       if not dist.single() and name not in relative}
+        self._prepared.append((space, relative, independent))
+
+    def _ask(self) -> optuna.Trial:
+        """``study.ask()``, with the relative values drawn ahead when the search space is
+        still the one they were drawn for (else the sampler draws them now, as usual)."""
+        if not self._prepared:
+            return self.study.ask()
+        space, relative, _ = self._prepared[0]
+        sampler = self.study.sampler
+        if not relative:
+            return self.study.ask()
+        draw = type(sampler)._sample_relative
+
+        def prepared_or_draw(study: Any, trial: FrozenTrial, search_space: dict) -> dict:
+            if search_space == space:
+                return dict(relative)
+            return draw(sampler, study, trial, search_space)
+
+        sampler._sample_relative = prepared_or_draw  # this one ask only
+        try:
+            trial = self.study.ask()
+            trial.relative_params  # Optuna draws them lazily: now, while the stand-in holds
+            return trial
+        finally:
+            del sampler._sample_relative
 
     def _apply_ops(self, run: _Running, ops: list) -> None:
         trial = run.trial
