@@ -334,3 +334,18 @@ def test_a_malformed_address_is_one_line(procs, tmp_path, address, why, who):
                     f"--connect {address!r} must look like tcp://HOST:PORT")
     err = one_line_error(proc)
     assert err == f"tunefleet: error: {expected}{' ' + why if why else ''}\n"
+
+
+def test_a_worker_reads_nothing_large_from_an_unauthenticated_server(procs, tmp_path):
+    """A fake coordinator announcing a 200 MB hello: the worker refuses it at once (one line,
+    exit 2) instead of reading it."""
+    write_key(tmp_path / "hub.key")
+    with socket.create_server(("127.0.0.1", 0)) as fake:
+        port = fake.getsockname()[1]
+        worker = procs.worker(port)
+        conn, _ = fake.accept()
+        with conn:
+            conn.sendall(struct.pack(">I", 200 * 1024 * 1024) + b"TFHUB1" + b"\0" * 4096)
+            err = one_line_error(worker)
+    assert err == ("tunefleet worker: message of 209715200 bytes from the coordinator is too "
+                   "large (is the key the coordinator's?)\n")
