@@ -224,9 +224,6 @@ class _RDBWriter(_Writer):
         self.system = models.TrialSystemAttributeModel.__table__
         self.study_user = models.StudyUserAttributeModel.__table__
         self.study_system = models.StudySystemAttributeModel.__table__
-        self.returning = bool(getattr(self.engine.dialect,
-                                      "insert_executemany_returning_sort_by_parameter_order",
-                                      False))
         self.next_check = 0.0
 
     def _write(self, rnd: _Round) -> None:
@@ -252,14 +249,17 @@ class _RDBWriter(_Writer):
                                "datetime_start": _utc(c.trial.datetime_start),
                                "datetime_complete": _utc(c.trial.datetime_complete)}
                               for c in new]
-                if self.returning:
-                    result = conn.execute(
-                        T.insert().returning(T.c.trial_id, sort_by_parameter_order=True),
-                        trial_rows)
-                    new_ids = [row[0] for row in result]
-                else:
-                    new_ids = [conn.execute(T.insert(), [r]).inserted_primary_key[0]
-                               for r in trial_rows]
+                conn.execute(T.insert(), trial_rows)
+                # Numbers are unique in a study (checked above), so they give the new ids:
+                # one query instead of one INSERT ... RETURNING per row.
+                ids: dict[tuple[int, int], int] = {}
+                for study_id in {c.study_id for c in new}:
+                    first = min(c.trial.number for c in new if c.study_id == study_id)
+                    for trial_id, number in conn.execute(
+                            sa.select(T.c.trial_id, T.c.number).where(
+                                T.c.study_id == study_id, T.c.number >= first)):
+                        ids[(study_id, number)] = trial_id
+                new_ids = [ids[(c.study_id, c.trial.number)] for c in new]
                 for c, durable_id in zip(new, new_ids):
                     self._children(c, durable_id, rows, whole=True)
                     c.written = _Written(durable_id, c.trial.state, set(), set(), {}, {})
