@@ -267,8 +267,10 @@ def build_sampler(name: str | None, seed: int | None = None, n_objectives: int =
         # QMC, GP, BruteForce are "experimental" in Optuna: nothing a user can act on.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if name == "tpe":
-                return optuna.samplers.TPESampler(seed=seed)
+            if name == "tpe":  # Optuna's algorithm, without its cost per trial in the study
+                from tunefleet.samplers import TPESampler
+
+                return TPESampler(seed=seed)
             if name == "random":
                 return optuna.samplers.RandomSampler(seed=seed)
             if name == "cmaes":

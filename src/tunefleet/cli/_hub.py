@@ -50,6 +50,6 @@ def run_hub_command(study: optuna.Study, storage: str | None, as_json: bool,
             err=True)
         sys.exit(code)
     echo_summary(best_summary(study), as_json)
-    if not as_json:
+    if not as_json and where not in (":memory:", "memory", "inmemory"):
         click.echo(f"saved in {where} (study {study.study_name!r}); see it with: tunefleet best "
                    f"--storage {where} --study {study.study_name}", err=True)
