@@ -65,10 +65,53 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 #: The tests of test_study.py that the suite runs: those of optimize, callbacks and stop.
 _STUDY_TESTS = ("optimize", "callback", "stop")
 
+_STATE = ("the objective changes state in the test's process (a counter, a list in a "
+          "closure, a mock); in a worker process it changes the worker's copy")
+_THREADS = "it is about n_jobs threads sharing one study; the workers are processes"
+
+#: Tests that cannot pass by their nature, or differ by design, with the reason; they run
+#: as non-strict xfail, so that the suite's step fails only on a new failure. Keep in step
+#: with docs/optuna-fidelity.md.
+EXPECTED_FAILURES: dict[str, str] = {
+    "test_study.py::test_optimize_parallel": _STATE + " (Func.n_calls)",
+    "test_trial.py::test_datetime_start": _STATE + " (datetime_start kept in a list)",
+    "test_study.py::test_optimize_with_gc": _STATE + " (gc.collect mocked in the test's "
+                                                    "process; tests/hub covers gc_after_trial)",
+    "test_study.py::test_optimize_with_reseeding": _THREADS + " (reseed_rng per thread)",
+    "test_study.py::test_optimize_with_progbar_parallel_timeout":
+        _THREADS + " (a warning for a timeout bar with n_jobs != 1)",
+    "test_study.py::test_optimize_with_catch": (
+        "with 2 workers, the trial another worker is running when an uncaught exception "
+        "stops the study is closed as FAIL: one trial more than one thread makes, sometimes"),
+    "test_study.py::test_optimize_with_progbar": "tunefleet's progress bar has its own format",
+    "test_study.py::test_optimize_with_progbar_timeout":
+        "tunefleet's progress bar has its own format",
+    "test_study.py::test_optimize_with_progbar_timeout_formats":
+        "tunefleet's progress bar has its own format",
+    "test_study.py::test_optimize_progbar_n_trials_prioritized":
+        "tunefleet's progress bar has its own format",
+    "test_study.py::test_optimize_infinite_budget_progbar":
+        "tunefleet's progress bar has its own format",
+    "test_study.py::test_optimize_trivial_rdb_resume_study": (
+        "sqlite:///:memory: is one database per connection: the coordinator's background "
+        "writer sees no tables"),
+}
+
+
+def _expected_failure(nodeid: str) -> str | None:
+    name = nodeid.split("[")[0]
+    for key, reason in EXPECTED_FAILURES.items():
+        if name.endswith(key):
+            return reason
+    return None
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     for item in items:
+        reason = _expected_failure(item.nodeid)
+        if reason is not None:
+            item.add_marker(pytest.mark.xfail(reason=reason, strict=False))
         name = item.nodeid.split("::")[-1]
         if "test_study.py::" in item.nodeid and not any(k in name for k in _STUDY_TESTS):
             drop.append(item)
