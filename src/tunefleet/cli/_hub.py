@@ -49,6 +49,15 @@ def run_hub_command(study: optuna.Study, storage: str | None, as_json: bool,
             f"Run the same command again to continue: tunefleet {shlex.join(sys.argv[1:])}",
             err=True)
         sys.exit(code)
+    except (KeyError, ValueError, TypeError, RuntimeError, ArithmeticError, AttributeError,
+            OSError, ImportError, AssertionError, LookupError) as exc:
+        # The objective's own traceback was logged with its trial (Optuna's format); tunefleet
+        # adds one line, not a second traceback through its internals.
+        click.echo(
+            f"tunefleet: the run stopped: {type(exc).__name__}: {exc}. Study "
+            f"{study.study_name!r} in {where} keeps its finished trials; add --keep-going to "
+            "fail such trials and go on, and run the same command again to continue.", err=True)
+        sys.exit(1)
     echo_summary(best_summary(study), as_json)
     if not as_json and where not in (":memory:", "memory", "inmemory"):
         click.echo(f"saved in {where} (study {study.study_name!r}); see it with: tunefleet best "

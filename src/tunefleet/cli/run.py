@@ -22,7 +22,9 @@ from tunefleet.targets import load_target
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Stop starting trials after this many seconds.")
 @study_options
-@click.option("--gpus", default=None, help="GPU ids handed out one per worker, e.g. 0,1.")
+@click.option("--gpus", default=None,
+              help="GPUs, one per worker: indices into the visible GPUs (CUDA_VISIBLE_DEVICES "
+                   "if set), e.g. 0,1 or 3, for one; or a count, e.g. 4 for the first four.")
 @click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
               help="Runs of the parameters of a trial whose worker died.")
 @click.option("--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
