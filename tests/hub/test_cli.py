@@ -128,7 +128,7 @@ def test_ctrl_c_closes_running_trials_and_says_how_to_resume(tmp_path):
     assert states.get("FAIL", 0) == 0  # the trials running at Ctrl-C finished in the grace period
     done = sum(states.values())
     assert f"holds {done} finished trials" in err
-    r = subprocess.run(cmd[:5] + [str(done + 2), "--no-progress", "--json"], cwd=tmp_path,
+    r = subprocess.run(cmd[:6] + [str(done + 2), "--no-progress", "--json"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert json.loads(r.stdout)["n_trials"] == done + 2
 
