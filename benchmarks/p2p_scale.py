@@ -10,7 +10,8 @@ Each runs the quadratic with TPE and starts its rounds once the whole swarm is k
 (--wait-peers N). Reported: how many peers joined and ended with exit code 0, how many
 different global bests they printed (1 is right), the time until the whole swarm was known,
 and what the termination costs: the last exchange of bests (from "every peer finished" to
-"every peer agrees", per peer) and from the last peer's rounds done to the last exit.
+"every peer agrees", per peer) and from the last peer's rounds done to the last peer done
+(its summary made, before the interpreter exits).
 The whole run is bounded by --limit seconds; peers still running then are killed.
 """
 
@@ -38,14 +39,15 @@ def free_port() -> int:
 
 
 def run(peers: int, rounds: int, trials: int, heartbeat: float, peer_timeout: float,
-        limit: float) -> dict:
+        limit: float, logs: str | None = None) -> dict:
     seed_port = free_port()
     common = ["-r", str(rounds), "-t", str(trials), "--wait-peers", str(peers),
               "--heartbeat", str(heartbeat), "--peer-timeout", str(peer_timeout),
-              "--join-timeout", str(limit * 0.8), "--json", "-q"]
+              "--join-timeout", str(limit * 0.8), "--json", *([] if logs else ["-q"])]
     launched = time.time()
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = logs or tmp
         for i in range(peers):
             addr = f"tcp://127.0.0.1:{seed_port}" if i == 0 else "tcp://127.0.0.1:0"
             cmd = [sys.executable, "-m", "tunefleet", "peer", TARGET, "-u", f"p{i}", "-b", addr,
@@ -59,9 +61,11 @@ def run(peers: int, rounds: int, trials: int, heartbeat: float, peer_timeout: fl
         results, codes, errors, exits = [], [], [], []
         for p, err, path in procs:
             try:
-                out, _ = p.communicate(timeout=max(1.0, deadline - time.time()))
+                out, _ = p.communicate(timeout=max(0.0, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                p.kill()
+                for q, _, _ in procs:  # out of time: every peer still running goes
+                    if q.poll() is None:
+                        q.kill()
                 out, _ = p.communicate()
             exits.append(time.time())
             err.close()
@@ -80,8 +84,8 @@ def run(peers: int, rounds: int, trials: int, heartbeat: float, peer_timeout: fl
         "all_known_s": max(r["started_at"] for r in results) - launched if results else None,
         "final_median_s": statistics.median(finals) if finals else None,
         "final_max_s": max(finals) if finals else None,
-        "rounds_to_exit_s": (max(exits) - max(r["rounds_done_at"] for r in results)
-                             if results else None),
+        "rounds_to_exit_s": (max(r["ended_at"] for r in results)
+                             - max(r["rounds_done_at"] for r in results) if results else None),
         "wall_s": max(exits) - launched,
     }
 
@@ -95,13 +99,16 @@ def main() -> None:
     ap.add_argument("--peer-timeout", type=float, default=10.0)
     ap.add_argument("--limit", type=float, default=600.0, help="seconds for the whole run")
     ap.add_argument("--quick", action="store_true", help="32 peers")
+    ap.add_argument("--logs", help="keep each peer's progress lines in this folder")
     a = ap.parse_args()
     if a.quick:
         a.peers = 32
     print(f"{a.peers} peers at once, {a.rounds} rounds x {a.trials} trials, heartbeat "
           f"{a.heartbeat} s, peer timeout {a.peer_timeout} s, {os.cpu_count()} CPUs, load "
           f"{os.getloadavg()[0]:.1f}", flush=True)
-    r = run(a.peers, a.rounds, a.trials, a.heartbeat, a.peer_timeout, a.limit)
+    if a.logs:
+        os.makedirs(a.logs, exist_ok=True)
+    r = run(a.peers, a.rounds, a.trials, a.heartbeat, a.peer_timeout, a.limit, a.logs)
     print(json.dumps(r, indent=1))
     ok = r["ended_ok"] == a.peers and r["distinct_bests"] == 1
     print(f"{'ALL JOINED AND AGREE' if ok else 'FAILED'}: {r['ended_ok']}/{a.peers} ended with "

@@ -93,6 +93,7 @@ class Node:
         self._best: tuple[str, list[dict[str, Any]]] | None = None
         self._final_sent: tuple[str, str] | None = None
         self._final_sent_at = 0.0
+        self._resend_gap = 2 * cfg.heartbeat
         self._finals: dict[str, tuple[str, str]] = {}
         self._synced_at: dict[str, float] = {}
         self.final_started: float | None = None  # monotonic: every live peer finished
@@ -266,12 +267,12 @@ class Node:
             log.info("peer %s: every peer finished; exchanging bests before leaving", self.uid)
         if self._best is None:
             return  # the optimizing thread has not told us its best yet
-        mine = (self._best[0], self._view_digest(alive))
-        resend = now - self._final_sent_at >= 2 * self.cfg.heartbeat
+        mine = (self._best[0], self._view_digest())
         if mine != self._final_sent:
-            targets = alive
-        elif resend:
+            targets, self._resend_gap = alive, 2 * self.cfg.heartbeat
+        elif now - self._final_sent_at >= self._resend_gap:  # in case a message was lost
             targets = [m for m in alive if self._finals.get(m.uid) != mine]
+            self._resend_gap = min(2 * self._resend_gap, 8 * self.cfg.heartbeat)
         else:
             targets = []
         if targets:
@@ -289,8 +290,11 @@ class Node:
                 self.final_done = now
                 self.done.set()
 
-    def _view_digest(self, alive: list[Member]) -> str:
-        uids = sorted([self.uid, *(m.uid for m in alive)])
+    def _view_digest(self) -> str:
+        """The peers known and not failed. Those that left count too: a peer leaves only once
+        it agreed with all, so its leaving must not start the agreement again for the rest."""
+        uids = sorted([self.uid, *(m.uid for m in self.membership.members.values()
+                                   if m.status != FAILED)])
         return hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16]
 
     def _refresh_view(self) -> None:
@@ -385,11 +389,19 @@ class Node:
         self._on_trials(msg)
         self._finals[sender] = (best, view)
         m = self.membership.members.get(sender)
-        if m is None or not m.alive:
-            return  # gossip will tell us about it (or it is gone)
-        alive = self.membership.alive()
+        if m is None:  # a peer we had not heard of yet: it has finished, as we have
+            try:
+                check_uid(sender, "UID")
+                check_address(address, "address", connect=True)
+            except UsageError as exc:
+                raise wire.WireError(f"bad final: {exc}") from None
+            row = [address, wire.field(msg, "inc", int), 0, FINISHED]
+            self._greet(self.membership.merge({sender: row}, sender))
+            return
+        if not m.alive:
+            return
         now = time.monotonic()
-        if (view != self._view_digest(alive)
+        if (view != self._view_digest()
                 and now - self._synced_at.get(sender, 0.0) >= self.cfg.heartbeat):
             self._synced_at[sender] = now
             self._gossip([Member(sender, address, 0, 0, RUNNING, 0.0)])

@@ -86,6 +86,9 @@ class Membership:
                 if m.alive:
                     fresh.append(m)
                 continue
+            if known.status == FAILED and status == LEFT and inc >= known.incarnation:
+                known.status = LEFT  # it did not fail, it left: all agree on who is gone
+                continue
             if known.status == FAILED and uid != sender:
                 continue
             if (inc, counter) > known.version:

@@ -186,6 +186,7 @@ class Peer:
         self.node.leave()
         self._closed = True
         self._summary = self.summary()
+        self._summary["ended_at"] = time.time()
         if self._print_json is not None:
             echo_peer_summary(self._summary, self._print_json)
         return self._summary
