@@ -68,6 +68,8 @@ def run_fleet(function: str, n: int, rounds: int, trials: int, seed: int, gossip
             cmd += ["--wait-peers", str(n)]  # everyone starts together, as the loners do
             if i:
                 cmd += ["-s", "p0", "-d", f"tcp://127.0.0.1:{ports[0]}"]
+        else:
+            cmd += ["--alone-wait", "0"]  # a loner ends with its rounds, waiting for nobody
         procs.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True))
     out = []
     for p in procs:
