@@ -10,12 +10,14 @@ A worker that dies fails its trial with the reason, the trial's parameters are q
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import socket
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -59,6 +61,34 @@ def _say(message: str) -> None:
     from tqdm import tqdm
 
     tqdm.write(f"tunefleet: {message}", file=sys.stderr)
+
+
+def _spec_seed(study: optuna.Study) -> int | None:
+    """The --seed a study was made with on the command line (its recorded spec), if any."""
+    from tunefleet.studies import SPEC_ATTR
+
+    raw = study._storage.get_study_system_attrs(study._study_id).get(SPEC_ATTR)
+    try:
+        seed = json.loads(raw).get("seed") if raw else None
+    except (TypeError, ValueError):
+        return None
+    return seed if isinstance(seed, int) else None
+
+
+def _random_states(sampler: optuna.samplers.BaseSampler) -> list[Any]:
+    """The numpy random states a sampler (and the samplers inside it) draws from."""
+    import numpy as np
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    out: list[Any] = []
+    for value in vars(sampler).values():
+        if isinstance(value, LazyRandomState):
+            out.append(value.rng)
+        elif isinstance(value, np.random.RandomState):
+            out.append(value)
+        elif isinstance(value, optuna.samplers.BaseSampler) and value is not sampler:
+            out.extend(_random_states(value))
+    return out
 
 
 def _draws_ahead(study: optuna.Study) -> bool:
@@ -152,7 +182,12 @@ class Coordinator:
         # Values drawn ahead (see _prepare): (relative search space, relative values,
         # independent values).
         self._prepared: deque[tuple[dict, dict, dict]] = deque()
-        self._prepare_limit = 2 if (self._presample and _draws_ahead(study)) else 0
+        # A study made with --seed draws each trial's values from (seed, number, parameter),
+        # so that a run continued later draws what one uninterrupted run would have.
+        self._seed = _spec_seed(study)
+        self._rngs = _random_states(study.sampler) if self._seed is not None else []
+        self._prepare_limit = (2 if (self._presample and _draws_ahead(study)
+                                     and self._seed is None) else 0)
         self._signal: int | None = None  # the first SIGINT / SIGTERM received
         self._signals = 0
         self._stop_at: float | None = None  # end of the grace period for running trials
@@ -393,6 +428,16 @@ class Coordinator:
         link.send((P.TRIAL, trial_id, frozen.number, frozen.datetime_start, trial._fixed_params,
                    presampled, space, frozen.user_attrs))
 
+    def _reseed(self, number: int, name: str | None = None) -> None:
+        """Seeded studies: the sampler's random state for this trial (and parameter) depends on
+        the seed and the trial number only, not on how many draws came before it; so a seeded
+        Random run gives the same trials with any number of workers, and a resumed run (TPE,
+        CMA-ES, NSGA-II with one worker) goes on as an uninterrupted one would."""
+        if self._rngs:
+            key = zlib.crc32(f"{self._seed}/{number}/{name or ''}".encode())
+            for rng in self._rngs:
+                rng.seed(key)
+
     def _learn(self, name: str, dist: BaseDistribution) -> None:
         if self._known.get(name) != dist:
             self._known[name] = dist
@@ -404,6 +449,9 @@ class Coordinator:
         distributions travel only when the known space changes (see ``_dispatch``)."""
         if not self._presample or not self._known:
             return {}
+        if self._rngs and trial._relative_params is None:
+            self._reseed(trial.number)
+            trial.relative_params  # drawn now, from this trial's seed
         out: dict[str, Any] = {}
         fixed = trial._fixed_params
         frozen = None
@@ -423,6 +471,7 @@ class Coordinator:
             if frozen is None:
                 frozen = trial._get_latest_trial()
                 filtered = pruners._filter_study(self.study, frozen)
+            self._reseed(trial.number, name)
             out[name] = self.study.sampler.sample_independent(filtered, frozen, name, dist)
         return out
 
@@ -506,6 +555,11 @@ class Coordinator:
         kind = request[0]
         if kind == P.SUGGEST:
             _, name, dist = request
+            if self._rngs:
+                if run.trial._relative_params is None:
+                    self._reseed(run.trial.number)
+                    run.trial.relative_params
+                self._reseed(run.trial.number, name)
             value = run.trial._suggest(name, dist)
             self._learn(name, dist)
             return value
