@@ -12,6 +12,7 @@ from tunefleet import attrs
 from tunefleet.errors import UsageError
 from tunefleet.p2p import Peer, PeerConfig, wire
 from tunefleet.p2p.config import read_key, resolve_addresses
+from tunefleet.studies import open_storage
 from tunefleet.p2p.membership import FAILED, FINISHED, LEFT, RUNNING, Membership
 
 pytestmark = pytest.mark.timeout(60)
@@ -323,3 +324,29 @@ def test_peer_and_serve_default_ports_differ():
     listen = next(p.default for p in serve.params if p.name == "listen")
     peer_port = PeerConfig().checked().advertise.rsplit(":", 1)[1]
     assert peer_port != str(listen).rsplit(":", 1)[1]
+
+
+# ---- reproducible resume ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_seeded_peer_continued_later_draws_what_one_run_would(tmp_path, sampler):
+    """Two half-runs on one --storage against one full run: the same parameters, in order."""
+    def run(storage: str, rounds: int) -> None:
+        peer = Peer(lambda t: t.suggest_float("x", -10, 10) ** 2 + t.suggest_int("n", 0, 9),
+                    uid="solo", bind="tcp://127.0.0.1:0", rounds=rounds, trials=4,
+                    sampler=sampler, sampler_seed=3, storage=storage, alone_wait=0,
+                    heartbeat=0.05, peer_timeout=1)
+        peer.optimize()
+        peer.terminate(timeout=30)
+
+    halves, full = f"journal:///{tmp_path}/halves.log", f"journal:///{tmp_path}/full.log"
+    run(halves, 2)
+    run(halves, 2)
+    run(full, 4)
+    params = []
+    for url in (halves, full):
+        study = optuna.load_study(study_name="p2p-solo", storage=open_storage(url))
+        params.append([t.params for t in study.trials])
+    assert len(params[0]) == len(params[1]) == 16
+    assert params[0] == params[1]
+    assert len({p["x"] for p in params[0]}) == 16  # and no trial repeats an earlier one

@@ -45,7 +45,9 @@ def peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--sampler", type=click.Choice(SAMPLERS, case_sensitive=False), default=None,
                      help="Default: tpe (nsga2 for several objectives)."),
         click.option("--seed", "sampler_seed", type=int, default=None,
-                     help="Sampler seed, mixed with the UID so that peers still differ."),
+                     help="Sampler seed, mixed with the UID so that peers still differ. With "
+                          "--storage, a peer run again later goes on drawing as one "
+                          "uninterrupted run would."),
         click.option("--share", type=click.Choice(["best", "top-k", "all"]), default="best",
                      show_default=True, help="What to send after each round."),
         click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,

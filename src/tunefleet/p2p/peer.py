@@ -79,6 +79,8 @@ class Peer:
         self._closed = False
         self._summary: dict[str, Any] | None = None
         self._best_digest: str | None = None
+        self._n_own = 0  # this peer's own trials in its local study, earlier runs included
+        self._rngs: list[Any] = []  # a seeded sampler's random states, reseeded per trial
         self.started_at: float | None = None  # unix time of the first round
         self.rounds_done_at: float | None = None
 
@@ -109,6 +111,11 @@ class Peer:
         self.study._storage.set_study_system_attr(self.study._study_id, attrs.MODE, "p2p")
         for t in self.study.get_trials(deepcopy=False):
             self._known.add(wire.trial_key(t, self.uid))
+            self._n_own += attrs.ORIGIN not in t.system_attrs
+        if spec.seed is not None:
+            from tunefleet.hub.coordinator import _random_states  # the hub's list of them
+
+            self._rngs = _random_states(self.study.sampler)
         self.node = Node(c)
         for warning in c.warnings:
             log.warning("peer %s: %s", self.uid, warning)
@@ -208,6 +215,15 @@ class Peer:
 
     # ---- one round ------------------------------------------------------------------------
     def _run_trial(self, trial: optuna.Trial) -> Any:
+        """Run the objective, recording who ran it and when. With --seed the sampler's random
+        state depends on the seed and on how many trials this peer ran before (in this run or
+        in an earlier one on the same --storage) only: a peer continued later draws what one
+        uninterrupted run would have drawn."""
+        if self._rngs:
+            key = zlib.crc32(f"{self.config.sampler_seed}/{self.uid}/{self._n_own}".encode())
+            for rng in self._rngs:
+                rng.seed(key)
+        self._n_own += 1
         storage, tid = trial.storage, trial._trial_id
         storage.set_trial_system_attr(tid, attrs.WORKER, self.uid)
         storage.set_trial_system_attr(tid, attrs.HOST, socket.gethostname())
