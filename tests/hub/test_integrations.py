@@ -110,6 +110,32 @@ def test_trial_study_is_an_optuna_study_read_and_written_through_the_coordinator
     assert [t.user_attrs["n_seen"] for t in study.trials] == [0, 1, 2, 3, 4]
 
 
+def test_trial_storage_reads_everything_and_writes_only_attributes():
+    def objective(trial):
+        x = trial.suggest_float("x", 0, 1)
+        storage = trial.storage
+        assert isinstance(storage, optuna.storages.BaseStorage)
+        study_id = trial.study._study_id
+        own = storage.get_trial(trial._trial_id)  # the parameter travelled with the call
+        trial.set_user_attr("own_x", own.params["x"])
+        trial.set_user_attr("n_trials", storage.get_n_trials(study_id))
+        storage.set_trial_system_attr(trial._trial_id, "written_by", "worker")
+        try:
+            storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.COMPLETE)
+        except NotImplementedError as exc:
+            trial.set_user_attr("refused", "coordinator alone" in str(exc))
+        return x
+
+    study = optuna.create_study()
+    tunefleet.optimize(study, objective, n_trials=3, n_workers=1)
+    for t in study.trials:
+        assert t.user_attrs["own_x"] == t.params["x"]
+        assert t.user_attrs["n_trials"] == t.number + 1
+        assert t.system_attrs["written_by"] == "worker"
+        assert t.user_attrs["refused"] is True
+        assert t.state.name == "COMPLETE"
+
+
 def test_trial_study_stop_from_a_worker_ends_the_run():
     def objective(trial):
         x = trial.suggest_float("x", 0, 1)
