@@ -146,8 +146,14 @@ class Coordinator:
                  catch: tuple[type[BaseException], ...] = (), max_retries: int = 1,
                  progress: Progress | None = None, setup: Callable[[], Any] | None = None,
                  mirror: MirroredStorage | None = None, grace: float = 5.0,
-                 worker_timeout: float | None = None) -> None:
+                 worker_timeout: float | None = None, orphans: Sequence[int] = (),
+                 reclaim_window: float = 0.0) -> None:
         self.study = study
+        # Trials a dead coordinator left RUNNING, by number: a worker that outlived it may
+        # bring their results back (HELLO "reclaim") until the window closes; then they are
+        # failed and retried. Each holds its place in the budget meanwhile.
+        self._orphans = {study._storage.get_trial_number_from_id(t): t for t in orphans}
+        self._reclaim_until = time.monotonic() + reclaim_window
         self.worker_timeout = worker_timeout
         self._silenced: dict[int, str] = {}  # trial id -> why it was failed (silent worker)
         self._next_silence_check = 0.0
@@ -168,7 +174,7 @@ class Coordinator:
         self._known: dict[str, BaseDistribution] = {}
         self._known_version = 0
         self._presample = _presample_safe(study.sampler)
-        self._counted = 0  # trials of this run that count against n_trials
+        self._counted = len(self._orphans)  # trials of this run that count against n_trials
         self._error: BaseException | None = None
         self._lost_in_a_row = 0
         self._last_loss = ""
@@ -216,6 +222,7 @@ class Coordinator:
                 if prepare and not messages:
                     self._prepare()  # nothing to answer: draw the next trial's values now
                 self._tick()
+            self._settle_orphans(force=True)
             if self._error is not None:
                 self._abort(f"optimization stopped: {self._error!r}")
             elif self._signal is not None:
@@ -311,9 +318,11 @@ class Coordinator:
         if self._signal is not None and self._stop_at is not None \
                 and time.monotonic() >= self._stop_at:
             return True
-        return not self._running and not self._unannounced and not self._may_dispatch()
+        return (not self._running and not self._unannounced and not self._orphans
+                and not self._may_dispatch())
 
     def _tick(self) -> None:
+        self._settle_orphans()
         if self.mirror is not None and self.mirror.error is not None and self._error is None:
             self._error = self.mirror.error  # nothing more can be counted: stop the study
         self._announce()
@@ -334,6 +343,26 @@ class Coordinator:
             for trial_id in self._running:
                 self._storage.record_heartbeat(trial_id)
             self._next_beat = time.monotonic() + (self._storage.get_heartbeat_interval() or 60)
+
+    def _reclaim(self, link: Link, number: int, result: tuple) -> None:
+        """A worker that outlived the previous coordinator brings the result of trial
+        ``number``: the trial keeps its number and gets the result, as if never interrupted."""
+        trial_id = self._orphans.pop(number, None)
+        if trial_id is None:
+            return  # not an orphan (already finished, or failed when the window closed)
+        trial = optuna.Trial(self.study, trial_id)
+        self._running[trial_id] = _Running(trial, link, {})
+        _logger.info(f"Trial {number}: result reclaimed from worker {link.name}")
+        self._finish(link, (trial_id, *result[1:]))
+
+    def _settle_orphans(self, force: bool = False) -> None:
+        """Close the reclaim window: fail the orphans nobody brought back, and retry them."""
+        if not self._orphans or (not force and time.monotonic() < self._reclaim_until):
+            return
+        orphans, self._orphans = list(self._orphans.values()), {}
+        recover_orphans(self.study, orphans, self.max_retries)
+        # Each orphan held a place in the budget: its retry (queued WAITING) takes it now.
+        self._counted -= len(orphans)
 
     def _fail_silent(self) -> None:
         """Fail and retry the trial of each worker silent for ``worker_timeout`` (stopped,
@@ -395,6 +424,8 @@ class Coordinator:
             link.name = info.get("label") or f"{info.get('host')}/{info.get('pid')}"
             state.hello = True
             link.send((P.CONFIG, self._payload))
+            for number, result in info.get("reclaim") or ():
+                self._reclaim(link, number, result)
         elif op == P.FAILED:
             self._error = WorkerStartError(msg[1])
         else:
@@ -713,7 +744,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
             catch: Any, show_progress_bar: bool, gpus: list | None, max_retries: int,
             backend: str, setup: Callable[[], Any] | None,
             backend_options: dict[str, Any], grace: float = 5.0,
-            worker_timeout: float | None = None) -> optuna.Study:
+            worker_timeout: float | None = None,
+            reclaim_window: float | None = None) -> optuna.Study:
     """What ``tunefleet.optimize`` does; see there."""
     if isinstance(catch, type):
         catch = (catch,)
@@ -743,7 +775,12 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
     run_study, mirror = mirrored_study(study)
     try:
         _claim(run_study)
-        recover_orphans(run_study, mirror, max_retries)
+        if reclaim_window is None:  # workers that outlive a coordinator only join by network
+            reclaim_window = 0.0 if engine.starts_workers else 10.0
+        orphans = list(mirror.orphans) if mirror is not None else []
+        if not reclaim_window:
+            recover_orphans(run_study, orphans, max_retries)
+            orphans = []
     except BaseException:
         if mirror is not None:
             mirror.close()
@@ -752,7 +789,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
     coordinator = Coordinator(run_study, objective, engine, n_workers=workers,
                               limits=Limits(n_trials, timeout), callbacks=callbacks, catch=catch,
                               max_retries=max_retries, progress=progress, setup=setup,
-                              mirror=mirror, grace=grace, worker_timeout=worker_timeout)
+                              mirror=mirror, grace=grace, worker_timeout=worker_timeout,
+                              orphans=orphans, reclaim_window=reclaim_window)
     study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = True
     try:
         coordinator.run()
@@ -807,16 +845,13 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def recover_orphans(study: optuna.Study, mirror: MirroredStorage | None,
-                    max_retries: int) -> int:
+def recover_orphans(study: optuna.Study, orphans: Sequence[int], max_retries: int) -> int:
     """Fail the trials an earlier coordinator left RUNNING (it died: SIGKILL, power loss) with
     the reason in ``tunefleet:fail_reason``, and queue their parameters again, up to
     ``max_retries`` runs of the same parameters. Returns how many were failed."""
-    if mirror is None:
-        return 0
     storage = study._storage
     failed = 0
-    for trial_id in mirror.orphans:
+    for trial_id in orphans:
         frozen = storage.get_trial(trial_id)
         if frozen.state != TrialState.RUNNING:
             continue
