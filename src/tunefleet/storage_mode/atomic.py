@@ -162,20 +162,22 @@ def _create_within_budget_rdb(rdb: optuna.storages.RDBStorage, study_id: int,
 def _remember(storage: optuna.storages.BaseStorage, study_id: int, made: tuple[int, int],
               system_attrs: dict, state: TrialState) -> None:
     """Tell Optuna's trial cache about a trial created behind its back, as its own
-    ``create_new_trial`` does (``set_trial_param`` looks the trial up there)."""
-    add = getattr(storage, "_add_trials_to_cache", None)
-    if add is None:
-        return
-    from optuna.storages._cached_storage import _StudyInfo
-
+    ``create_new_trial`` does (``set_trial_param`` looks the trial up there). Where the cache
+    is not built as expected (another Optuna version), a read of the study fills it instead."""
+    if not hasattr(storage, "_add_trials_to_cache"):
+        return  # no cache: nothing to tell
     trial_id, number = made
-    frozen = optuna.trial.FrozenTrial(
-        number=number, state=state, value=None, values=None,
-        datetime_start=datetime.now() if state == TrialState.RUNNING else None,
-        datetime_complete=None, params={}, distributions={},
-        user_attrs={}, system_attrs=dict(system_attrs), intermediate_values={},
-        trial_id=trial_id)
-    with storage._lock:
-        if study_id not in storage._studies:
-            storage._studies[study_id] = _StudyInfo()
-        add(study_id, [frozen])
+    try:
+        from optuna.storages._cached_storage import _StudyInfo
+
+        frozen = optuna.trial.FrozenTrial(
+            number=number, state=state, value=None, values=None,
+            datetime_start=datetime.now() if state == TrialState.RUNNING else None,
+            datetime_complete=None, params={}, distributions={}, user_attrs={},
+            system_attrs=dict(system_attrs), intermediate_values={}, trial_id=trial_id)
+        with storage._lock:
+            if study_id not in storage._studies:
+                storage._studies[study_id] = _StudyInfo()
+            storage._add_trials_to_cache(study_id, [frozen])
+    except (ImportError, AttributeError, TypeError):
+        storage.get_all_trials(study_id, deepcopy=False)  # reads the new trial into the cache

@@ -71,6 +71,18 @@ def check_values(value: Any, n_objectives: int) -> tuple[list[float] | None, str
     return out, None
 
 
+def _hit_a_finished_trial(exc: BaseException) -> bool:
+    """Whether EXC is, or was raised while handling, Optuna's refusal to update a finished
+    trial (an objective may wrap the error of its ``trial.report`` in its own)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+        seen += 1
+    return False
+
+
 def _short_repr(value: Any) -> str:
     try:
         text = repr(value)
@@ -253,8 +265,7 @@ class StorageWorker:
                 raise
             except Exception as exc:
                 self.heartbeat.stop()
-                if (isinstance(exc, optuna.exceptions.UpdateFinishedTrialError)
-                        and self._taken_over(trial)):
+                if _hit_a_finished_trial(exc) and self._taken_over(trial):
                     # trial.report / suggest / set_user_attr hit the trial others failed
                     self._dropped(trial, exc)
                     return
