@@ -173,3 +173,18 @@ def test_n_jobs_says_to_use_n_workers():
     with pytest.raises(UsageError, match="use n_workers=4 instead of n_jobs=4"):
         tunefleet.optimize(study, lambda t: 0.0, n_trials=1, n_jobs=4)
     assert study.trials == []
+
+
+def _raises_key_error(trial: optuna.Trial) -> float:
+    return {"a": 1.0}["b"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python 3.11+")
+def test_an_uncaught_objective_error_carries_the_workers_traceback():
+    study = optuna.create_study()
+    with pytest.raises(KeyError) as info:
+        tunefleet.optimize(study, _raises_key_error, n_trials=1, n_workers=1)
+    note = "\n".join(info.value.__notes__)
+    line = _raises_key_error.__code__.co_firstlineno + 1
+    assert f'File "{__file__}", line {line}, in _raises_key_error' in note
+    assert 'return {"a": 1.0}["b"]' in note

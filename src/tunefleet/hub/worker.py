@@ -176,7 +176,14 @@ def run_objective(config: WorkerConfig, trial: ProxyTrial) -> tuple:
     except CoordinatorGone:
         raise
     except Exception as exc:
-        error = (_picklable(exc), repr(exc), _user_traceback(exc), isinstance(exc, config.catch))
+        text = _user_traceback(exc)
+        caught = isinstance(exc, config.catch)
+        if not caught and hasattr(exc, "add_note"):
+            # Re-raised by tunefleet.optimize in the coordinator, where its own traceback
+            # shows tunefleet's frames: the note (pickled with it) shows the user's.
+            exc.add_note(f"The objective raised it in tunefleet worker {os.getpid()} on "
+                         f"{socket.gethostname()}:\n" + text.rstrip())
+        error = (_picklable(exc), repr(exc), text, caught)
         return (trial._trial_id, P.FAIL, None, trial._take_ops(), error)
     return (trial._trial_id, P.COMPLETE, _plain_values(value), trial._take_ops(), None)
 
