@@ -45,6 +45,22 @@ def mariadb():
     server.stop()
 
 
+_databases = iter(range(10**6))
+
+
+@pytest.fixture
+def storage_url(request, tmp_path):
+    """A fresh, empty storage of the kind the test is parametrized with (indirect=True):
+    "sqlite", "journal", "postgresql" or "mariadb" (a new database on the session's server)."""
+    kind = request.param
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    if kind == "journal":
+        return f"journal://{tmp_path / 'study.log'}"
+    server = request.getfixturevalue("postgres" if kind == "postgresql" else "mariadb")
+    return server.new_database(f"t{next(_databases)}")
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -29,20 +29,6 @@ OBJECTIVES = HERE / "durable_objectives.py"
 
 pytestmark = pytest.mark.timeout(900)
 
-_names = iter(range(10**6))
-
-
-@pytest.fixture
-def storage_url(request, tmp_path):
-    kind = request.param
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'study.db'}"
-    if kind == "journal":
-        return f"journal://{tmp_path / 'study.log'}"
-    server = request.getfixturevalue("postgres" if kind == "postgresql" else "mariadb")
-    return server.new_database(f"durable{next(_names)}")
-
-
 class Run:
     """``tunefleet run`` as a user starts it, with its stderr read as it comes."""
 
