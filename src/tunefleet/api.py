@@ -21,6 +21,8 @@ def optimize(
     max_retries: int = 1,
     backend: str = "processes",
     setup: Callable[[], Any] | None = None,
+    grace: float = 5.0,
+    worker_timeout: float | None = 120.0,
     gc_after_trial: bool = False,
     n_jobs: int | None = None,
     **backend_options: Any,
@@ -44,6 +46,19 @@ def optimize(
         gc_after_trial: as in ``Study.optimize``: ``gc.collect()`` after each trial, in the
             worker that ran it.
         n_jobs: not supported: trials run in ``n_workers`` worker processes, not threads.
+        grace: seconds that running trials get to finish after SIGINT or SIGTERM, before they
+            are closed as FAIL; then :class:`tunefleet.Interrupted` (a ``KeyboardInterrupt``)
+            is raised. A second signal ends the grace period at once. Every trial counted
+            (callbacks, progress bar) is in the storage by then.
+        worker_timeout: seconds a worker may stay silent while it runs a trial (workers beat
+            every second; a stopped, hung or cut-off one does not) before its trial is failed
+            with the reason and its parameters retried; its late result is refused. ``None``
+            waits forever.
+
+    A trial counts as finished (callbacks, progress bar, ``n_trials``) only once the study's
+    storage holds it: on a database or journal file the coordinator writes by group commit,
+    so a crash loses no trial that was counted. Trials a crashed coordinator left RUNNING are
+    failed, and their parameters queued again, by the next run on the study.
     """
     from tunefleet.gpus import resolve_gpus
     from tunefleet.hub.coordinator import run_hub
@@ -72,4 +87,6 @@ def optimize(
         backend=backend,
         setup=setup,
         backend_options=backend_options,
+        grace=grace,
+        worker_timeout=worker_timeout,
     )
