@@ -68,6 +68,8 @@ _STUDY_TESTS = ("optimize", "callback", "stop")
 _STATE = ("the objective changes state in the test's process (a counter, a list in a "
           "closure, a mock); in a worker process it changes the worker's copy")
 _THREADS = "it is about n_jobs threads sharing one study; the workers are processes"
+_GRID = ("the sampler stops the study when its grid is exhausted; a trial the other worker "
+         "has started by then runs too, as with n_jobs=2 (sometimes)")
 
 #: Tests that cannot pass by their nature, or differ by design, with the reason; they run
 #: as non-strict xfail, so that the suite's step fails only on a new failure. Keep in step
@@ -83,6 +85,8 @@ EXPECTED_FAILURES: dict[str, str] = {
     "test_study.py::test_optimize_with_catch": (
         "with 2 workers, the trial another worker is running when an uncaught exception "
         "stops the study is closed as FAIL: one trial more than one thread makes, sometimes"),
+    "test_hyperband.py::test_hyperband_pruner_and_grid_sampler": _GRID,
+    "test_hyperband.py::test_hyperband_pruner_and_brute_force_sampler": _GRID,
     "test_study.py::test_optimize_with_progbar": "tunefleet's progress bar has its own format",
     "test_study.py::test_optimize_with_progbar_timeout":
         "tunefleet's progress bar has its own format",
