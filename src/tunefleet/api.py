@@ -23,6 +23,7 @@ def optimize(
     setup: Callable[[], Any] | None = None,
     grace: float = 5.0,
     worker_timeout: float | None = 120.0,
+    reclaim_window: float | None = None,
     gc_after_trial: bool = False,
     n_jobs: int | None = None,
     **backend_options: Any,
@@ -54,6 +55,11 @@ def optimize(
             every second; a stopped, hung or cut-off one does not) before its trial is failed
             with the reason and its parameters retried; its late result is refused. ``None``
             waits forever.
+        reclaim_window: seconds a coordinator started on a study that a dead coordinator left
+            with RUNNING trials waits for workers that outlived it to hand over those trials'
+            results (``tunefleet worker --connect --reconnect-timeout``), before failing and
+            retrying them. Default: 10 for workers that join over the network ("tcp"), 0 for
+            workers this call starts (they died with the old coordinator).
 
     A trial counts as finished (callbacks, progress bar, ``n_trials``) only once the study's
     storage holds it: on a database or journal file the coordinator writes by group commit,
@@ -89,4 +95,5 @@ def optimize(
         backend_options=backend_options,
         grace=grace,
         worker_timeout=worker_timeout,
+        reclaim_window=reclaim_window,
     )

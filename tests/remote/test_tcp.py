@@ -83,7 +83,7 @@ def test_worker_killed_mid_trial_fails_its_trial_and_the_study_finishes(procs, t
 def test_workers_exit_when_the_coordinator_is_killed(procs, tmp_path):
     port = free_port()
     serve = procs.serve(f"{TARGET}:sleepy", port, "--n-trials", "1000")
-    workers = [procs.worker(port) for _ in range(2)]
+    workers = [procs.worker(port, "hub.key", "--reconnect-timeout", "0") for _ in range(2)]
     wait_for(lambda: count(tmp_path, TrialState.COMPLETE) >= 4, 120, "some trials")
     serve.send_signal(signal.SIGKILL)
     serve.wait(10)
@@ -91,6 +91,32 @@ def test_workers_exit_when_the_coordinator_is_killed(procs, tmp_path):
     for w in workers:
         w.wait(max(0.1, deadline - time.monotonic()))  # TimeoutExpired if a worker hangs
         assert w.returncode == 0, w.stderr.read()[-2000:]
+
+
+def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_path):
+    """Workers outlive their coordinator: they finish their trials, join the coordinator
+    started again on the same study, and hand the results over; nothing finished is lost and
+    the budget ends exact."""
+    port = free_port()
+    args = ("--n-trials", "40", "--sampler", "random")
+    serve = procs.serve(f"{TARGET}:sleepy", port, *args)
+    workers = [procs.worker(port, "hub.key", "--reconnect-timeout", "300") for _ in range(2)]
+    wait_for(lambda: count(tmp_path, TrialState.COMPLETE) >= 6, 120, "some trials")
+    serve.send_signal(signal.SIGKILL)
+    serve.wait(10)
+    left_running = count(tmp_path, TrialState.RUNNING)
+    assert left_running >= 1  # the workers were in the middle of trials
+    again = procs.serve(f"{TARGET}:sleepy", port, *args, "--reclaim-window", "120")
+    out, err = finish(again)
+    summary = json.loads(out.strip().splitlines()[-1])
+    study = load(tmp_path)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 40 and summary["states"]["complete"] == 40
+    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+    assert TrialState.FAIL not in states  # every trial left running was handed back whole
+    assert [t.number for t in study.trials] == list(range(len(study.trials)))
+    for w in workers:
+        finish(w, timeout=60)
 
 
 def test_elastic_workers_join_and_leave_and_serve_waits_for_them(procs, tmp_path):

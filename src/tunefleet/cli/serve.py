@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
-
 import click
 
-from tunefleet.cli._options import best_summary, echo_summary, spec_from_options, study_options
-from tunefleet.studies import DEFAULT_STORAGE, create_or_load_study, open_storage
+from tunefleet.cli._hub import remaining_budget, run_hub_command
+from tunefleet.cli._options import spec_from_options, study_options
+from tunefleet.studies import create_or_load_study, open_storage
 from tunefleet.targets import load_target
 
 
@@ -18,10 +16,21 @@ from tunefleet.targets import load_target
               help="Address to listen on; tcp://0.0.0.0:PORT for workers on other hosts.")
 @click.option("--key-file", default="tunefleet.key", show_default=True,
               help="Shared secret; created with a random key when missing. Copy it to workers.")
-@click.option("--n-trials", type=click.IntRange(min=0), default=None)
+@click.option("--n-trials", type=click.IntRange(min=0), default=None,
+              help="The study's budget: run until it holds this many COMPLETE and PRUNED "
+                   "trials in all (the same command run again after a crash finishes it).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None)
 @study_options
 @click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Seconds running trials get to finish after Ctrl-C or SIGTERM.")
+@click.option("--worker-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
+              help="Seconds a worker may stay silent during a trial before the trial is failed "
+                   "and retried (0: wait forever).")
+@click.option("--reclaim-window", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Started again after a crash: seconds to wait for workers that outlived the "
+                   "old coordinator to hand over the results of the trials it left RUNNING, "
+                   "before those are failed and retried.")
 @click.option("--keep-going", is_flag=True,
               help="A trial whose objective raises fails, and the study goes on.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -29,7 +38,8 @@ from tunefleet.targets import load_target
 def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout: float | None,
           storage: str | None, study_name: str | None, directions: tuple[str, ...],
           sampler: str | None, seed: int | None, pruner: str | None, max_retries: int,
-          keep_going: bool, progress: bool, as_json: bool) -> None:
+          grace: float, worker_timeout: float, reclaim_window: float, keep_going: bool,
+          progress: bool, as_json: bool) -> None:
     """Coordinate a study for workers that join with `tunefleet worker --connect`.
 
     Workers may join and leave at any time; each exits 0 when the study is done.
@@ -55,15 +65,13 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
     click.echo(f"coordinator for study {study.study_name!r} on {listener.address}; start "
                f"workers with:\n  tunefleet worker --connect {listener.address} "
                f"--key-file {key_file}", err=True)
-    try:
-        tunefleet.optimize(study, objective, n_trials=n_trials, timeout=timeout, backend="tcp",
-                           listen=listen, key=key, listener=listener, max_retries=max_retries,
-                           catch=(Exception,) if keep_going else (),
-                           show_progress_bar=progress)
-    except KeyboardInterrupt:
-        click.echo(
-            f"interrupted: running trials were closed as FAIL; study {study.study_name!r} in "
-            f"{storage or DEFAULT_STORAGE}. Run the same command again to continue: "
-            f"tunefleet {shlex.join(sys.argv[1:])}", err=True)
-        sys.exit(130)
-    echo_summary(best_summary(study), as_json)
+    if worker_timeout and worker_timeout < 3:
+        listener.close()
+        raise click.BadParameter("must be 0 (wait forever) or at least 3 seconds (workers beat "
+                                 "every second)", param_hint="--worker-timeout")
+    remaining = remaining_budget(study, n_trials)
+    run_hub_command(study, storage, as_json, lambda: tunefleet.optimize(
+        study, objective, n_trials=remaining, timeout=timeout, backend="tcp", listen=listen,
+        key=key, listener=listener, max_retries=max_retries, grace=grace,
+        worker_timeout=worker_timeout or None, reclaim_window=reclaim_window,
+        catch=(Exception,) if keep_going else (), show_progress_bar=progress))

@@ -34,17 +34,23 @@ from tunefleet.errors import UsageError
 @click.option("--key-file", default=None, help="Hub mode: the shared secret of the hub.")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Hub mode: this many workers on this host, forked from one interpreter.")
+@click.option("--reconnect-timeout", type=click.FloatRange(min=0), default=60.0,
+              show_default=True,
+              help="Hub mode: when the coordinator disappears, finish the running trial and "
+                   "try this many seconds to join it again (a restarted `tunefleet serve`), "
+                   "handing over the result; 0 exits at once.")
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final line.")
 def worker(target: str | None, storage: str | None, study_name: str | None,
            directions: tuple[str, ...], sampler: str | None, seed: int | None,
            pruner: str | None, n_trials: int | None, timeout: float | None, catch: bool,
            max_retries: int, heartbeat_interval: int, grace_period: int | None,
-           connect: str | None, key_file: str | None, processes: int, quiet: bool) -> None:
+           connect: str | None, key_file: str | None, processes: int, reconnect_timeout: float,
+           quiet: bool) -> None:
     """Run TARGET (path/file.py:objective or pkg.module:objective) on the study in --storage
     until the study holds --n-trials complete-or-pruned trials; start as many workers as you
     like, anywhere that reaches the storage. With --connect, join a hub instead (no TARGET)."""
     if connect is not None:
-        _join_hub(target, connect, key_file, processes)
+        _join_hub(target, connect, key_file, processes, reconnect_timeout)
         return
     if target is None:
         raise UsageError("worker needs a TARGET (path/file.py:objective), or --connect tcp://HOST:PORT")
@@ -109,7 +115,8 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
                f"{dropped}; {result.reason}: the study holds {done}/{n_trials}")
 
 
-def _join_hub(target: str | None, address: str, key_file: str | None, processes: int) -> None:
+def _join_hub(target: str | None, address: str, key_file: str | None, processes: int,
+              reconnect_timeout: float = 0.0) -> None:
     if target is not None:
         raise UsageError("--connect joins a hub, which sends the objective: drop TARGET")
     if not address.startswith("tcp://"):
@@ -119,4 +126,5 @@ def _join_hub(target: str | None, address: str, key_file: str | None, processes:
 
     parse_address(address)  # a malformed address is one line and exit 2, before any fork
 
-    sys.exit(run_workers(address, processes, key_file=key_file))
+    sys.exit(run_workers(address, processes, key_file=key_file,
+                         reconnect_timeout=reconnect_timeout))

@@ -13,8 +13,14 @@ from tunefleet.transport.tcp import TcpChannel, load_key
 
 
 def run_worker(address: str, key_file: str | None = None, *, key: bytes | None = None,
-               label: str | None = None, connect_timeout: float = 60.0) -> int:
+               label: str | None = None, connect_timeout: float = 60.0,
+               reconnect_timeout: float = 0.0) -> int:
     """Join the coordinator at ``address`` and run trials until the study is done.
+
+    With ``reconnect_timeout``, a coordinator that disappears (killed, restarted, partitioned)
+    does not end this worker: it finishes its trial, tries that long to join the coordinator
+    at the same address again, and hands over the result (the restarted coordinator reclaims
+    the trial). Without, the worker leaves as soon as the coordinator is gone.
 
     Returns 0 when the study is done (or the coordinator went away), 1 when the objective
     could not be loaded here, 2 when the coordinator cannot be reached or authenticated.
@@ -25,22 +31,32 @@ def run_worker(address: str, key_file: str | None = None, *, key: bytes | None =
     except CoordinatorGone as exc:
         print(f"tunefleet worker: {exc}", file=sys.stderr)
         return 2
-    channel.watch_while_running()
     logging.getLogger("tunefleet").debug("connected to %s", address)
-    return serve(channel, label=label)
+    if not reconnect_timeout:
+        channel.watch_while_running()
+        return serve(channel, label=label)
+
+    def reconnect() -> TcpChannel:
+        print(f"tunefleet worker: the coordinator at {address} is gone; trying for "
+              f"{reconnect_timeout:g} s to join it again", file=sys.stderr)
+        return TcpChannel(address, secret, connect_timeout=reconnect_timeout)
+
+    return serve(channel, label=label, reconnect=reconnect)
 
 
-def run_workers(address: str, n_processes: int, key_file: str | None = None) -> int:
+def run_workers(address: str, n_processes: int, key_file: str | None = None,
+                reconnect_timeout: float = 0.0) -> int:
     """``n_processes`` workers on this host, forked from one interpreter that has imported
     tunefleet and Optuna once: 64 workers start in about a second instead of 64 interpreter
     start-ups. Returns 0 once any of them saw the study done, else the worst exit code."""
     if n_processes == 1:
-        return run_worker(address, key_file)
+        return run_worker(address, key_file, reconnect_timeout=reconnect_timeout)
     import multiprocessing as mp
 
     secret = load_key(key_file)  # read once, so a bad key file is one error, not N
     ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_forked_worker, args=(address, secret), daemon=False)
+    procs = [ctx.Process(target=_forked_worker, args=(address, secret, reconnect_timeout),
+                         daemon=False)
              for _ in range(n_processes)]
     for p in procs:
         p.start()
@@ -55,8 +71,8 @@ def run_workers(address: str, n_processes: int, key_file: str | None = None) -> 
     return 0 if 0 in codes else max((c for c in codes if c is not None and c > 0), default=1)
 
 
-def _forked_worker(address: str, secret: bytes) -> None:
-    os._exit(run_worker(address, key=secret))
+def _forked_worker(address: str, secret: bytes, reconnect_timeout: float = 0.0) -> None:
+    os._exit(run_worker(address, key=secret, reconnect_timeout=reconnect_timeout))
 
 
 #: How long an engine-started worker tries to reach the coordinator. Its listener is up before

@@ -110,27 +110,51 @@ def _sources(*functions: Any) -> dict[str, list[str]]:
     return out
 
 
-def serve(channel: Channel, label: str | None = None) -> int:
+class _Lost(CoordinatorGone):
+    """The coordinator went away; ``result`` is the finished trial it may not have received,
+    as ``(number, Result)``, for a coordinator started again to reclaim."""
+
+    def __init__(self, message: str, result: tuple[int, tuple] | None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def serve(channel: Channel, label: str | None = None,
+          reconnect: Callable[[], Channel] | None = None) -> int:
     """Run trials for the coordinator behind ``channel`` until it says stop. Returns an exit
     code: 0 when the study is done or the coordinator is gone, 1 when the objective could not
-    be loaded here."""
+    be loaded here. With ``reconnect`` (a new channel to the same address, raising
+    ``CoordinatorGone`` once it gives up), a worker whose coordinator disappears keeps its last
+    finished result, joins the coordinator started again and hands the result over."""
     global _worker_data
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "label": label}
+    config: WorkerConfig | None = None
+    reclaim: list[tuple[int, tuple]] = []
     try:
-        channel.send((P.HELLO, {"pid": os.getpid(), "host": socket.gethostname(),
-                                "label": label}))
-        msg = channel.recv()
-        if msg[0] == P.STOP:
-            return 0
-        try:
-            config: WorkerConfig = cloudpickle.loads(msg[1])
-            if config.setup is not None:
-                _worker_data = config.setup()
-        except Exception as exc:
-            channel.send((P.FAILED, f"worker on {socket.gethostname()} (pid {os.getpid()}) "
-                                    f"could not load the objective: {type(exc).__name__}: {exc}"))
-            return 1
-        channel = BeatingChannel(channel)  # liveness for the coordinator's worker_timeout
-        return _trial_loop(channel, config)
+        while True:
+            try:
+                channel.send((P.HELLO, {**info, "reclaim": reclaim}))
+                msg = channel.recv()
+                if msg[0] == P.STOP:
+                    return 0
+                if config is None:
+                    try:
+                        config = cloudpickle.loads(msg[1])
+                        if config.setup is not None:
+                            _worker_data = config.setup()
+                    except Exception as exc:
+                        channel.send((P.FAILED, f"worker on {socket.gethostname()} (pid "
+                                                f"{os.getpid()}) could not load the objective: "
+                                                f"{type(exc).__name__}: {exc}"))
+                        return 1
+                channel = BeatingChannel(channel)  # liveness for the coordinator's timeout
+                return _trial_loop(channel, config)
+            except CoordinatorGone as exc:
+                if reconnect is None:
+                    return 0
+                reclaim = [exc.result] if isinstance(exc, _Lost) and exc.result else []
+                channel.close()
+                channel = reconnect()  # CoordinatorGone once it gives up: exit 0
     except CoordinatorGone:
         return 0
     finally:
@@ -152,11 +176,15 @@ def _trial_loop(channel: Channel, config: WorkerConfig) -> int:
         channel.send((P.OPS, trial_id, ops))
 
     result = None
+    number = -1
     space: dict = {}  # the search space known to the coordinator, sent when it changes
     study_info = StudyInfo()
     while True:
-        channel.send((P.NEXT, result))
-        msg = channel.recv()
+        try:
+            channel.send((P.NEXT, result))
+            msg = channel.recv()  # a reply means the coordinator has the result
+        except CoordinatorGone as exc:
+            raise _Lost(str(exc), (number, result) if result is not None else None) from None
         if msg[0] != P.TRIAL:
             return 0
         _, trial_id, number, dt_start, fixed, presampled, new_space, user_attrs = msg
