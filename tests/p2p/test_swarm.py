@@ -128,33 +128,56 @@ def test_garbage_forged_and_replayed_messages_are_dropped(swarm, tmp_path):
                  "--key-file", str(key), *FAST, "--json")
     seed.wait_for("listening on")
     ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.connect(addr(p0))
-    # an authentic message replayed: the copy is dropped (first drop, so a warning line)
-    bye = _signed({"type": "bye", "from": "x"}, b"swarm secret", seq=1)
-    push.send_multipart(bye)
-    push.send_multipart(bye)
-    seed.wait_for("replayed: message 1 of 'x' seen before")
+
+    def client(curve_key: bytes | None) -> zmq.Socket:
+        """A PUSH socket to the seed; with CURVE_KEY it does the swarm's key handshake."""
+        sock = ctx.socket(zmq.PUSH)
+        sock.linger = 2000
+        if curve_key is not None:
+            public, secret = wire.curve_keys(curve_key)
+            sock.curve_serverkey = public if curve_key == b"swarm secret" else \
+                wire.curve_keys(b"swarm secret")[0]  # the right server key, the wrong own one
+            sock.curve_publickey, sock.curve_secretkey = public, secret
+        sock.connect(addr(p0))
+        return sock
+
+    # outsiders (no key handshake, or a wrong key): their connections are closed in the
+    # handshake, so nothing they send is ever read, however big or well forged
     with socket.create_connection(("127.0.0.1", p0)) as raw:  # not even ZeroMQ
         raw.sendall(b"\x00\xffGET / HTTP/1.0\r\n\r\n" * 50)
+    plain = client(None)
     forged_join = {"type": "join", "from": "intruder", "address": addr(p9), "incarnation": 1,
                    "counter": 1, "directions": ["minimize"]}
-    push.send(b"garbage")
-    push.send_multipart([wire.PROTOCOL, b"", b"{not json"])
-    push.send_multipart(_signed(forged_join, b"wrong key", seq=2))  # bad tag
     # an outsider's gossip (a ghost member that would stall termination) and a trial that
-    # would be everyone's best, unsigned or signed with another key
+    # would be everyone's best, unsigned or signed with the right key itself
     ghost = {"type": "gossip", "from": "ghost",
              "table": {"ghost": [addr(p9), 1, 10**9, "running"]}}
-    push.send_multipart(_signed(ghost, None, seq=3))
-    push.send_multipart(_signed(ghost, b"wrong key", seq=4))
     evil = {"key": "evil#1", "params": {"x": 0.5, "y": 0},
             "dists": {"x": '{"name": "FloatDistribution", "attributes": {"low": -100.0, '
                            '"high": 100.0, "log": false, "step": null}}',
                       "y": '{"name": "IntDistribution", "attributes": {"low": -1, "high": 1, '
                            '"log": false, "step": 1}}'},
              "values": [-1e9], "inter": {}, "user_attrs": {}, "system": {}}
-    push.send_multipart(_signed({"type": "trials", "from": "evil", "trials": [evil]}, None, 5))
+    for sock in (plain, client(b"wrong key")):
+        for frames in ([b"garbage"], [wire.PROTOCOL, b"", b"x" * (10 * wire.MAX_MESSAGE)],
+                       _signed(forged_join, b"wrong key", seq=2), _signed(ghost, None, seq=3),
+                       _signed(ghost, b"swarm secret", seq=4),
+                       _signed({"type": "trials", "from": "evil", "trials": [evil]},
+                               b"swarm secret", 5)):
+            try:  # once the seed closed the connection, ZeroMQ has nowhere to queue them
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+    seed.wait_for("refused a connection: it did not complete the key handshake")
+    # an insider's messages: an authentic message replayed, the copy is dropped
+    push = client(b"swarm secret")
+    bye = _signed({"type": "bye", "from": "x"}, b"swarm secret", seq=1)
+    push.send_multipart(bye)
+    push.send_multipart(bye)
+    seed.wait_for("replayed: message 1 of 'x' seen before")
+    push.send(b"garbage")
+    push.send_multipart([wire.PROTOCOL, b"", b"{not json"])
+    push.send_multipart(_signed(forged_join, b"wrong key", seq=2))  # bad tag
     bad_trial = dict(evil, params={"x": 500.0, "y": 0})
     push.send_multipart(_signed({"type": "trials", "from": "x", "trials": [bad_trial]},
                                 b"swarm secret", seq=6))  # authentic but not a valid trial
@@ -174,8 +197,7 @@ def test_garbage_forged_and_replayed_messages_are_dropped(swarm, tmp_path):
     push.send_multipart(_signed(bad_join, b"swarm secret", seq=8))  # nobody can reach that
     # over the bound: ZeroMQ closes the connection before it is buffered (so it goes last)
     push.send_multipart([wire.PROTOCOL, b"", b"x" * (wire.MAX_MESSAGE + 1)])
-    push.close(linger=2000)
-    ctx.term()
+    ctx.destroy(linger=2000)
     # a peer with another key cannot get in; one with the right key can
     wrong = swarm("p9", "-b", addr(p9), "-s", "seed", "-d", addr(p0), "--join-timeout", "2",
                   *FAST, env={"TUNEFLEET_P2P_KEY": "not the secret"})

@@ -57,8 +57,9 @@ def peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "used afterwards, so peers explore apart. Default: a third of -r."),
         click.option("--key-file", default=None,
                      help="File holding the swarm's shared key (mode 600: a file others can "
-                          "read is refused): messages are HMAC-SHA256 signed, unsigned, "
-                          "replayed or misdirected ones dropped. Or set TUNEFLEET_P2P_KEY."),
+                          "read is refused): connections pass a CurveZMQ handshake derived "
+                          "from it, messages are HMAC-SHA256 signed, and unsigned, replayed "
+                          "or misdirected ones dropped. Or set TUNEFLEET_P2P_KEY."),
         click.option("--insecure", is_flag=True,
                      help="Without a key, listen where -b says (e.g. every interface) "
                           "instead of 127.0.0.1 only: anyone who reaches the port can join."),

@@ -4,7 +4,9 @@ A message is three ZeroMQ frames: the protocol name, the tag (empty without a ke
 body. The tag is checked before the body is even parsed, nothing is ever unpickled, and every
 field is checked, so a stranger's bytes can only be dropped (``WireError``), never run. No
 message is larger than ``MAX_MESSAGE`` (ZeroMQ refuses longer ones before they are buffered),
-so that is all an outsider can make a peer hold before the tag is checked. With a key, every
+so that is all an outsider can make a peer hold before the tag is checked; with a key, an
+outsider does not even pass the CurveZMQ handshake (``curve_keys``), so none of its messages
+is read at all. With a key, every
 body also names its addressee, its sender's incarnation and sequence number and the time it was
 sent, so a recorded message replayed later, or to another peer, is dropped (``ReplayGuard``).
 """
@@ -66,6 +68,20 @@ def decode(frames: list[bytes], key: bytes | None) -> dict[str, Any]:
     if not isinstance(message.get("from"), str) or not message["from"]:
         raise WireError("message has no sender")
     return message
+
+
+def curve_keys(key: bytes) -> tuple[bytes, bytes]:
+    """The swarm's CurveZMQ key pair (public, secret), derived from the shared key.
+
+    Every peer listens as a CURVE server with it and connects as a client with it. The server's
+    public key never crosses the network, so only a holder of the shared key can complete the
+    handshake: an outsider's connection is closed before any of its messages is accepted.
+    """
+    import zmq
+    from zmq.utils import z85
+
+    secret = z85.encode(hashlib.sha256(b"tunefleet-p2p/curve\0" + key).digest())
+    return zmq.curve_public(secret), secret
 
 
 class ReplayGuard:
