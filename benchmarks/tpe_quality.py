@@ -88,7 +88,8 @@ def table(results: list[dict], checkpoints: list[int]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for function in FUNCTIONS:
         for c in checkpoints:
-            runs = {(r["sampler"], r["seed"]): r for r in results
+            runs = {(r["sampler"], r["seed"]): r  # the shortest run that reaches c
+                    for r in sorted(results, key=lambda r: -r["n_trials"])
                     if r["function"] == function and r["n_trials"] >= c}
             seeds = sorted(s for (sm, s) in runs if sm == "optuna" and ("tunefleet", s) in runs)
             if not seeds:
