@@ -642,6 +642,9 @@ class TPESampler(optuna.samplers.TPESampler):
         near = np.flatnonzero(acq >= top - _NEAR_TIE)
         if len(near) <= 1:
             return acq
+        rows = np.stack([values[near] for values in samples.values()], axis=1)
+        if (rows == rows[0]).all():  # one candidate drawn several times (integers): no choice
+            return acq
         row_wise = all(isinstance(d, CategoricalDistribution) or
                        (isinstance(d, optuna.distributions.FloatDistribution) and d.step is None)
                        for d in search_space.values())
