@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 def run(peers: int, rounds: int, trials: int, heartbeat: float, peer_timeout: float,
-        limit: float, logs: str | None = None) -> dict:
+        limit: float, logs: str | None = None, key: bool = False) -> dict:
     seed_port = free_port()
     common = ["-r", str(rounds), "-t", str(trials), "--wait-peers", str(peers),
               "--heartbeat", str(heartbeat), "--peer-timeout", str(peer_timeout),
@@ -47,6 +47,11 @@ def run(peers: int, rounds: int, trials: int, heartbeat: float, peer_timeout: fl
     launched = time.time()
     procs = []
     with tempfile.TemporaryDirectory() as tmp:
+        if key:  # every connection through the key handshake, every message signed
+            key_path = os.path.join(tmp, "swarm.key")
+            with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as fh:
+                fh.write(os.urandom(16).hex())
+            common += ["--key-file", key_path]
         tmp = logs or tmp
         for i in range(peers):
             addr = f"tcp://127.0.0.1:{seed_port}" if i == 0 else "tcp://127.0.0.1:0"
@@ -100,15 +105,16 @@ def main() -> None:
     ap.add_argument("--limit", type=float, default=600.0, help="seconds for the whole run")
     ap.add_argument("--quick", action="store_true", help="32 peers")
     ap.add_argument("--logs", help="keep each peer's progress lines in this folder")
+    ap.add_argument("--key", action="store_true", help="a shared key (CurveZMQ and HMAC)")
     a = ap.parse_args()
     if a.quick:
         a.peers = 32
-    print(f"{a.peers} peers at once, {a.rounds} rounds x {a.trials} trials, heartbeat "
+    print(f"{a.peers} peers at once{' with a key' if a.key else ''}, {a.rounds} rounds x {a.trials} trials, heartbeat "
           f"{a.heartbeat} s, peer timeout {a.peer_timeout} s, {os.cpu_count()} CPUs, load "
           f"{os.getloadavg()[0]:.1f}", flush=True)
     if a.logs:
         os.makedirs(a.logs, exist_ok=True)
-    r = run(a.peers, a.rounds, a.trials, a.heartbeat, a.peer_timeout, a.limit, a.logs)
+    r = run(a.peers, a.rounds, a.trials, a.heartbeat, a.peer_timeout, a.limit, a.logs, a.key)
     print(json.dumps(r, indent=1))
     ok = r["ended_ok"] == a.peers and r["distinct_bests"] == 1
     print(f"{'ALL JOINED AND AGREE' if ok else 'FAILED'}: {r['ended_ok']}/{a.peers} ended with "

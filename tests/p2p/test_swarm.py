@@ -256,12 +256,14 @@ def test_agent_script_help_exits_0():
         assert "tcp://localhost:5555 for Peer(parse=True)" in " ".join(r.stdout.split())
 
 
-def test_swarm_of_twelve_agrees_on_the_best(swarm):
-    """Started at once (joiners before their seed is up), different round counts: every peer
-    ends, all with the same best and finder, after the last exchange of bests."""
+def test_swarm_of_twelve_agrees_on_the_best(swarm, tmp_path):
+    """Started at once (joiners before their seed is up), different round counts, with a key
+    (every connection through the key handshake): every peer ends, all with the same best
+    and finder, after the last exchange of bests."""
     n = 12
     p0 = free_port()
-    common = [*FAST, "-t", "3", "--wait-peers", str(n), "--json", "-q"]
+    key = key_file(tmp_path)
+    common = [*FAST, "-t", "3", "--wait-peers", str(n), "--json", "-q", "--key-file", str(key)]
     peers = [swarm("p0", "-b", addr(p0), "-r", "2", *common)]
     for i in range(1, n):
         peers.append(swarm(f"p{i}", "-b", "tcp://127.0.0.1:0", "-s", "p0", "-d", addr(p0),
