@@ -847,6 +847,9 @@ def mirrored_study(study: optuna.Study, on_durable: Callable[[], None] | None = 
     durable = durable_storage(study._storage)
     if not isinstance(durable, (optuna.storages.RDBStorage, optuna.storages.JournalStorage)):
         return study, None
+    if isinstance(durable, optuna.storages.RDBStorage) and durable.engine.url.database in (
+            None, "", ":memory:") and durable.engine.url.get_backend_name() == "sqlite":
+        return study, None  # SQLite in memory exists per connection: the writer would not see it
     mirror = MirroredStorage(durable, study.study_name, on_durable)
     try:
         mirrored = optuna.Study(study_name=study.study_name, storage=mirror,
