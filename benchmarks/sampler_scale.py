@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="timed rounds per sampler and size")
     args = parser.parse_args()
     sizes = args.sizes or ([1000, 5000] if args.quick else [1000, 5000, 10_000, 50_000])
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or (3 if args.quick else 9)
 
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
