@@ -632,9 +632,16 @@ class Coordinator:
         trial = run.trial
         if error is not None and state == TrialState.FAIL:
             self._storage.set_trial_system_attr(trial._trial_id, attrs.FAIL_REASON, error[1])
-        updated, out_values, warning = _tell_with_warning(
-            study=self.study, trial=trial, value_or_values=values, state=state,
-            suppress_warning=True)
+        try:
+            updated, out_values, warning = _tell_with_warning(
+                study=self.study, trial=trial, value_or_values=values, state=state,
+                suppress_warning=True)
+        except Exception as exc:  # a value Optuna cannot even check ("12"): FAIL, go on
+            warning = (f"The objective returned {values!r}, which is not a valid value: "
+                       f"{type(exc).__name__}: {exc}")
+            self._storage.set_trial_system_attr(trial._trial_id, attrs.FAIL_REASON, warning)
+            self.study.tell(trial, state=TrialState.FAIL)
+            updated, out_values = TrialState.FAIL, None
         number, params = trial.number, trial._cached_frozen_trial.params
         if updated == TrialState.COMPLETE:
             self.study._log_completed_trial(out_values, number, params)

@@ -237,15 +237,16 @@ def _plain_values(value: Any) -> Any:
     the coordinator's ``tell`` fails the trial with Optuna's own message."""
     if isinstance(value, (list, tuple)):
         return [_plain_values(v) for v in value]
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        pass
+    if not isinstance(value, (str, bytes)):  # text is not a number, even "12" (as in Optuna)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
     try:
         pickle.dumps(value)
         return value
-    except Exception:
-        return repr(value)
+    except Exception:  # no float() and no pickle: a text no float() can read, to fail the trial
+        return f"<unpicklable {type(value).__name__}: {repr(value)[:200]}>"
 
 
 def _picklable(exc: BaseException) -> BaseException | None:
