@@ -117,11 +117,14 @@ def main() -> None:
     r = run(a.peers, a.rounds, a.trials, a.heartbeat, a.peer_timeout, a.limit, a.logs, a.key)
     print(json.dumps(r, indent=1))
     ok = r["ended_ok"] == a.peers and r["distinct_bests"] == 1
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
     print(f"{'ALL JOINED AND AGREE' if ok else 'FAILED'}: {r['ended_ok']}/{a.peers} ended with "
           f"exit 0, {r['distinct_bests']} distinct best(s); whole swarm known after "
-          f"{r['all_known_s']:.1f} s; last exchange median {r['final_median_s']:.2f} s, max "
-          f"{r['final_max_s']:.2f} s; last rounds done to last exit {r['rounds_to_exit_s']:.1f} s;"
-          f" wall {r['wall_s']:.1f} s")
+          f"{f(r['all_known_s'])} s; last exchange median {f(r['final_median_s'])} s, max "
+          f"{f(r['final_max_s'])} s; last rounds done to last done {f(r['rounds_to_exit_s'])} s;"
+          f" wall {f(r['wall_s'])} s")
     sys.exit(0 if ok else 1)
 
 

@@ -167,8 +167,10 @@ class Node:
             return [dict(row) for row in self._view]
 
     def n_known(self) -> int:
-        """This peer plus the live peers it knows."""
-        return sum(1 for row in self.view() if row["status"] not in (FAILED, LEFT))
+        """This peer plus every peer it has heard of, live or not (--wait-peers): on a loaded
+        host a slow peer may be dropped for a while and come back, and the swarm must not wait
+        for a moment when all of them happen to be live at once."""
+        return len(self.view())
 
     # ---- the network thread --------------------------------------------------------------
     def _run(self) -> None:

@@ -80,7 +80,8 @@ def peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="A seed that has met no other peer when its rounds are done waits "
                           "this many seconds for one to join before ending (0: end at once)."),
         click.option("--wait-peers", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Start the first round only once this many peers are known."),
+                     help="Start the first round only once this many peers (this one "
+                          "included) have been heard of."),
         click.option("--catch", is_flag=True,
                      help="Record a trial whose objective raises as failed and go on."),
         click.option("--json", "as_json", is_flag=True,
