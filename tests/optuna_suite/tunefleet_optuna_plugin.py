@@ -96,9 +96,9 @@ EXPECTED_FAILURES: dict[str, str] = {
         "tunefleet's progress bar has its own format",
     "test_study.py::test_optimize_infinite_budget_progbar":
         "tunefleet's progress bar has its own format",
-    "test_study.py::test_optimize_trivial_rdb_resume_study": (
-        "sqlite:///:memory: is one database per connection: the coordinator's background "
-        "writer sees no tables"),
+    "test_study.py::test_stop_in_objective": (
+        "study.stop() in one worker's trial: the trial the other worker has started by then "
+        "runs too, as with n_jobs=2: one trial more than one thread makes, sometimes"),
 }
 
 

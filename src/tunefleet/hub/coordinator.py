@@ -102,6 +102,16 @@ def _draws_ahead(study: optuna.Study) -> bool:
             and not isinstance(study.pruner, optuna.pruners.HyperbandPruner))
 
 
+def _independent_is_primary(sampler: optuna.samplers.BaseSampler) -> bool:
+    """Whether ``sample_independent`` is how the sampler draws (not a warned-about fallback
+    for parameters outside its relative search space)."""
+    if isinstance(sampler, optuna.samplers.PartialFixedSampler):
+        return _independent_is_primary(sampler._base_sampler)
+    if isinstance(sampler, optuna.samplers.TPESampler):
+        return not sampler._multivariate
+    return isinstance(sampler, (optuna.samplers.RandomSampler, optuna.samplers.GridSampler))
+
+
 def _presample_safe(sampler: optuna.samplers.BaseSampler) -> bool:
     if isinstance(sampler, optuna.samplers.PartialFixedSampler):
         return _presample_safe(sampler._base_sampler)
@@ -174,6 +184,11 @@ class Coordinator:
         self._known: dict[str, BaseDistribution] = {}
         self._known_version = 0
         self._presample = _presample_safe(study.sampler)
+        # Relative samplers (CMA-ES, GP, multivariate TPE...) draw a parameter outside their
+        # relative space independently only as a fallback, with a warning: drawn ahead for a
+        # parameter the trial never asks for, it would warn (and use random numbers) where
+        # study.optimize does not. Those get their relative values ahead, the rest on demand.
+        self._presample_independent = _independent_is_primary(study.sampler)
         self._counted = len(self._orphans)  # trials of this run that count against n_trials
         self._error: BaseException | None = None
         self._lost_in_a_row = 0
@@ -496,6 +511,8 @@ class Coordinator:
             if trial._is_relative_param(name, dist):
                 out[name] = trial.relative_params[name]
                 continue
+            if not self._presample_independent:
+                continue
             if prepared is not None and name in prepared:
                 out[name] = prepared[name]
                 continue
@@ -535,7 +552,8 @@ class Coordinator:
                     if space and not sampler._group else {})
         independent = {name: sampler.sample_independent(self.study, ghost, name, dist)
                        for name, dist in self._known.items()
-                       if not dist.single() and name not in relative}
+                       if not dist.single() and name not in relative
+                       and self._presample_independent}
         self._prepared.append((space, relative, independent))
 
     def _ask(self) -> optuna.Trial:
