@@ -102,13 +102,14 @@ def _draws_ahead(study: optuna.Study) -> bool:
             and not isinstance(study.pruner, optuna.pruners.HyperbandPruner))
 
 
-def _independent_is_primary(sampler: optuna.samplers.BaseSampler) -> bool:
+def _independent_is_primary(sampler: optuna.samplers.BaseSampler, study: optuna.Study) -> bool:
     """Whether ``sample_independent`` is how the sampler draws (not a warned-about fallback
     for parameters outside its relative search space)."""
     if isinstance(sampler, optuna.samplers.PartialFixedSampler):
-        return _independent_is_primary(sampler._base_sampler)
+        return _independent_is_primary(sampler._base_sampler, study)
     if isinstance(sampler, optuna.samplers.TPESampler):
-        return not sampler._multivariate
+        multivariate = getattr(sampler, "_is_multivariate", None)  # Optuna 5: None = by study
+        return not (multivariate(study) if multivariate else sampler._multivariate)
     return isinstance(sampler, (optuna.samplers.RandomSampler, optuna.samplers.GridSampler))
 
 
@@ -188,7 +189,7 @@ class Coordinator:
         # relative space independently only as a fallback, with a warning: drawn ahead for a
         # parameter the trial never asks for, it would warn (and use random numbers) where
         # study.optimize does not. Those get their relative values ahead, the rest on demand.
-        self._presample_independent = _independent_is_primary(study.sampler)
+        self._presample_independent = _independent_is_primary(study.sampler, study)
         self._counted = len(self._orphans)  # trials of this run that count against n_trials
         self._error: BaseException | None = None
         self._lost_in_a_row = 0
