@@ -273,9 +273,12 @@ def test_replayed_misdirected_and_stale_messages_are_dropped():
         return {"type": kind, "from": "p1", "to": to, "inc": inc, "seq": seq, "ts": ts}
 
     guard.check(msg(1))
-    guard.check(msg(3))  # a gap: a message lost on the way
+    guard.check(msg(3))  # a gap: a message lost on the way, or late
+    guard.check(msg(2))  # late: it came on another connection
+    guard.check(msg(5000))
     for bad, why in [(msg(3), "seen before"), (msg(2), "seen before"),
-                     (msg(9, inc=4), "seen before"),  # an older incarnation of p1
+                     (msg(4000 - wire.ReplayGuard.REORDER), "seen before"),  # too far behind
+                     (msg(5001, inc=4), "seen before"),  # an older incarnation of p1
                      (msg(9, to="p3"), "meant for 'p3'"),
                      (msg(9, ts=900.0), "sent 100 s ago")]:
         with pytest.raises(wire.WireError, match=why):

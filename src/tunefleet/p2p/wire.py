@@ -87,18 +87,22 @@ def curve_keys(key: bytes) -> tuple[bytes, bytes]:
 class ReplayGuard:
     """Drops authentic messages seen before, sent too long ago, or meant for another peer.
 
-    Each sender numbers its messages (``seq``) within its incarnation (``inc``, its start time);
-    one sender's messages reach us in order over one connection, so a number not above the last
-    one seen from that sender, or an older incarnation, is a replay. ``ts`` bounds how old a
-    message from a sender not seen yet may be (clocks must agree within ``window``).
+    Each sender numbers its messages (``seq``) within its incarnation (``inc``, its start time).
+    A number seen before from that sender, one more than ``REORDER`` below the highest seen, or
+    an older incarnation is a replay. Numbers may arrive out of order: a sender that reopens
+    its connection to us (after dropping us for a while) has messages on two connections at
+    once. ``ts`` bounds how old a message may be (clocks must agree within ``window``).
     """
+
+    REORDER = 4096
 
     def __init__(self, uid: str, window: float = REPLAY_WINDOW,
                  clock: Callable[[], float] = time.time) -> None:
         self.uid = uid
         self.window = window
         self.clock = clock
-        self._last: dict[str, tuple[int, int]] = {}
+        self._last: dict[str, tuple[int, int]] = {}  # sender: (incarnation, highest seq)
+        self._seen: dict[str, set[int]] = {}  # sender: seqs seen within REORDER of the highest
 
     def check(self, message: dict[str, Any]) -> None:
         sender = message["from"]
@@ -109,9 +113,17 @@ class ReplayGuard:
         if abs(self.clock() - ts) > self.window:
             raise WireError(f"replayed or clock off: sent {self.clock() - ts:.0f} s ago")
         last = self._last.get(sender)
-        if last is not None and (inc, seq) <= last:
+        if last is None or inc > last[0]:
+            self._last[sender], self._seen[sender] = (inc, seq), {seq}
+            return
+        seen = self._seen[sender]
+        if inc < last[0] or seq <= last[1] - self.REORDER or seq in seen:
             raise WireError(f"replayed: message {seq} of {sender!r} seen before")
-        self._last[sender] = (inc, seq)
+        seen.add(seq)
+        if seq > last[1]:
+            self._last[sender] = (inc, seq)
+            if len(seen) > 2 * self.REORDER:
+                self._seen[sender] = {n for n in seen if n > seq - self.REORDER}
 
 
 def field(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
