@@ -133,11 +133,10 @@ def test_garbage_forged_and_replayed_messages_are_dropped(swarm, tmp_path):
         """A PUSH socket to the seed; with CURVE_KEY it does the swarm's key handshake."""
         sock = ctx.socket(zmq.PUSH)
         sock.linger = 2000
-        if curve_key is not None:
+        if curve_key is not None:  # the swarm's server key is derived from its key
             public, secret = wire.curve_keys(curve_key)
-            sock.curve_serverkey = public if curve_key == b"swarm secret" else \
-                wire.curve_keys(b"swarm secret")[0]  # the right server key, the wrong own one
-            sock.curve_publickey, sock.curve_secretkey = public, secret
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
+                public, public, secret)
         sock.connect(addr(p0))
         return sock
 

@@ -59,12 +59,10 @@ class Node:
         self.inbox.setsockopt(zmq.RCVHWM, RCVHWM)
         self._curve = wire.curve_keys(cfg.key) if cfg.key else None
         self.monitor: zmq.Socket | None = None
-        self.zap: zmq.Socket | None = None
         if self._curve is not None:
-            # ZAP: a client must show the swarm's own public key too, not only know ours
-            self.zap = self.ctx.socket(zmq.REP)
-            self.zap.setsockopt(zmq.LINGER, 0)
-            self.zap.bind("inproc://zeromq.zap.01")
+            # No ZAP handler: the server key is derived from the shared key and never sent, so
+            # knowing it is holding the key; a handler in this thread made every handshake wait
+            # for it, and 128 loaded peers then timed handshakes out by the hundred.
             self.inbox.curve_server = True
             self.inbox.curve_publickey, self.inbox.curve_secretkey = self._curve
             self.monitor = self.inbox.get_monitor_socket(
@@ -177,9 +175,8 @@ class Node:
         poller = zmq.Poller()
         poller.register(self.inbox, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        if self.monitor is not None and self.zap is not None:
+        if self.monitor is not None:
             poller.register(self.monitor, zmq.POLLIN)
-            poller.register(self.zap, zmq.POLLIN)
         hb = self.cfg.heartbeat
         next_tick = time.monotonic()
         next_join, join_gap = 0.0, _JOIN_FIRST_S
@@ -191,8 +188,6 @@ class Node:
                 events = dict(poller.poll(max(0.0, due - now) * 1000))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
-                if self.zap is not None and self.zap in events:
-                    self._on_zap()
                 if self.monitor is not None and self.monitor in events:
                     self._on_monitor()
                 if self.inbox in events:
@@ -326,22 +321,6 @@ class Node:
             self._view = view
 
     # ---- receiving -----------------------------------------------------------------------
-    def _on_zap(self) -> None:
-        """Answer ZeroMQ's question "may this client in?": only with the swarm's key pair."""
-        from zmq.utils import z85
-
-        assert self.zap is not None and self._curve is not None
-        swarm_key = z85.decode(self._curve[0])
-        while True:
-            try:
-                request = self.zap.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            ok = len(request) >= 7 and request[5] == b"CURVE" and request[6] == swarm_key
-            request_id = request[1] if len(request) > 1 else b""
-            self.zap.send_multipart([b"1.0", request_id, b"200" if ok else b"400",
-                                     b"OK" if ok else b"not the swarm's key", b"", b""])
-
     def _on_monitor(self) -> None:
         """Connections closed in the key handshake: nothing of theirs was ever read."""
         assert self.monitor is not None
@@ -563,8 +542,7 @@ class Node:
         if getattr(self, "monitor", None) is not None:
             self.inbox.disable_monitor()
             self.monitor.close(0)
-        if getattr(self, "zap", None) is not None:
-            self.zap.close(0)
+
         self.inbox.close(0)
         self.ctx.term()
         for fd in (getattr(self, "_wake_r", -1), getattr(self, "_wake_w", -1)):

@@ -74,8 +74,9 @@ def curve_keys(key: bytes) -> tuple[bytes, bytes]:
     """The swarm's CurveZMQ key pair (public, secret), derived from the shared key.
 
     Every peer listens as a CURVE server with it and connects as a client with it. The server's
-    public key never crosses the network, so only a holder of the shared key can complete the
-    handshake: an outsider's connection is closed before any of its messages is accepted.
+    public key never crosses the network and cannot be had without the shared key, so only a
+    holder of that key can complete the handshake: an outsider's connection is closed before
+    any of its messages is accepted.
     """
     import zmq
     from zmq.utils import z85
