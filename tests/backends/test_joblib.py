@@ -27,8 +27,12 @@ def _workers(study: optuna.Study) -> set[str]:
 def test_loky_workers_run_the_trials_in_their_own_processes():
     study = optuna.create_study()
     tunefleet.optimize(study, objectives.where, n_trials=8, n_workers=2, backend="joblib")
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
-    pids = {t.user_attrs["pid"] for t in study.trials}
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 8
+    # A loky worker process lost on a loaded machine fails its trial, which is retried.
+    failed = [t for t in study.trials if t.state != TrialState.COMPLETE]
+    assert len(failed) == sum("tunefleet:retry_of" in t.system_attrs for t in study.trials)
+    pids = {t.user_attrs["pid"] for t in done}
     assert os.getpid() not in pids  # never inside the coordinator
     assert all(w.startswith("joblib-") for w in _workers(study)), _workers(study)
     assert len(_workers(study)) == 2
@@ -93,6 +97,6 @@ def test_joblib_spark_on_spark_local_mode(spark):
     with joblib.parallel_config(backend="spark"):
         tunefleet.optimize(study, objectives.where, n_trials=6, n_workers=2, backend="joblib")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
-    pids = {t.user_attrs["pid"] for t in study.trials}
+    pids = {t.user_attrs["pid"] for t in done}
     assert os.getpid() not in pids  # Spark's Python workers ran them
     assert len(_workers(study)) == 2 and all(w.startswith("joblib-") for w in _workers(study))

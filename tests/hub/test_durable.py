@@ -224,11 +224,7 @@ def test_the_hub_writes_the_study_study_optimize_writes(tmp_path, storage_url):
     import tunefleet
     from tunefleet.studies import open_storage
 
-    sys.path.insert(0, str(HERE))
-    try:
-        from durable_objectives import rich
-    finally:
-        sys.path.remove(str(HERE))
+    from tests.hub.durable_objectives import rich  # importable by spawned workers too
 
     def run(url: str, name: str, hub: bool) -> list[optuna.trial.FrozenTrial]:
         study = optuna.create_study(study_name=name, storage=open_storage(url),
