@@ -48,6 +48,11 @@ __all__ = ["MirrorError", "MirroredStorage", "mirrored_study", "durable_storage"
 
 _logger = logging.getLogger("tunefleet.mirror")
 
+#: Seconds a round waits for more changes before it is written (group commit). Short against
+#: the 0.1 s the coordinator lets the storage fall behind; long enough that a coordinator whose
+#: trials end one by one (a slow sampler) writes several per transaction.
+GROUP_WINDOW = 0.02
+
 
 class MirrorError(RuntimeError):
     """The durable storage did not accept the mirror's writes; it no longer matches memory."""
@@ -479,6 +484,8 @@ class MirroredStorage(BaseStorage, BaseHeartbeat):
         self._error: BaseException | None = None
         self._stopping = False
         self._closed = False
+        self._idle = False  # the writer waits for a change
+        self._flushing = 0  # callers of flush() waiting: no gathering window
         self.orphans: list[int] = []  # memory ids of trials RUNNING when loaded
         self._load(study_name)
         self._thread = threading.Thread(target=self._run, name=f"tunefleet-mirror-{study_name}",
@@ -538,8 +545,8 @@ class MirroredStorage(BaseStorage, BaseHeartbeat):
         if self._closed:
             self._write_round(self._take_round())  # no thread any more: write at once
             self._raise_error()
-        else:
-            self._cond.notify_all()
+        elif self._idle:
+            self._cond.notify_all()  # the writer waits for work (not while it gathers a round)
 
     def _take_round(self) -> _Round:
         """Everything changed since the last round, as memory has it now (the caller holds the
@@ -579,9 +586,17 @@ class MirroredStorage(BaseStorage, BaseHeartbeat):
         while True:
             with self._cond:
                 while self._seq == self._taken_seq and not self._stopping:
+                    self._idle = True
                     self._cond.wait()
+                self._idle = False
                 if self._seq == self._taken_seq:
                     return
+                # Group commit: let the changes of the next few milliseconds join this round
+                # (one transaction instead of one per trial when trials end one by one, as
+                # with a sampler-bound coordinator), unless someone waits for it.
+                while (not self._stopping and not self._flushing and self._queued_since
+                       is not None and time.monotonic() - self._queued_since < GROUP_WINDOW):
+                    self._cond.wait(GROUP_WINDOW - (time.monotonic() - self._queued_since))
                 rnd = self._take_round()
             self._write_round(rnd)
             with self._cond:
@@ -622,12 +637,17 @@ class MirroredStorage(BaseStorage, BaseHeartbeat):
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._seq
-            while self._taken_seq < target and self._thread.is_alive():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"the durable storage is {target - self._taken_seq} "
-                                       "changes behind")
-                self._cond.wait(left)
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._taken_seq < target and self._thread.is_alive():
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"the durable storage is "
+                                           f"{target - self._taken_seq} changes behind")
+                    self._cond.wait(left)
+            finally:
+                self._flushing -= 1
         self._raise_error()
 
     def close(self) -> None:
