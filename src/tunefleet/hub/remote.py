@@ -14,13 +14,17 @@ from tunefleet.transport.tcp import TcpChannel, load_key
 
 def run_worker(address: str, key_file: str | None = None, *, key: bytes | None = None,
                label: str | None = None, connect_timeout: float = 60.0,
-               reconnect_timeout: float = 0.0) -> int:
+               reconnect_timeout: float = 0.0, own_process: bool = False) -> int:
     """Join the coordinator at ``address`` and run trials until the study is done.
 
     With ``reconnect_timeout``, a coordinator that disappears (killed, restarted, partitioned)
     does not end this worker: it finishes its trial, tries that long to join the coordinator
     at the same address again, and hands over the result (the restarted coordinator reclaims
     the trial). Without, the worker leaves as soon as the coordinator is gone.
+
+    ``own_process``: this process exists for this worker (``tunefleet worker``), so it may end
+    itself the moment the coordinator is gone mid-trial. A worker inside an engine's process
+    (Dask, Ray, Spark, a joblib thread) must not: it finishes its trial and returns.
 
     Returns 0 when the study is done (or the coordinator went away), 1 when the objective
     could not be loaded here, 2 when the coordinator cannot be reached or authenticated.
@@ -33,7 +37,8 @@ def run_worker(address: str, key_file: str | None = None, *, key: bytes | None =
         return 2
     logging.getLogger("tunefleet").debug("connected to %s", address)
     if not reconnect_timeout:
-        channel.watch_while_running()
+        if own_process:
+            channel.watch_while_running()
         return serve(channel, label=label)
 
     def reconnect() -> TcpChannel:
@@ -50,7 +55,8 @@ def run_workers(address: str, n_processes: int, key_file: str | None = None,
     tunefleet and Optuna once: 64 workers start in about a second instead of 64 interpreter
     start-ups. Returns 0 once any of them saw the study done, else the worst exit code."""
     if n_processes == 1:
-        return run_worker(address, key_file, reconnect_timeout=reconnect_timeout)
+        return run_worker(address, key_file, reconnect_timeout=reconnect_timeout,
+                          own_process=True)
     import multiprocessing as mp
 
     secret = load_key(key_file)  # read once, so a bad key file is one error, not N
@@ -72,7 +78,8 @@ def run_workers(address: str, n_processes: int, key_file: str | None = None,
 
 
 def _forked_worker(address: str, secret: bytes, reconnect_timeout: float = 0.0) -> None:
-    os._exit(run_worker(address, key=secret, reconnect_timeout=reconnect_timeout))
+    os._exit(run_worker(address, key=secret, reconnect_timeout=reconnect_timeout,
+                        own_process=True))
 
 
 #: How long an engine-started worker tries to reach the coordinator. Its listener is up before
