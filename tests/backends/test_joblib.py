@@ -97,6 +97,6 @@ def test_joblib_spark_on_spark_local_mode(spark):
     with joblib.parallel_config(backend="spark"):
         tunefleet.optimize(study, objectives.where, n_trials=6, n_workers=2, backend="joblib")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
-    pids = {t.user_attrs["pid"] for t in done}
+    pids = {t.user_attrs["pid"] for t in study.trials}
     assert os.getpid() not in pids  # Spark's Python workers ran them
     assert len(_workers(study)) == 2 and all(w.startswith("joblib-") for w in _workers(study))
