@@ -11,25 +11,16 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.lab.netlab import Lab
+from tests.lab.netlab import Lab, wait_until
 from tunefleet import attrs
 
 OBJECTIVES = Path(__file__).resolve().parents[1] / "storage_mode" / "objectives.py"
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def trials(db: Path) -> list[optuna.trial.FrozenTrial]:

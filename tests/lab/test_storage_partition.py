@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
-from tests.lab.netlab import Lab
+from tests.lab.netlab import Lab, wait_until
 from tests.services import Postgres
 from tests.storage_mode.test_fleet import trials_of
 from tunefleet import attrs
@@ -29,14 +28,6 @@ def lab_postgres(netlab: Lab):
     server = Postgres(listen=db.address, netns=db.netns).start()
     yield server
     server.stop()
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.mark.timeout(420)

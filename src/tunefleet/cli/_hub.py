@@ -16,6 +16,39 @@ from tunefleet.errors import Interrupted
 from tunefleet.studies import DEFAULT_STORAGE
 
 
+def hub_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """What every command that runs a coordinator says about faults and output: --max-retries,
+    --grace, --worker-timeout, --keep-going, --progress/--no-progress, --json."""
+    options = [
+        click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="Runs of the parameters of a trial whose worker died."),
+        click.option("--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
+                     help="Seconds running trials get to finish after Ctrl-C or SIGTERM before "
+                          "they are closed as FAIL (a second Ctrl-C closes them at once)."),
+        click.option("--worker-timeout", type=click.FloatRange(min=0), default=120.0,
+                     show_default=True, callback=_check_worker_timeout,
+                     help="Seconds a worker may stay silent during a trial (stopped, hung, cut "
+                          "off) before the trial is failed and retried; 0 waits forever."),
+        click.option("--keep-going", is_flag=True,
+                     help="A trial whose objective raises fails, and the study goes on."),
+        click.option("--progress/--no-progress", default=True, show_default=True,
+                     help="Live progress bar on stderr."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print the result as one JSON object."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _check_worker_timeout(_ctx: click.Context, _param: click.Parameter,
+                          value: float) -> float | None:
+    if value and value < 3:
+        raise click.BadParameter("must be 0 (wait forever) or at least 3 seconds (workers beat "
+                                 "every second)")
+    return value or None
+
+
 def counted(study: optuna.Study) -> int:
     """Trials that use up the budget of ``--n-trials``: COMPLETE and PRUNED."""
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))

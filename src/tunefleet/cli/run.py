@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tunefleet.cli._hub import remaining_budget, run_hub_command
+from tunefleet.cli._hub import hub_options, remaining_budget, run_hub_command
 from tunefleet.cli._options import parse_gpus, spec_from_options, study_options
 from tunefleet.studies import create_or_load_study, open_storage
 from tunefleet.targets import load_target
@@ -25,19 +25,7 @@ from tunefleet.targets import load_target
 @click.option("--gpus", default=None,
               help="GPUs, one per worker: indices into the visible GPUs (CUDA_VISIBLE_DEVICES "
                    "if set), e.g. 0,1 or 3, for one; or a count, e.g. 4 for the first four.")
-@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Runs of the parameters of a trial whose worker died.")
-@click.option("--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Seconds running trials get to finish after Ctrl-C or SIGTERM before they "
-                   "are closed as FAIL (a second Ctrl-C closes them at once).")
-@click.option("--worker-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
-              help="Seconds a worker may stay silent during a trial (stopped, hung) before the "
-                   "trial is failed and retried; 0 waits forever.")
-@click.option("--keep-going", is_flag=True,
-              help="A trial whose objective raises fails, and the study goes on.")
-@click.option("--progress/--no-progress", default=True, show_default=True,
-              help="Live progress bar on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@hub_options
 def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float | None,
         storage: str | None, study_name: str | None, directions: tuple[str, ...],
         sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
@@ -56,12 +44,9 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
     spec = spec_from_options(directions, sampler, seed, pruner)
     store = open_storage(storage, sqlite_wal=True)  # the coordinator is the only writer
     study = create_or_load_study(store, study_name, spec, directions_given=bool(directions))
-    if worker_timeout and worker_timeout < 3:
-        raise click.BadParameter("must be 0 (wait forever) or at least 3 seconds (workers beat "
-                                 "every second)", param_hint="--worker-timeout")
     remaining = remaining_budget(study, n_trials)
     run_hub_command(study, storage, as_json, lambda: tunefleet.optimize(
         study, objective, n_trials=remaining, n_workers=n_workers, timeout=timeout,
         gpus=parse_gpus(gpus), max_retries=max_retries, grace=grace,
-        worker_timeout=worker_timeout or None,
+        worker_timeout=worker_timeout,
         catch=(Exception,) if keep_going else (), show_progress_bar=progress))

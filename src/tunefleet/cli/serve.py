@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tunefleet.cli._hub import remaining_budget, run_hub_command
+from tunefleet.cli._hub import hub_options, remaining_budget, run_hub_command
 from tunefleet.cli._options import spec_from_options, study_options
 from tunefleet.studies import create_or_load_study, open_storage
 from tunefleet.targets import load_target
@@ -21,20 +21,11 @@ from tunefleet.targets import load_target
                    "trials in all (the same command run again after a crash finishes it).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None)
 @study_options
-@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--grace", type=click.FloatRange(min=0), default=5.0, show_default=True,
-              help="Seconds running trials get to finish after Ctrl-C or SIGTERM.")
-@click.option("--worker-timeout", type=click.FloatRange(min=0), default=120.0, show_default=True,
-              help="Seconds a worker may stay silent during a trial before the trial is failed "
-                   "and retried (0: wait forever).")
 @click.option("--reclaim-window", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Started again after a crash: seconds to wait for workers that outlived the "
                    "old coordinator to hand over the results of the trials it left RUNNING, "
                    "before those are failed and retried.")
-@click.option("--keep-going", is_flag=True,
-              help="A trial whose objective raises fails, and the study goes on.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@hub_options
 def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout: float | None,
           storage: str | None, study_name: str | None, directions: tuple[str, ...],
           sampler: str | None, seed: int | None, pruner: str | None, max_retries: int,
@@ -65,13 +56,9 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
     click.echo(f"coordinator for study {study.study_name!r} on {listener.address}; start "
                f"workers with:\n  tunefleet worker --connect {listener.address} "
                f"--key-file {key_file}", err=True)
-    if worker_timeout and worker_timeout < 3:
-        listener.close()
-        raise click.BadParameter("must be 0 (wait forever) or at least 3 seconds (workers beat "
-                                 "every second)", param_hint="--worker-timeout")
     remaining = remaining_budget(study, n_trials)
     run_hub_command(study, storage, as_json, lambda: tunefleet.optimize(
         study, objective, n_trials=remaining, timeout=timeout, backend="tcp", listen=listen,
         key=key, listener=listener, max_retries=max_retries, grace=grace,
-        worker_timeout=worker_timeout or None, reclaim_window=reclaim_window,
+        worker_timeout=worker_timeout, reclaim_window=reclaim_window,
         catch=(Exception,) if keep_going else (), show_progress_bar=progress))
