@@ -96,6 +96,9 @@ EXPECTED_FAILURES: dict[str, str] = {
         "tunefleet's progress bar has its own format",
     "test_study.py::test_optimize_infinite_budget_progbar":
         "tunefleet's progress bar has its own format",
+    "test_successive_halving.py::test_successive_halving_pruner_with_auto_min_resource": (
+        "the pruner estimates min_resource from a completed trial when asked to prune; with 2 "
+        "workers every should_prune may come before any trial completes (sometimes)"),
     "test_study.py::test_stop_in_objective": (
         "study.stop() in one worker's trial: the trial the other worker has started by then "
         "runs too, as with n_jobs=2: one trial more than one thread makes, sometimes"),
