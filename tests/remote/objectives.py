@@ -7,6 +7,7 @@ import os
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 
@@ -78,3 +79,18 @@ def sleepy(trial: optuna.Trial) -> float:
     x = trial.suggest_float("x", -10, 10)
     time.sleep(0.3)
     return (x - 2) ** 2
+
+
+def quadratic_when_two_joined(trial: optuna.Trial) -> float:
+    """``quadratic``, but a worker's first trial waits until two workers (processes, in the
+    same folder) have each begun one: a test can then count on both taking trials however
+    slowly the second one starts."""
+    joined = Path("joined")
+    joined.mkdir(exist_ok=True)
+    (joined / str(os.getpid())).touch()
+    deadline = time.monotonic() + 120
+    while len(list(joined.iterdir())) < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the second worker never took a trial")
+        time.sleep(0.05)
+    return quadratic(trial)

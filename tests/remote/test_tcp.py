@@ -43,8 +43,8 @@ def finish(proc, timeout: float = 180) -> tuple[str, str]:
 
 def test_serve_and_two_workers_run_60_trials(procs, tmp_path):
     port = free_port()
-    serve = procs.serve(f"{TARGET}:slow_quadratic", port, "--n-trials", "60", "--sampler", "random",
-                        "--seed", "1")
+    serve = procs.serve(f"{TARGET}:quadratic_when_two_joined", port, "--n-trials", "60",
+                        "--sampler", "random", "--seed", "1")
     workers = [procs.worker(port) for _ in range(2)]
     out, err = finish(serve)
     summary = json.loads(out.strip().splitlines()[-1])
@@ -150,11 +150,14 @@ def test_optimize_with_backend_tcp_and_worker_processes(procs, tmp_path):
     workers = [procs.worker(port) for _ in range(2)]  # they wait for the coordinator
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
     study.enqueue_trial({"x": 2.0, "y": 0})
-    tunefleet.optimize(study, objectives.quadratic, n_trials=50, backend="tcp",
+    # Each worker's first trial waits for the other's: however late the second one starts,
+    # both join before the study is done (a worker that came after the end would wait for it).
+    tunefleet.optimize(study, objectives.quadratic_when_two_joined, n_trials=50, backend="tcp",
                        listen=f"tcp://127.0.0.1:{port}", key=key_file.read_bytes().strip())
     assert len(study.trials) == 50
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert study.best_value == 0.0 and study.best_params == {"x": 2.0, "y": 0}
+    assert len({t.system_attrs[attrs.WORKER] for t in study.trials}) == 2
     for w in workers:
         finish(w, 30)
 

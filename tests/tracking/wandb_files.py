@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,6 +21,8 @@ def records(path: Path) -> Iterator[Any]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = path.read_bytes()
+    if len(data) < 7:  # being written
+        return
     assert data[:4] == b":W&B", f"{path} is not a W&B run file"
     pos, chunks = 7, b""
     while pos + 7 <= len(data):
@@ -29,6 +32,8 @@ def records(path: Path) -> Iterator[Any]:
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
         pos += 7
+        if pos + length > len(data):  # the last record is being written
+            return
         if length == 0 and kind == 0:
             pos += left - 7
             continue
@@ -47,8 +52,11 @@ def _key(item: Any) -> str:
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """``{"name", "group", "config", "history": [rows], "summary", "exit_code"}`` of one run."""
-    (path,) = run_dir.glob("run-*.wandb")
     out: dict[str, Any] = {"config": {}, "history": [], "summary": {}, "exit_code": None}
+    paths = list(run_dir.glob("run-*.wandb"))
+    if not paths:  # not written yet
+        return out
+    (path,) = paths
     for rec in records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
@@ -67,7 +75,17 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def read_runs(wandb_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every offline run under ``wandb_dir``, by run name."""
-    runs = [read_run(d) for d in sorted(Path(wandb_dir).glob("wandb/offline-run-*"))]
-    return {r["name"]: r for r in runs}
+def read_runs(wandb_dir: Path, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """Every offline run under ``wandb_dir``, by run name.
+
+    ``run.finish()`` returns before wandb's service process has written the whole file, so
+    this waits (up to ``timeout`` s) until each run holds its closing ``exit`` record."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [read_run(d) for d in sorted(Path(wandb_dir).glob("wandb/offline-run-*"))]
+        if all(r["exit_code"] is not None and "name" in r for r in runs):
+            return {r["name"]: r for r in runs}
+        if time.monotonic() > deadline:
+            raise AssertionError(f"wandb did not finish writing its runs in {timeout} s: "
+                                 f"{[sorted(r) for r in runs]}")
+        time.sleep(0.1)
