@@ -81,16 +81,31 @@ def sleepy(trial: optuna.Trial) -> float:
     return (x - 2) ** 2
 
 
-def quadratic_when_two_joined(trial: optuna.Trial) -> float:
-    """``quadratic``, but a worker's first trial waits until two workers (processes, in the
-    same folder) have each begun one: a test can then count on both taking trials however
-    slowly the second one starts."""
+
+def _wait_until_joined(n: int) -> None:
+    """Hold a worker process's trial until ``n`` worker processes (same folder) have each
+    begun one: a test can then count on all of them taking trials, however slowly some
+    start (a worker that came after the study ended would wait for its coordinator)."""
     joined = Path("joined")
     joined.mkdir(exist_ok=True)
     (joined / str(os.getpid())).touch()
     deadline = time.monotonic() + 120
-    while len(list(joined.iterdir())) < 2:
+    while len(list(joined.iterdir())) < n:
         if time.monotonic() > deadline:
-            raise RuntimeError("the second worker never took a trial")
+            raise RuntimeError(f"fewer than {n} workers took a trial in 120 s")
         time.sleep(0.05)
+
+
+def quadratic_when_two_joined(trial: optuna.Trial) -> float:
+    _wait_until_joined(2)
     return quadratic(trial)
+
+
+def slow_quadratic_when_four_joined(trial: optuna.Trial) -> float:
+    _wait_until_joined(4)
+    return slow_quadratic(trial)
+
+
+def tagging_when_two_joined(trial: optuna.Trial) -> float:
+    _wait_until_joined(2)
+    return tagging(trial)
