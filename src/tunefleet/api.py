@@ -24,6 +24,8 @@ def optimize(
     grace: float = 5.0,
     worker_timeout: float | None = 120.0,
     reclaim_window: float | None = None,
+    seed: int | None = None,
+    deterministic: bool = False,
     gc_after_trial: bool = False,
     n_jobs: int | None = None,
     **backend_options: Any,
@@ -60,6 +62,13 @@ def optimize(
             results (``tunefleet worker --connect --reconnect-timeout``), before failing and
             retrying them. Default: 10 for workers that join over the network ("tcp"), 0 for
             workers this call starts (they died with the old coordinator).
+        seed: draw each trial's values from (seed, trial number, parameter), so that a run
+            continued later draws what one uninterrupted run would have, and a seeded Random
+            run gives the same trials with any number of workers. Default: the ``--seed`` the
+            study was made with on the command line, if any.
+        deterministic: with a seed, the same trials and values whatever the workers' timing:
+            trial k starts once every trial numbered k - n_workers or lower has ended, and its
+            sampler and pruner see only those. Costs idle workers when trial times vary.
 
     A trial counts as finished (callbacks, progress bar, ``n_trials``) only once the study's
     storage holds it: on a database or journal file the coordinator writes by group commit,
@@ -96,4 +105,6 @@ def optimize(
         grace=grace,
         worker_timeout=worker_timeout,
         reclaim_window=reclaim_window,
+        seed=seed,
+        deterministic=deterministic,
     )

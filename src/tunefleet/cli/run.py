@@ -25,12 +25,16 @@ from tunefleet.targets import load_target
 @click.option("--gpus", default=None,
               help="GPUs, one per worker: indices into the visible GPUs (CUDA_VISIBLE_DEVICES "
                    "if set), e.g. 0,1 or 3, for one; or a count, e.g. 4 for the first four.")
+@click.option("--deterministic", is_flag=True,
+              help="With --seed: the same trials and values whatever the workers' timing "
+                   "(trial k starts once trials up to k - workers have ended, and sees only "
+                   "those); slower when trial times vary.")
 @hub_options
 def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float | None,
         storage: str | None, study_name: str | None, directions: tuple[str, ...],
         sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
-        max_retries: int, grace: float, worker_timeout: float, keep_going: bool, progress: bool,
-        as_json: bool) -> None:
+        deterministic: bool, max_retries: int, grace: float, worker_timeout: float,
+        keep_going: bool, progress: bool, as_json: bool) -> None:
     """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
 
     The study is stored in --storage (a SQLite file in this folder by default), so running the
@@ -40,6 +44,8 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
 
     if n_trials is None and timeout is None:
         raise click.UsageError("give --n-trials or --timeout (or both)")
+    if deterministic and seed is None:
+        raise click.UsageError("--deterministic needs --seed")
     objective = load_target(target)
     spec = spec_from_options(directions, sampler, seed, pruner)
     store = open_storage(storage, sqlite_wal=True)  # the coordinator is the only writer
@@ -48,5 +54,5 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
     run_hub_command(study, storage, as_json, lambda: tunefleet.optimize(
         study, objective, n_trials=remaining, n_workers=n_workers, timeout=timeout,
         gpus=parse_gpus(gpus), max_retries=max_retries, grace=grace,
-        worker_timeout=worker_timeout,
+        worker_timeout=worker_timeout, deterministic=deterministic,
         catch=(Exception,) if keep_going else (), show_progress_bar=progress))

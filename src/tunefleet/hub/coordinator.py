@@ -24,18 +24,18 @@ from typing import Any, Callable, Sequence
 
 import cloudpickle
 import optuna
-from optuna import pruners
 from optuna.distributions import BaseDistribution
-from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.study._tell import _tell_with_warning
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import attrs
+from tunefleet._optuna import (FAST_TPE, LazyRandomState, filter_study, is_heartbeat_enabled,
+                               log_completed_trial, tell_with_warning)
 from tunefleet.backends import make_backend
 from tunefleet.backends._base import Backend
 from tunefleet.errors import Interrupted, UsageError, WorkerStartError
 from tunefleet.hub import protocol as P
 from tunefleet.hub._beat import BEAT_INTERVAL
+from tunefleet.hub._ordered import HistoryView
 from tunefleet.hub.mirror import MirroredStorage, mirrored_study
 from tunefleet.hub.progress import Progress
 from tunefleet.hub.worker import WorkerConfig
@@ -78,7 +78,6 @@ def _spec_seed(study: optuna.Study) -> int | None:
 def _random_states(sampler: optuna.samplers.BaseSampler) -> list[Any]:
     """The numpy random states a sampler (and the samplers inside it) draws from."""
     import numpy as np
-    from optuna.samplers._lazy_random_state import LazyRandomState
 
     out: list[Any] = []
     for value in vars(sampler).values():
@@ -98,7 +97,7 @@ def _draws_ahead(study: optuna.Study) -> bool:
     draws (a seeded Random run gives Optuna's values)."""
     from tunefleet.samplers import TPESampler
 
-    return (type(study.sampler) is TPESampler
+    return (FAST_TPE and type(study.sampler) is TPESampler
             and not isinstance(study.pruner, optuna.pruners.HyperbandPruner))
 
 
@@ -158,7 +157,8 @@ class Coordinator:
                  progress: Progress | None = None, setup: Callable[[], Any] | None = None,
                  mirror: MirroredStorage | None = None, grace: float = 5.0,
                  worker_timeout: float | None = None, orphans: Sequence[int] = (),
-                 reclaim_window: float = 0.0) -> None:
+                 reclaim_window: float = 0.0, seed: int | None = None,
+                 deterministic: bool = False) -> None:
         self.study = study
         # Trials a dead coordinator left RUNNING, by number: a worker that outlived it may
         # bring their results back (HELLO "reclaim") until the window closes; then they are
@@ -206,8 +206,12 @@ class Coordinator:
         self._prepared: deque[tuple[dict, dict, dict]] = deque()
         # A study made with --seed draws each trial's values from (seed, number, parameter),
         # so that a run continued later draws what one uninterrupted run would have.
-        self._seed = _spec_seed(study)
+        self._seed = seed if seed is not None else _spec_seed(study)
         self._rngs = _random_states(study.sampler) if self._seed is not None else []
+        # --deterministic: trial k waits for every trial numbered k - n_workers or lower, and
+        # its sampler and pruner see only those (see hub/_ordered.py).
+        self._window = n_workers if deterministic else 0
+        self._held: list[Link] = []  # workers waiting for the trials before theirs to end
         self._prepare_limit = (2 if (self._presample and _draws_ahead(study)
                                      and self._seed is None) else 0)
         self._signal: int | None = None  # the first SIGINT / SIGTERM received
@@ -348,6 +352,12 @@ class Coordinator:
                 state = self._workers.get(link)
                 if state is not None:
                     self._dispatch(link, state)
+        if self._held and (self._history_ready() or not self._may_dispatch()):
+            held, self._held = self._held, []
+            for link in held:
+                state = self._workers.get(link)
+                if state is not None:
+                    self._dispatch(link, state)
         if self.progress.enabled:
             now = time.time()
             self.progress.running(
@@ -456,6 +466,10 @@ class Coordinator:
             state.trial_id = None
             self._parked.append(link)
             return
+        if self._window and not self._history_ready():
+            state.trial_id = None
+            self._held.append(link)
+            return
         if self._heartbeat:
             optuna.storages.fail_stale_trials(self.study)
         trial = self._ask()
@@ -474,6 +488,20 @@ class Coordinator:
             space, state.space_version = dict(self._known), self._known_version
         link.send((P.TRIAL, trial_id, frozen.number, frozen.datetime_start, trial._fixed_params,
                    presampled, space, frozen.user_attrs))
+
+    def _next_number(self) -> int:
+        """The number the next ``study.ask()`` gives: the first queued trial's, or a new one."""
+        waiting = self._storage.get_all_trials(self.study._study_id, deepcopy=False,
+                                               states=(TrialState.WAITING,))
+        return waiting[0].number if waiting else self._storage.get_n_trials(self.study._study_id)
+
+    def _history_ready(self) -> bool:
+        """--deterministic: whether every trial the next one may see (numbered ``window``
+        places before it, or lower) has ended."""
+        upto = self._next_number() - self._window
+        unfinished = [r.trial.number for r in self._running.values()]
+        unfinished.extend(self._orphans)
+        return all(number > upto for number in unfinished)
 
     def _reseed(self, number: int, name: str | None = None) -> None:
         """Seeded studies: the sampler's random state for this trial (and parameter) depends on
@@ -519,7 +547,7 @@ class Coordinator:
                 continue
             if frozen is None:
                 frozen = trial._get_latest_trial()
-                filtered = pruners._filter_study(self.study, frozen)
+                filtered = filter_study(trial.study, frozen)
             self._reseed(trial.number, name)
             out[name] = self.study.sampler.sample_independent(filtered, frozen, name, dist)
         return out
@@ -560,6 +588,13 @@ class Coordinator:
     def _ask(self) -> optuna.Trial:
         """``study.ask()``, with the relative values drawn ahead when the search space is
         still the one they were drawn for (else the sampler draws them now, as usual)."""
+        if self._window:  # --deterministic: the trial sees the study up to its window
+            self.study._thread_local.cached_all_trials = None
+            trial_id = self.study._pop_waiting_trial_id()
+            if trial_id is None:
+                trial_id = self._storage.create_new_trial(self.study._study_id)
+            number = self._storage.get_trial_number_from_id(trial_id)
+            return optuna.Trial(HistoryView(self.study, number - self._window), trial_id)
         if not self._prepared:
             return self.study.ask()
         space, relative, _ = self._prepared[0]
@@ -652,7 +687,7 @@ class Coordinator:
         if error is not None and state == TrialState.FAIL:
             self._storage.set_trial_system_attr(trial._trial_id, attrs.FAIL_REASON, error[1])
         try:
-            updated, out_values, warning = _tell_with_warning(
+            updated, out_values, warning = tell_with_warning(
                 study=self.study, trial=trial, value_or_values=values, state=state,
                 suppress_warning=True)
         except Exception as exc:  # a value Optuna cannot even check ("12"): FAIL, go on
@@ -663,7 +698,7 @@ class Coordinator:
             updated, out_values = TrialState.FAIL, None
         number, params = trial.number, trial._cached_frozen_trial.params
         if updated == TrialState.COMPLETE:
-            self.study._log_completed_trial(out_values, number, params)
+            log_completed_trial(self.study, out_values, number, params)
         elif updated == TrialState.PRUNED:
             _logger.info(f"Trial {number} pruned. {error[1] if error else ''}")
         elif error is not None:
@@ -771,7 +806,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
             backend: str, setup: Callable[[], Any] | None,
             backend_options: dict[str, Any], grace: float = 5.0,
             worker_timeout: float | None = None,
-            reclaim_window: float | None = None) -> optuna.Study:
+            reclaim_window: float | None = None, seed: int | None = None,
+            deterministic: bool = False) -> optuna.Study:
     """What ``tunefleet.optimize`` does; see there."""
     if isinstance(catch, type):
         catch = (catch,)
@@ -787,6 +823,13 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
                          f"beat every {BEAT_INTERVAL:g} s), got {worker_timeout}")
     if study._thread_local.in_optimize_loop:
         raise RuntimeError("Nested invocation of `Study.optimize` method isn't allowed.")
+    if deterministic:
+        if seed is None and _spec_seed(study) is None:
+            raise ValueError("deterministic=True needs a seed: pass seed=... (or make the "
+                             "study with --seed)")
+        if not _random_states(study.sampler):
+            raise ValueError(f"deterministic=True needs a sampler with a random state to seed "
+                             f"({type(study.sampler).__name__} has none)")
     options = dict(backend_options)
     if gpus is not None:
         options["gpus"] = gpus
@@ -816,7 +859,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
                               limits=Limits(n_trials, timeout), callbacks=callbacks, catch=catch,
                               max_retries=max_retries, progress=progress, setup=setup,
                               mirror=mirror, grace=grace, worker_timeout=worker_timeout,
-                              orphans=orphans, reclaim_window=reclaim_window)
+                              orphans=orphans, reclaim_window=reclaim_window, seed=seed,
+                              deterministic=deterministic)
     study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = True
     try:
         coordinator.run()

@@ -32,20 +32,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
-from optuna.samplers._tpe import _truncnorm
-from optuna.samplers._tpe import sampler as _optuna_tpe
-from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator
-from optuna.samplers._tpe.parzen_estimator import EPS
-from optuna.samplers._tpe.probability_distributions import (
-    _BatchedCategoricalDistributions,
-    _BatchedDiscreteTruncLogNormDistributions,
-    _BatchedDiscreteTruncNormDistributions,
-    _BatchedTruncLogNormDistributions,
-    _BatchedTruncNormDistributions,
-    _unique_inverse_2d,
-)
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from tunefleet._optuna import (  # Optuna's TPE internals (only where FAST_TPE: Optuna 5.x)
+    TPE_EPS as EPS,
+    BatchedCategoricalDistributions as _BatchedCategoricalDistributions,
+    BatchedDiscreteTruncLogNormDistributions as _BatchedDiscreteTruncLogNormDistributions,
+    BatchedDiscreteTruncNormDistributions as _BatchedDiscreteTruncNormDistributions,
+    BatchedTruncLogNormDistributions as _BatchedTruncLogNormDistributions,
+    BatchedTruncNormDistributions as _BatchedTruncNormDistributions,
+    ParzenEstimator as _ParzenEstimator,
+    tpe_sampler as _optuna_tpe,
+    tpe_truncnorm as _truncnorm,
+    unique_inverse_2d as _unique_inverse_2d,
+)
 
 try:  # Vectorized ndtr / log_ndtr; without SciPy Optuna's (partly per-element) routines are used.
     from scipy.special import log_ndtr as _scipy_log_ndtr
@@ -552,11 +553,14 @@ class TPESampler(optuna.samplers.TPESampler):
         """The study's table, synced with the trial snapshot Optuna's TPE would read here."""
         storage = study._storage
         key = (id(storage), study._study_id)
+        # A view of the study as one trial sees it (tunefleet --deterministic) holds its own
+        # table: the shared one may already hold trials the view leaves out.
+        tables = getattr(study, "tunefleet_tables", self._tables)
         with self._tables_lock:
-            table = self._tables.get(key)
+            table = tables.get(key)
             if table is None or table.storage is not storage:
                 table = _TrialTable(storage, study._study_id, len(study.directions))
-                self._tables[key] = table
+                tables[key] = table
         trials = study._get_trials(deepcopy=False, use_cache=use_cache)
         with table.lock:
             table.sync(trials, study)
