@@ -39,10 +39,11 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages import BaseStorage, InMemoryStorage
-from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.study._frozen import FrozenStudy
-from optuna.study._study_direction import StudyDirection
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from tunefleet._optuna import (BaseHeartbeat, FrozenStudy, JournalOperation, rdb_models,
+                               stale_trial_callback)
 
 __all__ = ["MirrorError", "MirroredStorage", "mirrored_study", "durable_storage"]
 
@@ -217,8 +218,7 @@ class _RDBWriter(_Writer):
 
     def __init__(self, durable: optuna.storages.RDBStorage) -> None:
         super().__init__(durable)
-        from optuna.storages._rdb import models
-
+        models = rdb_models()
         self.m = models
         self.engine = durable.engine
         self.trials = models.TrialModel.__table__
@@ -357,8 +357,6 @@ class _JournalWriter(_Writer):
 
     def __init__(self, durable: optuna.storages.JournalStorage) -> None:
         super().__init__(durable)
-        from optuna.storages.journal._storage import JournalOperation
-
         self.op = JournalOperation
 
     def _write(self, rnd: _Round) -> None:
@@ -825,8 +823,12 @@ class MirroredStorage(BaseStorage, BaseHeartbeat):
     def get_heartbeat_stale_trial_callback(
             self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
         if isinstance(self._durable, BaseHeartbeat):
-            return self._durable.get_heartbeat_stale_trial_callback()
+            return stale_trial_callback(self._durable)
         return None
+
+    def get_failed_trial_callback(self) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        """Optuna < 4.9's name of the method above (abstract there, deprecated since)."""
+        return self.get_heartbeat_stale_trial_callback()
 
     def record_heartbeat(self, trial_id: int) -> None:
         """Remember the beat here (staleness is judged from memory, which is never behind) and

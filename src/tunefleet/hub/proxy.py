@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import optuna
 from optuna import distributions as D
-from optuna._warnings import optuna_warn
 
+from tunefleet._optuna import optuna_warn, single_value
 from tunefleet.hub import protocol as P
 
 FLUSH_EVERY = 0.5  # seconds: buffered reports older than this go out without waiting
@@ -94,7 +94,7 @@ class ProxyTrial(optuna.trial.Trial):
                 optuna_warn(f"Fixed parameter {name} with value {value} is out of range "
                             f"for distribution {distribution}.")
         elif distribution.single():
-            value = D._get_single_value(distribution)
+            value = single_value(distribution)
         else:
             if name in self._presampled and self._space.get(name) == distribution:
                 value = self._presampled[name]

@@ -164,7 +164,7 @@ def best(ctx: Context) -> Section:
         sec.note = "No completed trial yet."
         return sec
     if ctx.multi:
-        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+        from tunefleet._optuna import pareto_front as _get_pareto_front_trials_by_trials
 
         front = _get_pareto_front_trials_by_trials(done, ctx.directions)
         names = ctx.study.metric_names or [f"objective {i}" for i in range(len(ctx.directions))]

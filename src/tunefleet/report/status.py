@@ -103,7 +103,7 @@ def _fill_best(fig: StatusFigures, trials: Sequence[FrozenTrial],
     if not done:
         return
     if len(directions) > 1:
-        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+        from tunefleet._optuna import pareto_front as _get_pareto_front_trials_by_trials
 
         fig.n_pareto = len(_get_pareto_front_trials_by_trials(done, directions))
         return

@@ -17,6 +17,8 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
+from tunefleet._optuna import CachedStudyInfo, rdb_models
+
 
 def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
     backend = getattr(storage, "_backend", storage)
@@ -32,7 +34,7 @@ def compare_and_set(storage: optuna.storages.BaseStorage, trial_id: int,
             return bool(storage.set_trial_state_values(trial_id, state=new))
         except optuna.exceptions.UpdateFinishedTrialError:
             return False
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     table = models.TrialModel.__table__
     values: dict = {"state": new}
@@ -72,7 +74,7 @@ def create_running_trial(storage: optuna.storages.BaseStorage, study_id: int,
         return storage.create_new_trial(study_id, template)
     import json
 
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     trial_id = storage.create_new_trial(study_id)
     table = models.TrialSystemAttributeModel.__table__
@@ -133,7 +135,7 @@ def _create_within_budget_rdb(rdb: optuna.storages.RDBStorage, study_id: int,
                               state: TrialState) -> tuple[int, int] | None:
     import json
 
-    from optuna.storages._rdb import models
+    models = rdb_models()
     from sqlalchemy import func, select
 
     studies = models.StudyModel.__table__
@@ -168,8 +170,6 @@ def _remember(storage: optuna.storages.BaseStorage, study_id: int, made: tuple[i
         return  # no cache: nothing to tell
     trial_id, number = made
     try:
-        from optuna.storages._cached_storage import _StudyInfo
-
         frozen = optuna.trial.FrozenTrial(
             number=number, state=state, value=None, values=None,
             datetime_start=datetime.now() if state == TrialState.RUNNING else None,
@@ -177,7 +177,7 @@ def _remember(storage: optuna.storages.BaseStorage, study_id: int, made: tuple[i
             system_attrs=dict(system_attrs), intermediate_values={}, trial_id=trial_id)
         with storage._lock:
             if study_id not in storage._studies:
-                storage._studies[study_id] = _StudyInfo()
+                storage._studies[study_id] = CachedStudyInfo()
             storage._add_trials_to_cache(study_id, [frozen])
     except (ImportError, AttributeError, TypeError):
         storage.get_all_trials(study_id, deepcopy=False)  # reads the new trial into the cache

@@ -15,10 +15,10 @@ import time
 from typing import Iterable
 
 import optuna
-from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import attrs
+from tunefleet._optuna import BaseHeartbeat, is_heartbeat_enabled, rdb_models
 
 _log = logging.getLogger("tunefleet.storage")
 
@@ -104,10 +104,9 @@ def _last_beat(t: FrozenTrial) -> float | None:
 
 def _ids_with_heartbeat(storage: object, trial_ids: list[int]) -> set[int]:
     """The trials among TRIAL_IDS that have a row in Optuna's heartbeat table."""
-    from optuna.storages._rdb import models
     from sqlalchemy import select
 
-    table = models.TrialHeartbeatModel.__table__
+    table = rdb_models().TrialHeartbeatModel.__table__
     engine = getattr(storage, "_backend", storage).engine
     with engine.connect() as conn:
         rows = conn.execute(select(table.c.trial_id).where(table.c.trial_id.in_(trial_ids)))

@@ -1,0 +1,165 @@
+"""Every private name of Optuna that tunefleet uses, in one place.
+
+tunefleet runs Optuna's own code paths (``Study.tell``'s checks, the heartbeat table, the
+journal's log records, TPE's estimators) from outside ``Study.optimize``, which Optuna's public
+API does not offer. Those names are private: any Optuna release may move or change them. So the
+rest of tunefleet imports them from here, never from ``optuna.*._*``, and the differences between
+the supported Optuna releases (``optuna>=4.0,<6``, see docs/optuna-fidelity.md) are papered over
+here. ``tests/test_optuna_private.py`` checks that each name below exists with the shape tunefleet
+expects, so a new Optuna release fails there first, naming what moved.
+
+Private *attributes* of Optuna's objects (``study._storage``, ``trial._trial_id``...) are plain
+attributes read in place; ``ATTRIBUTES`` lists them, per class, for that same test.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from optuna.trial import TrialState
+
+#: (major, minor) of the installed Optuna.
+VERSION: tuple[int, int] = tuple(int(p) for p in optuna.__version__.split(".")[:2])  # type: ignore[assignment]
+
+# -- storages -----------------------------------------------------------------------------------
+# The heartbeat mixin of RDBStorage and the check whether a storage records heartbeats: storage
+# mode and the hub's mirror beat for running trials and find stale ones through them.
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled  # noqa: E402
+
+
+
+def stale_trial_callback(storage: BaseHeartbeat) -> Any:
+    """The storage's callback for trials whose heartbeat went stale: Optuna 4.9 renamed
+    ``get_failed_trial_callback`` (abstract before) to ``get_heartbeat_stale_trial_callback``."""
+    getter = getattr(storage, "get_heartbeat_stale_trial_callback", None)
+    return getter() if getter is not None else storage.get_failed_trial_callback()
+
+
+# Optuna's bookkeeping of a _CachedStorage (RDBStorage's cache): atomic.py tells it about a trial
+# written behind its back.
+from optuna.storages._cached_storage import _StudyInfo as CachedStudyInfo  # noqa: E402
+
+# The log record codes of JournalStorage: the hub's mirror writes a round of them in one append.
+from optuna.storages.journal._storage import JournalOperation  # noqa: E402
+
+# What ``BaseStorage.get_all_studies`` returns (not exported by optuna.study in 4.x or 5.x).
+from optuna.study._frozen import FrozenStudy  # noqa: E402
+
+
+def rdb_models() -> Any:
+    """``optuna.storages._rdb.models``: Optuna's table definitions (SQLAlchemy), used for the
+    one-statement writes (compare-and-set, group commit, the heartbeat table). Imported on first
+    use, as it imports SQLAlchemy."""
+    from optuna.storages._rdb import models
+
+    return models
+
+
+# -- study and trial ----------------------------------------------------------------------------
+# Study.tell's checks and conversion of the objective's values, without its warning (the
+# coordinator tells trials for its workers, as Study.optimize does).
+from optuna.study import _tell as _tell_module  # noqa: E402
+from optuna.study._tell import _tell_with_warning  # noqa: E402
+
+# Optuna 4.x: _tell_with_warning returns the FrozenTrial, with the warning under this system
+# attribute; 5.x returns (state, values, warning).
+_TELL_WARNING_KEY = getattr(_tell_module, "STUDY_TELL_WARNING_KEY", "STUDY_TELL_WARNING")
+
+
+def tell_with_warning(study: optuna.Study, trial: optuna.Trial | int, value_or_values: Any = None,
+                      state: TrialState | None = None,
+                      suppress_warning: bool = False) -> tuple[TrialState, list[float] | None,
+                                                               str | None]:
+    """``Study.tell`` as ``Study.optimize`` calls it: (final state, values, warning or None)."""
+    out = _tell_with_warning(study=study, trial=trial, value_or_values=value_or_values,
+                             state=state, suppress_warning=suppress_warning)
+    if isinstance(out, tuple):
+        return out  # type: ignore[return-value]
+    return out.state, out.values, out.system_attrs.get(_TELL_WARNING_KEY)
+
+
+def log_completed_trial(study: optuna.Study, values: Sequence[float], number: int,
+                        params: dict[str, Any]) -> None:
+    """Optuna's "Trial N finished with value ..." log line (``Study._log_completed_trial``: 5.x
+    takes the values, number and parameters; 4.x a FrozenTrial)."""
+    if VERSION >= (5, 0):
+        study._log_completed_trial(list(values), number, params)
+        return
+    frozen = optuna.trial.FrozenTrial(
+        number=number, state=optuna.trial.TrialState.COMPLETE, value=None, values=list(values),
+        datetime_start=None, datetime_complete=None, params=params, distributions={},
+        user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1)
+    study._log_completed_trial(frozen)
+
+
+# The Pareto front of a list of trials (reports: multi-objective studies).
+from optuna.study._multi_objective import _get_pareto_front_trials_by_trials as pareto_front  # noqa: E402,E501
+
+# The study as a pruner sees it (the coordinator samples ahead for a trial as Trial does).
+from optuna.pruners import _filter_study as filter_study  # noqa: E402
+
+# The value of a distribution with a single choice (ProxyTrial suggests it without asking).
+from optuna.distributions import _get_single_value as single_value  # noqa: E402
+
+# The lazily made numpy RandomState of Optuna's samplers: seeded runs reseed it per trial.
+from optuna.samplers._lazy_random_state import LazyRandomState  # noqa: E402
+
+# Optuna's own warning function (5.x; a plain warnings.warn before it existed).
+try:
+    from optuna._warnings import optuna_warn
+except ImportError:  # Optuna 4.x
+    def optuna_warn(message: str, category: type[Warning] = UserWarning,
+                    stacklevel: int = 1) -> None:
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
+
+
+# -- TPE internals (tunefleet.samplers.TPESampler) ----------------------------------------------
+# tunefleet's TPE reuses Optuna's Parzen estimator and its batched distributions, and replaces
+# only the per-trial Python work. It follows Optuna 5.x's TPE; where these names are missing
+# (Optuna 4.x) ``FAST_TPE`` is False and tunefleet.samplers.TPESampler is Optuna's own TPE.
+try:
+    from optuna.samplers._tpe import _truncnorm as tpe_truncnorm
+    from optuna.samplers._tpe import sampler as tpe_sampler
+    from optuna.samplers._tpe.parzen_estimator import EPS as TPE_EPS
+    from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator as ParzenEstimator
+    from optuna.samplers._tpe.probability_distributions import (
+        _BatchedCategoricalDistributions as BatchedCategoricalDistributions,
+        _BatchedDiscreteTruncLogNormDistributions as BatchedDiscreteTruncLogNormDistributions,
+        _BatchedDiscreteTruncNormDistributions as BatchedDiscreteTruncNormDistributions,
+        _BatchedTruncLogNormDistributions as BatchedTruncLogNormDistributions,
+        _BatchedTruncNormDistributions as BatchedTruncNormDistributions,
+        _unique_inverse_2d as unique_inverse_2d,
+    )
+
+    #: The functions of Optuna's TPE module that tunefleet's TPE calls.
+    TPE_FUNCTIONS = ("_get_pruned_trial_score", "_get_infeasible_trial_score",
+                     "_solve_hssp_with_cache", "_get_reference_point")
+    FAST_TPE = all(hasattr(tpe_sampler, name) for name in TPE_FUNCTIONS)
+except ImportError:  # Optuna 4.x
+    FAST_TPE = False
+
+
+# -- private attributes read in place -----------------------------------------------------------
+#: Private attributes of Optuna's classes that tunefleet reads or sets directly, by class (the
+#: dotted name under ``optuna``). Instance attributes are checked on real instances by the test.
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "study.Study": ("_storage", "_study_id", "_thread_local", "_get_trials",
+                    "_log_completed_trial", "_directions", "_stop_flag"),
+    "trial.Trial": ("_trial_id", "_cached_frozen_trial", "_relative_params", "_fixed_params",
+                    "_get_latest_trial", "_is_relative_param", "_suggest"),
+    "trial.FrozenTrial": ("_trial_id", "_system_attrs"),
+    "storages.RDBStorage": ("engine", "_get_stale_trial_ids"),
+    "storages._cached_storage._CachedStorage": ("_backend", "_lock", "_studies",
+                                                "_add_trials_to_cache"),
+    "storages.JournalStorage": ("_backend", "_thread_lock", "_replay_result",
+                                "_sync_with_backend"),
+    "storages.InMemoryStorage": ("_get_trial",),
+    "samplers.PartialFixedSampler": ("_base_sampler",),
+    "distributions.BaseDistribution": ("_contains",),
+}
