@@ -6,7 +6,6 @@ import logging
 import signal
 import sys
 import traceback
-import zlib
 
 import click
 
@@ -63,7 +62,7 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     from tunefleet.storage_mode.backoff import with_backoff
     from tunefleet.storage_mode.worker import (ObjectiveFailed, WorkerOptions, WorkerStopped,
                                                run_storage_worker)
-    from tunefleet.studies import SPEC_ATTR, StudySpec, build_sampler, create_or_load_study
+    from tunefleet.studies import SPEC_ATTR, StudySpec, create_or_load_study
     from tunefleet.targets import load_target
 
     import warnings
@@ -83,15 +82,16 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     study = with_backoff(lambda: create_or_load_study(store, study_name, spec,
                                                       directions_given=bool(directions)),
                          what="open study")
+    # The spec the study's sampler was built with (as create_or_load_study chose it).
+    recorded = study._storage.get_study_system_attrs(study._study_id).get(SPEC_ATTR)
+    given = sampler is not None or seed is not None or pruner is not None
+    used = StudySpec.from_json(recorded) if recorded and not given else spec
+    # A seeded study draws each trial's values from (seed, trial number, parameter): workers
+    # draw apart (their trials' numbers differ), and a run continued later draws what one
+    # uninterrupted run would have drawn (tunefleet.samplers.seeded).
     opts = WorkerOptions(n_trials=n_trials, timeout=timeout, catch=catch,
                          max_retries=max_retries, heartbeat_interval=heartbeat_interval,
-                         grace_period=grace)
-    recorded = study._storage.get_study_system_attrs(study._study_id).get(SPEC_ATTR)
-    used = StudySpec.from_json(recorded) if recorded and seed is None and sampler is None else spec
-    if used.seed is not None:
-        # One seed for all workers would make them all draw the same parameters.
-        own = (used.seed * 1_000_003 + zlib.crc32(opts.worker_id.encode())) % 2**32
-        study.sampler = build_sampler(used.sampler, own, len(study.directions))
+                         grace_period=grace, seed=used.seed)
 
     def stop(signum: int, frame: object) -> None:
         raise WorkerStopped(signal.Signals(signum).name)

@@ -17,7 +17,6 @@ import socket
 import sys
 import threading
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -28,8 +27,8 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import attrs
-from tunefleet._optuna import (FAST_TPE, LazyRandomState, filter_study, is_heartbeat_enabled,
-                               log_completed_trial, tell_with_warning)
+from tunefleet._optuna import (FAST_TPE, filter_study, is_heartbeat_enabled, log_completed_trial,
+                               tell_with_warning)
 from tunefleet.backends import make_backend
 from tunefleet.backends._base import Backend
 from tunefleet.errors import Interrupted, UsageError, WorkerStartError
@@ -39,6 +38,8 @@ from tunefleet.hub._ordered import HistoryView
 from tunefleet.hub.mirror import MirroredStorage, mirrored_study
 from tunefleet.hub.progress import Progress
 from tunefleet.hub.worker import WorkerConfig
+from tunefleet.samplers.seeded import random_states as _random_states
+from tunefleet.samplers.seeded import trial_key
 from tunefleet.transport._base import Link
 
 # Under Optuna's logger: optuna.logging.set_verbosity governs it, in Optuna's format.
@@ -73,21 +74,6 @@ def _spec_seed(study: optuna.Study) -> int | None:
     except (TypeError, ValueError):
         return None
     return seed if isinstance(seed, int) else None
-
-
-def _random_states(sampler: optuna.samplers.BaseSampler) -> list[Any]:
-    """The numpy random states a sampler (and the samplers inside it) draws from."""
-    import numpy as np
-
-    out: list[Any] = []
-    for value in vars(sampler).values():
-        if isinstance(value, LazyRandomState):
-            out.append(value.rng)
-        elif isinstance(value, np.random.RandomState):
-            out.append(value)
-        elif isinstance(value, optuna.samplers.BaseSampler) and value is not sampler:
-            out.extend(_random_states(value))
-    return out
 
 
 def _draws_ahead(study: optuna.Study) -> bool:
@@ -509,7 +495,7 @@ class Coordinator:
         Random run gives the same trials with any number of workers, and a resumed run (TPE,
         CMA-ES, NSGA-II with one worker) goes on as an uninterrupted one would."""
         if self._rngs:
-            key = zlib.crc32(f"{self._seed}/{number}/{name or ''}".encode())
+            key = trial_key(self._seed, number, name)  # the keys of storage mode's SeededTrial
             for rng in self._rngs:
                 rng.seed(key)
 

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import attrs
+from tunefleet.samplers.seeded import Reseeder, SeededTrial
 from tunefleet.storage_mode.atomic import _rdb, create_within_budget, pop_waiting
 from tunefleet.storage_mode.backoff import is_transient, with_backoff
 from tunefleet.storage_mode.budget import Census, census, has_room, within_budget
@@ -103,6 +104,10 @@ class WorkerOptions:
     grace_period: int = 30
     poll: float = 0.2
     worker_id: str = dataclasses.field(default_factory=default_worker_id)
+    #: the study's seed (its recorded spec): each trial draws from (seed, number, parameter)
+    #: only, so that a run continued later draws what one uninterrupted run would have drawn
+    #: (see :mod:`tunefleet.samplers.seeded`); None draws from the sampler's own state.
+    seed: int | None = None
 
 
 @dataclasses.dataclass
@@ -136,6 +141,9 @@ class StorageWorker:
         # MariaDB, whose DATETIME columns keep whole seconds: only there is it worth a write.
         rdb = _rdb(self.storage)
         self._record_finish = rdb is not None and rdb.engine.dialect.name in ("mysql", "mariadb")
+        self._reseed: Reseeder | None = None
+        if options.seed is not None:
+            self._reseed = Reseeder(study.sampler, options.seed) or None
 
     # -- reading -------------------------------------------------------------------------------
     def _trials(self) -> list[FrozenTrial]:
@@ -246,10 +254,16 @@ class StorageWorker:
                      trial.number, self.opts.grace_period, why)
         self.result.dropped += 1
 
-    def _run_one(self, trial_id: int) -> None:
+    def _new_trial(self, trial_id: int, number: int) -> optuna.Trial:
+        if self._reseed is None:
+            return optuna.Trial(self.study, trial_id)
+        self._reseed(number)  # the sampler's before_trial runs in the constructor
+        return SeededTrial(self.study, trial_id, self._reseed)
+
+    def _run_one(self, trial_id: int, number: int) -> None:
         self.heartbeat.start(trial_id)
         try:
-            trial = with_backoff(lambda: optuna.Trial(self.study, trial_id), what="start trial")
+            trial = with_backoff(lambda: self._new_trial(trial_id, number), what="start trial")
             try:
                 value = self.objective(trial)
             except optuna.TrialPruned:
@@ -345,7 +359,7 @@ class StorageWorker:
                     last = None
                     continue
                 last, claimed = census(view, total), 0
-            self._run_one(trial_id)
+            self._run_one(trial_id, number)
 
 
 def run_storage_worker(study: optuna.Study, objective: Callable[[optuna.Trial], Any],
