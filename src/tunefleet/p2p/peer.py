@@ -113,9 +113,9 @@ class Peer:
             self._known.add(wire.trial_key(t, self.uid))
             self._n_own += attrs.ORIGIN not in t.system_attrs
         if spec.seed is not None:
-            from tunefleet.hub.coordinator import _random_states  # the hub's list of them
+            from tunefleet.samplers.seeded import random_states  # as the hub and storage mode
 
-            self._rngs = _random_states(self.study.sampler)
+            self._rngs = random_states(self.study.sampler)
         self.node = Node(c)
         for warning in c.warnings:
             log.warning("peer %s: %s", self.uid, warning)
