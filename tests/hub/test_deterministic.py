@@ -76,3 +76,14 @@ def test_cli_deterministic_runs_agree_and_needs_seed(tmp_path):
     assert len(got[0]) == 12 and got[0] == got[1]
     r = run_cli("run", quad, "--n-trials", "2", "--deterministic", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "--deterministic needs --seed" in r.stderr
+
+
+def test_a_worker_killed_mid_trial_holds_nothing_back():
+    from tests.remote import objectives
+
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(n_startup_trials=3))
+    tunefleet.optimize(study, objectives.dies_at(5, 0.05), n_trials=20, n_workers=3, seed=1,
+                       deterministic=True)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 20 and states.count(TrialState.FAIL) == 1
+    assert study.trials[5].state == TrialState.FAIL and len(states) == 21
