@@ -4,6 +4,7 @@ worker); parameters are compared exactly."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import os
@@ -51,7 +52,8 @@ def workers(n: int, url: str, total: int) -> set[str]:
 @pytest.mark.parametrize("sampler,half,full", [
     ("random", 5, 10),
     ("tpe", 12, 24),  # past TPE's 10 random start-up trials
-    ("cmaes", 8, 16),
+    pytest.param("cmaes", 8, 16, marks=pytest.mark.skipif(
+        importlib.util.find_spec("cmaes") is None, reason="needs the [cmaes] extra")),
     ("nsga2", 10, 20),
 ])
 def test_two_halves_draw_what_one_run_draws(tmp_path, sampler, half, full):
