@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import run_cli
 from tunefleet import attrs
+from tunefleet.studies import open_storage
 
 pytestmark = pytest.mark.timeout(600)
 SLOW = f"{Path(__file__).parent / 'objectives.py'}:slow"  # x float, y int; sleeps TF_SLEEP
@@ -25,7 +26,7 @@ SLOW = f"{Path(__file__).parent / 'objectives.py'}:slow"  # x float, y int; slee
 
 def done(url: str) -> dict[int, dict]:
     """number -> params of the complete trials."""
-    study = optuna.load_study(study_name="tunefleet", storage=url)
+    study = optuna.load_study(study_name="tunefleet", storage=open_storage(url))
     return {t.number: t.params for t in study.get_trials(states=(TrialState.COMPLETE,))}
 
 
@@ -64,6 +65,28 @@ def test_two_halves_draw_what_one_run_draws(tmp_path, sampler, half, full):
     got, want = done(halves), done(whole)
     assert sorted(want) == list(range(full))
     assert got == want
+
+
+def test_journal_halves_draw_what_one_run_draws(tmp_path):
+    halves, whole = f"journal:///{tmp_path / 'halves.log'}", f"sqlite:///{tmp_path / 'whole.db'}"
+    worker(halves, "--sampler", "random", "--seed", "4", "--n-trials", "3")
+    worker(halves, "--sampler", "random", "--seed", "4", "--n-trials", "7")
+    worker(whole, "--sampler", "random", "--seed", "4", "--n-trials", "7")
+    assert done(halves) == done(whole)
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_hub_run_continued_by_storage_workers(tmp_path, sampler):
+    """The hub draws with the same keys: a study begun with ``tunefleet run`` and continued by
+    ``tunefleet worker`` draws what one storage-mode run draws (one worker each)."""
+    mixed, whole = f"sqlite:///{tmp_path / 'mixed.db'}", f"sqlite:///{tmp_path / 'whole.db'}"
+    r = run_cli("run", SLOW, "--storage", mixed, "--sampler", sampler, "--seed", "9",
+                "--n-trials", "12", "--workers", "1", "--no-progress", timeout=300,
+                env={"TF_SLEEP": "0"})
+    assert r.returncode == 0, r.stderr
+    worker(mixed, "--n-trials", "20")
+    worker(whole, "--sampler", sampler, "--seed", "9", "--n-trials", "20")
+    assert done(mixed) == done(whole)
 
 
 def test_a_continued_run_uses_the_recorded_seed(tmp_path):
