@@ -41,6 +41,8 @@ def test_callables_have_expected_parameters():
     assert _params(optuna.Study._log_completed_trial) == (
         ["self", "values", "number", "params"] if O.VERSION >= (5, 0) else ["self", "trial"])
     assert callable(O.optuna_warn)
+    storage = optuna.storages.RDBStorage("sqlite://", heartbeat_interval=60)
+    assert O.stale_trial_callback(storage) is None
 
 
 def test_classes():

@@ -14,7 +14,9 @@ attributes read in place; ``ATTRIBUTES`` lists them, per class, for that same te
 
 from __future__ import annotations
 
+import functools
 import warnings
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -61,6 +63,46 @@ def rdb_models() -> Any:
     return models
 
 
+def rdb_time(value: datetime | None) -> datetime | None:
+    """A naive local time (as Optuna's trials hold them) as this Optuna's RDBStorage stores it in
+    its tables: naive UTC where its models convert (5.x), the naive local time itself before."""
+    if value is None or not hasattr(rdb_models().TrialModel, "_datetime_start_utc"):
+        return value
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+@functools.cache
+def _journal_writes_utc() -> bool:
+    """Whether JournalStorage writes aware UTC times (5.x) or naive local ones (4.x): probed
+    once, on a journal held in a list."""
+    from optuna.storages.journal import BaseJournalBackend
+
+    class _Logs(BaseJournalBackend):
+        def __init__(self) -> None:
+            self.logs: list[dict[str, Any]] = []
+
+        def read_logs(self, log_number_from: int) -> list[dict[str, Any]]:
+            return self.logs[log_number_from:]
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            self.logs.extend(logs)
+
+    backend = _Logs()
+    storage = optuna.storages.JournalStorage(backend)
+    storage.create_new_trial(storage.create_new_study([optuna.study.StudyDirection.MINIMIZE]))
+    start = next(log["datetime_start"] for log in backend.logs if log.get("datetime_start"))
+    return datetime.fromisoformat(start).tzinfo is not None
+
+
+def journal_time(value: datetime | None) -> str | None:
+    """A naive local time as this Optuna's JournalStorage writes it in its log records."""
+    if value is None:
+        return None
+    if _journal_writes_utc():
+        value = value.astimezone(timezone.utc)
+    return value.isoformat(timespec="microseconds")
+
+
 # -- study and trial ----------------------------------------------------------------------------
 # Study.tell's checks and conversion of the objective's values, without its warning (the
 # coordinator tells trials for its workers, as Study.optimize does).
@@ -77,11 +119,24 @@ def tell_with_warning(study: optuna.Study, trial: optuna.Trial | int, value_or_v
                       suppress_warning: bool = False) -> tuple[TrialState, list[float] | None,
                                                                str | None]:
     """``Study.tell`` as ``Study.optimize`` calls it: (final state, values, warning or None)."""
+    if VERSION < (5, 0) and state is None and isinstance(value_or_values, str) and any(
+            _casts(c) for c in value_or_values):
+        # Optuna 5.x checks every character of a text value and raises this TypeError at the
+        # first one that casts ("12"); 4.x stops at the first that does not, with a warning.
+        raise TypeError("must be real number, not str")
     out = _tell_with_warning(study=study, trial=trial, value_or_values=value_or_values,
                              state=state, suppress_warning=suppress_warning)
     if isinstance(out, tuple):
         return out  # type: ignore[return-value]
     return out.state, out.values, out.system_attrs.get(_TELL_WARNING_KEY)
+
+
+def _casts(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def log_completed_trial(study: optuna.Study, values: Sequence[float], number: int,
@@ -117,6 +172,12 @@ except ImportError:  # Optuna 4.x
     def optuna_warn(message: str, category: type[Warning] = UserWarning,
                     stacklevel: int = 1) -> None:
         warnings.warn(message, category, stacklevel=stacklevel + 1)
+
+
+#: What a write to a finished trial raises: Optuna's UpdateFinishedTrialError (a RuntimeError)
+#: where it exists, a plain RuntimeError in Optuna 4.0.
+UpdateFinishedTrialError: type[Exception] = getattr(optuna.exceptions, "UpdateFinishedTrialError",
+                                                    RuntimeError)
 
 
 # -- TPE internals (tunefleet.samplers.TPESampler) ----------------------------------------------

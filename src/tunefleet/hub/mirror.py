@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -42,8 +42,8 @@ from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tunefleet._optuna import (BaseHeartbeat, FrozenStudy, JournalOperation, rdb_models,
-                               stale_trial_callback)
+from tunefleet._optuna import (BaseHeartbeat, FrozenStudy, JournalOperation, journal_time,
+                               rdb_models, rdb_time, stale_trial_callback)
 
 __all__ = ["MirrorError", "MirroredStorage", "mirrored_study", "durable_storage"]
 
@@ -135,15 +135,13 @@ def _snapshot(trial: FrozenTrial) -> FrozenTrial:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    """Memory's naive local time as the naive UTC an RDBStorage stores."""
-    return None if value is None else value.astimezone(timezone.utc).replace(tzinfo=None)
+    """Memory's naive local time as an RDBStorage stores it (naive UTC in Optuna 5.x)."""
+    return rdb_time(value)
 
 
 def _iso(value: datetime | None) -> str | None:
-    """Memory's naive local time as the aware UTC text a journal stores."""
-    if value is None:
-        return None
-    return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    """Memory's naive local time as the text a journal stores (aware UTC in Optuna 5.x)."""
+    return journal_time(value)
 
 
 class _Writer:

@@ -17,7 +17,7 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from tunefleet._optuna import CachedStudyInfo, rdb_models
+from tunefleet._optuna import CachedStudyInfo, UpdateFinishedTrialError, rdb_models, rdb_time
 
 
 def _rdb(storage: optuna.storages.BaseStorage) -> optuna.storages.RDBStorage | None:
@@ -32,16 +32,16 @@ def compare_and_set(storage: optuna.storages.BaseStorage, trial_id: int,
     if rdb is None:
         try:
             return bool(storage.set_trial_state_values(trial_id, state=new))
-        except optuna.exceptions.UpdateFinishedTrialError:
+        except UpdateFinishedTrialError:
             return False
     models = rdb_models()
 
     table = models.TrialModel.__table__
     values: dict = {"state": new}
     if new == TrialState.RUNNING:
-        values["datetime_start"] = datetime.now()
+        values["datetime_start"] = rdb_time(datetime.now())
     if new.is_finished():
-        values["datetime_complete"] = datetime.now()
+        values["datetime_complete"] = rdb_time(datetime.now())
     stmt = (table.update().where(table.c.trial_id == trial_id)
             .where(table.c.state == expected).values(**values))
     with rdb.engine.begin() as conn:
@@ -152,7 +152,7 @@ def _create_within_budget_rdb(rdb: optuna.storages.RDBStorage, study_id: int,
             return None
         inserted = conn.execute(trials.insert().values(
             number=n_all, study_id=study_id, state=state,
-            datetime_start=datetime.now() if state == TrialState.RUNNING else None))
+            datetime_start=rdb_time(datetime.now()) if state == TrialState.RUNNING else None))
         trial_id = int(inserted.inserted_primary_key[0])
         if system_attrs:
             conn.execute(attrs_table.insert(), [

@@ -18,7 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import attrs
-from tunefleet._optuna import BaseHeartbeat, is_heartbeat_enabled, rdb_models
+from tunefleet._optuna import (BaseHeartbeat, UpdateFinishedTrialError, is_heartbeat_enabled,
+                               rdb_models)
 
 _log = logging.getLogger("tunefleet.storage")
 
@@ -54,7 +55,7 @@ class Heartbeat:
             while not stop.wait(self.interval):
                 try:
                     self.beat(trial_id)
-                except optuna.exceptions.UpdateFinishedTrialError:
+                except UpdateFinishedTrialError:
                     return  # someone declared us dead, or the trial just ended
                 except Exception as exc:  # a busy database: the next beat will do
                     _log.debug("heartbeat of trial id %s failed: %s", trial_id, exc)
@@ -120,7 +121,7 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     storage = study._storage
     try:
         storage.set_trial_system_attr(trial._trial_id, attrs.FAIL_REASON, reason)
-    except optuna.exceptions.UpdateFinishedTrialError:
+    except UpdateFinishedTrialError:
         return False
     return compare_and_set(storage, trial._trial_id, TrialState.RUNNING, TrialState.FAIL)
 

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import attrs
+from tunefleet._optuna import UpdateFinishedTrialError
 from tunefleet.samplers.seeded import Reseeder, SeededTrial
 from tunefleet.storage_mode.atomic import _rdb, create_within_budget, pop_waiting
 from tunefleet.storage_mode.backoff import is_transient, with_backoff
@@ -77,7 +78,7 @@ def _hit_a_finished_trial(exc: BaseException) -> bool:
     trial (an objective may wrap the error of its ``trial.report`` in its own)."""
     seen = 0
     while exc is not None and seen < 10:
-        if isinstance(exc, optuna.exceptions.UpdateFinishedTrialError):
+        if isinstance(exc, UpdateFinishedTrialError):
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
         seen += 1
@@ -221,7 +222,7 @@ class StorageWorker:
 
         try:
             frozen = with_backoff(tell, what="report trial")
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+        except (UpdateFinishedTrialError, ValueError) as exc:
             # Optuna: "Cannot tell a FAIL trial" (ValueError) or UpdateFinishedTrialError
             if not self._taken_over(trial):
                 raise
