@@ -137,6 +137,54 @@ def test_termination_waits_for_every_live_peer():
     assert a.members["b"].status == LEFT  # a peer's status never goes backwards
 
 
+def test_a_peer_starved_of_cpu_does_not_drop_others_for_its_own_silence():
+    clock = Clock()
+    a = Membership("a", "tcp://h:1", suspect_after=1, drop_after=2, clock=clock, incarnation=1)
+    b = Membership("b", "tcp://h:2", suspect_after=1, drop_after=2, clock=clock, incarnation=1)
+    a.merge(b.table(), "b")
+    clock.now = 5.0  # a's thread did not run for 5 s: it heard nothing, b was not silent
+    a.forgive(4.8)
+    assert a.check() == ([], [])
+    clock.now = 7.5  # silent for 2.7 s of a's listening time
+    assert [m.uid for m in a.check()[1]] == ["b"]
+
+
+def _node(uid: str):
+    from tunefleet.p2p.gossip import Node
+
+    return Node(PeerConfig(uid=uid, bind="tcp://127.0.0.1:0", heartbeat=0.1,
+                           peer_timeout=3).checked())
+
+
+def test_two_peers_that_dropped_each_other_take_each_other_back_in_the_last_exchange():
+    """a and b dropped each other (both starved on a loaded host) while c still counts both:
+    only their own words bring them back (c's news does not), and they never spoke to a
+    dropped peer, so no two views could agree. Finals go to dropped peers too, and a final
+    is its sender's own word: all three agree and are done."""
+    nodes = {uid: _node(uid) for uid in "abc"}
+    try:
+        for n in nodes.values():
+            for other in nodes.values():
+                if other is not n:
+                    me = other.membership.me
+                    n.membership.add(other.uid, other.address, me.incarnation, me.counter)
+            n.finish()
+            n.set_best("same best", [])
+        nodes["a"].membership.members["b"].status = FAILED
+        nodes["b"].membership.members["a"].status = FAILED
+        for n in nodes.values():
+            n.start()
+        for n in nodes.values():
+            assert n.done.wait(30), n.uid
+        digests = {n._view_digest() for n in nodes.values()}
+        assert len(digests) == 1
+        assert all(m.status == FINISHED for n in nodes.values()
+                   for m in n.membership.members.values())
+    finally:
+        for n in nodes.values():
+            n.leave()
+
+
 # ---- settings ------------------------------------------------------------------------------
 
 def test_default_addresses_stay_on_loopback_unless_told():

@@ -23,6 +23,7 @@ import queue
 import random
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import zmq
@@ -41,6 +42,7 @@ FANOUT = 3
 RCVHWM = 100  # messages queued per sending peer before ZeroMQ stops reading its connection
 _IDLE_SOCKET_S = 10.0
 _JOIN_FIRST_S, _JOIN_MAX_S = 0.5, 5.0  # back-off between two asks to join
+_STUCK_SAY_S = 10.0  # a last exchange not over says this often what it waits for
 
 
 class Node:
@@ -107,11 +109,13 @@ class Node:
         self._final_sent_at = 0.0
         self._resend_gap = 2 * cfg.heartbeat
         self._finals: dict[str, tuple[str, str]] = {}
-        self._synced_at: dict[str, float] = {}
         self.final_started: float | None = None  # monotonic: every live peer finished
         self.final_done: float | None = None  # monotonic: every live peer agreed
         self.n_bad = 0
+        self.bad_reasons: Counter[str] = Counter()  # why messages were dropped, in short
         self.n_dropped_sends = 0
+        self._stuck_said = 0.0  # when the last exchange last said what it waits for
+        self._last_tick = 0.0
         self._thread = threading.Thread(target=self._run, name=f"tunefleet-peer-{cfg.uid}",
                                         daemon=True)
 
@@ -245,6 +249,13 @@ class Node:
     def _tick(self, now: float) -> None:
         ms = self.membership
         ms.tick()
+        # A tick more than two heartbeats late: this thread was starved (128 peers on 2 cores)
+        # and heard nobody meanwhile; dropping peers for our own deafness made the others
+        # drop us back and kept views from ever agreeing.
+        late = now - self._last_tick - 2 * self.cfg.heartbeat
+        if self._last_tick and late > 0:
+            ms.forgive(late)
+        self._last_tick = now
         suspected, dropped = ms.check()
         for m in suspected:
             log.info("peer %s: %s is silent, suspected", self.uid, m.uid)
@@ -286,10 +297,15 @@ class Node:
         if self._best is None:
             return  # the optimizing thread has not told us its best yet
         mine = (self._best[0], self._view_digest())
+        # Dropped peers get our finals too: one that is alive takes us back on our own word
+        # (and we take it back on its own). Two peers that dropped each other (both starved on
+        # a loaded host) never spoke again otherwise, while all others still counted both:
+        # no two views could ever agree.
+        dropped = [m for m in self.membership.members.values() if m.status == FAILED]
         if mine != self._final_sent:
-            targets, self._resend_gap = alive, 2 * self.cfg.heartbeat
+            targets, self._resend_gap = alive + dropped, 2 * self.cfg.heartbeat
         elif now - self._final_sent_at >= self._resend_gap:  # in case a message was lost
-            targets = [m for m in alive if self._finals.get(m.uid) != mine]
+            targets = [m for m in alive if self._finals.get(m.uid) != mine] + dropped
             self._resend_gap = min(2 * self._resend_gap, 8 * self.cfg.heartbeat)
         else:
             targets = []
@@ -297,7 +313,7 @@ class Node:
             trials = self._best[1]
             small = len(wire.encode({"t": trials}, None)[2]) < wire.MAX_MESSAGE // 2
             msg = {"type": "final", "address": self.address, "best": mine[0], "view": mine[1],
-                   "trials": trials if small else []}
+                   "counter": self.membership.me.counter, "trials": trials if small else []}
             if not small:  # a large Pareto front goes first, in chunks
                 for m in targets:
                     self._send_trials(m, trials)
@@ -307,6 +323,28 @@ class Node:
             if not self.done.is_set():
                 self.final_done = now
                 self.done.set()
+        elif now - max(self.final_started, self._stuck_said) >= _STUCK_SAY_S:
+            self._stuck_said = now
+            self._say_waiting(now, alive, mine)
+
+    def _say_waiting(self, now: float, alive: list[Member], mine: tuple[str, str]) -> None:
+        """A last exchange that does not end says, now and then, what it waits for."""
+        other_best = other_view = silent = 0
+        for m in alive:
+            theirs = self._finals.get(m.uid)
+            if theirs is None:
+                silent += 1
+            elif theirs != mine:
+                other_best += theirs[0] != mine[0]
+                other_view += theirs[1] != mine[1]
+        agree = len(alive) - other_best - other_view - silent
+        bad = ", ".join(f"{n} {why}" for why, n in self.bad_reasons.most_common(3)) or "none"
+        failed = sum(m.status == FAILED for m in self.membership.members.values())
+        log.info("peer %s: last exchange for %.0f s: %d of %d live peers agree; %d show another "
+                 "best, %d another set of peers, %d sent no final yet; %d dropped as failed; "
+                 "messages dropped: %s; handshakes refused: %d; sends dropped: %d", self.uid,
+                 now - (self.final_started or now), max(agree, 0), len(alive), other_best,
+                 other_view, silent, failed, bad, self.n_refused, self.n_dropped_sends)
 
     def _view_digest(self) -> str:
         """The peers known and not failed. Those that left count too: a peer leaves only once
@@ -342,6 +380,7 @@ class Node:
             getattr(self, "_on_" + msg["type"])(msg)
         except Exception as exc:  # WireError, or anything odd a stranger's data set off
             self.n_bad += 1
+            self.bad_reasons[str(exc).split(":")[0][:40]] += 1
             level = logging.WARNING if self.n_bad <= 3 else logging.DEBUG
             why = exc if isinstance(exc, wire.WireError) else f"{type(exc).__name__}: {exc}"
             log.log(level, "peer %s: dropped a message: %s", self.uid, why)
@@ -413,29 +452,30 @@ class Node:
             self.received.put((key, msg["from"], trial))
 
     def _on_final(self, msg: dict[str, Any]) -> None:
-        """A peer's best and view in the last exchange; differing views are synced at once."""
+        """A peer's best and view in the last exchange. A peer we had not heard of, or had
+        dropped, is (back) in: a final is its own word that it is alive and has finished.
+
+        A final showing another set of peers is not answered with our table (it was, once per
+        heartbeat and sender): at 128 peers every change of one view then cost 127 tables of
+        128 rows, more than 2 cores could do, so heartbeats starved, peers were dropped, views
+        changed again and the exchange never ended. Gossip spreads the tables anyway."""
         sender = msg["from"]
         best, view = wire.field(msg, "best", str), wire.field(msg, "view", str)
         address = wire.field(msg, "address", str)
         self._on_trials(msg)
         self._finals[sender] = (best, view)
         m = self.membership.members.get(sender)
-        if m is None:  # a peer we had not heard of yet: it has finished, as we have
+        if m is None or m.status == FAILED:
             try:
                 check_uid(sender, "UID")
                 check_address(address, "address", connect=True)
             except UsageError as exc:
                 raise wire.WireError(f"bad final: {exc}") from None
-            row = [address, wire.field(msg, "inc", int), 0, FINISHED]
+            counter = msg.get("counter", 0)
+            if isinstance(counter, bool) or not isinstance(counter, int) or counter < 0:
+                raise wire.WireError("bad final: its counter is not a count")
+            row = [address, wire.field(msg, "inc", int), counter, FINISHED]
             self._greet(self.membership.merge({sender: row}, sender))
-            return
-        if not m.alive:
-            return
-        now = time.monotonic()
-        if (view != self._view_digest()
-                and now - self._synced_at.get(sender, 0.0) >= self.cfg.heartbeat):
-            self._synced_at[sender] = now
-            self._gossip([Member(sender, address, 0, 0, RUNNING, 0.0)])
 
     def _on_bye(self, msg: dict[str, Any]) -> None:
         m = self.membership.members.get(msg["from"])

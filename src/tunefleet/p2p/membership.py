@@ -116,6 +116,13 @@ class Membership:
         if m is not None and m.status != FAILED:
             m.status = LEFT
 
+    def forgive(self, seconds: float) -> None:
+        """This peer could not listen for SECONDS (its thread starved on a loaded host): that
+        silence was ours, so it does not count towards anyone's timeout."""
+        for m in self.members.values():
+            if m.alive:
+                m.updated += seconds
+
     def check(self) -> tuple[list[Member], list[Member]]:
         """Update suspicions; return (newly suspected, newly dropped) members."""
         now = self.clock()
