@@ -164,3 +164,21 @@ def test_positional_load_study_with_tunefleet(tmp_path):
         warnings.simplefilter("ignore", FutureWarning)
         study = optuna.load_study("seed", storage)
     assert study.study_name == "seed"
+
+
+def test_journal_lock_breaks_a_dead_holders_lock(tmp_path):
+    """A SIGKILLed coordinator leaves the journal's lock file behind: the lock tunefleet opens
+    journals with breaks it once unchanged for its grace period (Optuna 4.0's waits forever)."""
+    import os
+    import time
+
+    path = str(tmp_path / "study.log")
+    lock = O.journal_file_lock(path)
+    assert lock.grace_period == 30
+    lock.grace_period = 1
+    open(path + ".lock", "w").close()
+    started = time.monotonic()
+    assert lock.acquire()
+    assert time.monotonic() - started < 20
+    lock.release()
+    assert not os.path.exists(path + ".lock")

@@ -15,6 +15,7 @@ attributes read in place; ``ATTRIBUTES`` lists them, per class, for that same te
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -101,6 +102,60 @@ def journal_time(value: datetime | None) -> str | None:
     if _journal_writes_utc():
         value = value.astimezone(timezone.utc)
     return value.isoformat(timespec="microseconds")
+
+
+def journal_file_lock(path: str) -> Any:
+    """Optuna's ``JournalFileOpenLock`` for the journal at PATH, which breaks a lock left by a
+    dead process (a SIGKILLed coordinator) after 30 s unchanged, as Optuna's does since it has a
+    ``grace_period``; Optuna 4.0's lock has none and would wait for it forever."""
+    from optuna.storages.journal import JournalFileOpenLock
+
+    if "grace_period" in inspect.signature(JournalFileOpenLock.__init__).parameters:
+        return JournalFileOpenLock(path)
+    return _GraceOpenLock(path)
+
+
+def _grace_open_lock_class() -> type:
+    import errno
+    import os
+    import time
+
+    from optuna.storages.journal import JournalFileOpenLock
+
+    class GraceOpenLock(JournalFileOpenLock):  # type: ignore[misc,valid-type]
+        grace_period = 30.0
+
+        def acquire(self) -> bool:  # Optuna 5.x's loop, on Optuna 4.0's lock file
+            sleep_secs = 0.001
+            mtime = None
+            changed = time.monotonic()
+            while True:
+                try:
+                    os.close(os.open(self._lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                    return True
+                except OSError as err:
+                    if err.errno != errno.EEXIST:
+                        raise
+                try:
+                    current = os.stat(self._lock_file).st_mtime
+                except OSError:
+                    continue  # released meanwhile
+                if current != mtime:
+                    mtime, changed = current, time.monotonic()
+                elif time.monotonic() - changed > self.grace_period:
+                    try:
+                        self.release()  # a dead holder's lock
+                        sleep_secs = 0.001
+                    except RuntimeError:
+                        pass  # someone else broke it first
+                    continue
+                time.sleep(sleep_secs)
+                sleep_secs = min(sleep_secs * 2, 1)
+
+    return GraceOpenLock
+
+
+_GraceOpenLock: Any = None if VERSION >= (5, 0) else _grace_open_lock_class()
 
 
 # -- study and trial ----------------------------------------------------------------------------

@@ -125,10 +125,12 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
             raise UsageError(f"storage {url!r}: folder {folder} does not exist")
         if not create and not os.path.exists(path):
             raise UsageError(f"storage {url!r}: no such file {os.path.abspath(path)}")
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        from optuna.storages.journal import JournalFileBackend
+
+        from tunefleet._optuna import journal_file_lock
 
         return optuna.storages.JournalStorage(
-            JournalFileBackend(path, lock_obj=JournalFileOpenLock(path))
+            JournalFileBackend(path, lock_obj=journal_file_lock(path))
         )
     if "://" not in url:
         raise UsageError(
