@@ -345,9 +345,10 @@ def create_or_load_study(
 ) -> optuna.Study:
     """Create the study or load it when it exists, refusing a direction that does not match.
 
-    The spec is recorded in the study's system attributes the first time; when the study exists
-    and the caller gave no sampler of its own, the recorded spec is used, so every worker of a
-    study builds the same sampler and pruner.
+    The spec is recorded in the study's system attributes the first time; when the study exists,
+    what the caller does not give (sampler, seed, pruner, grid) is taken from the recorded spec,
+    so every worker of a study builds the same sampler and pruner, and ``--seed`` alone does not
+    swap a recorded grid for TPE.
     """
     spec = spec or StudySpec()
     directions = _check_directions(spec.directions)
@@ -363,8 +364,16 @@ def create_or_load_study(
                 f"not {' '.join(directions)}: pass --direction {' '.join(have)} or another --study"
             )
         recorded = existing.system_attrs.get(SPEC_ATTR)
-        if recorded and spec.sampler is None and spec.pruner is None and spec.seed is None:
-            spec = StudySpec.from_json(recorded)
+        if recorded:  # what the caller leaves out is what the study was made with
+            old = StudySpec.from_json(recorded)
+            same_sampler = spec.sampler is None or spec.sampler == old.sampler
+            spec = StudySpec(
+                directions=have,
+                sampler=spec.sampler if spec.sampler is not None else old.sampler,
+                seed=spec.seed if spec.seed is not None else old.seed,
+                pruner=spec.pruner if spec.pruner is not None else old.pruner,
+                search_space=(spec.search_space if spec.search_space is not None
+                              else old.search_space if same_sampler else None))
         directions = have
     sampler = build_sampler(spec.sampler, spec.seed, len(directions), spec.search_space)
     pruner = build_pruner(spec.pruner)

@@ -100,6 +100,22 @@ def test_grid_from_json_with_storage_workers(cli, tmp_path):
     assert seen == set(itertools.product(GRID["x"], GRID["opt"]))
 
 
+def test_seed_alone_keeps_the_recorded_grid(cli, tmp_path):
+    """A worker given only ``--seed`` on a grid study follows the grid (it used to build TPE,
+    which knows no grid, and draw outside it)."""
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(GRID))
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    r = cli("init", "--sampler", "grid", "--search-space", str(space), "--storage", url,
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = cli("worker", f"{OBJECTIVES}:discrete", "--storage", url, "--n-trials", "6",
+            "--seed", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    seen = [(t.params["x"], t.params["opt"]) for t in _trials(url)]
+    assert sorted(seen) == sorted(itertools.product(GRID["x"], GRID["opt"]))
+
+
 def test_bruteforce_enumerates_a_finite_space(cli, tmp_path):
     url = f"sqlite:///{tmp_path / 'b.db'}"
     r = cli("run", f"{OBJECTIVES}:discrete", "--n-trials", "20", "--workers", "1",
