@@ -85,14 +85,20 @@ def test_grid_sampler_runs_the_grid_of_a_yaml_file_once(cli, tmp_path):
     assert _spec(url)["search_space"] == GRID  # workers that join later build the same grid
 
 
-def test_grid_from_json_with_storage_workers(cli, tmp_path):
-    """Storage mode: ``init`` records the grid, workers started without it follow it."""
+def _init_grid(cli, tmp_path) -> str:
+    """``tunefleet init`` of a grid study (from a JSON file); its storage URL."""
     space = tmp_path / "space.json"
     space.write_text(json.dumps(GRID))
     url = f"sqlite:///{tmp_path / 'g.db'}"
     r = cli("init", "--sampler", "grid", "--search-space", str(space), "--storage", url,
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    return url
+
+
+def test_grid_from_json_with_storage_workers(cli, tmp_path):
+    """Storage mode: ``init`` records the grid, workers started without it follow it."""
+    url = _init_grid(cli, tmp_path)
     r = cli("worker", f"{OBJECTIVES}:discrete", "--storage", url, "--n-trials", "6",
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -103,12 +109,7 @@ def test_grid_from_json_with_storage_workers(cli, tmp_path):
 def test_seed_alone_keeps_the_recorded_grid(cli, tmp_path):
     """A worker given only ``--seed`` on a grid study follows the grid (it used to build TPE,
     which knows no grid, and draw outside it)."""
-    space = tmp_path / "space.json"
-    space.write_text(json.dumps(GRID))
-    url = f"sqlite:///{tmp_path / 'g.db'}"
-    r = cli("init", "--sampler", "grid", "--search-space", str(space), "--storage", url,
-            cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    url = _init_grid(cli, tmp_path)
     r = cli("worker", f"{OBJECTIVES}:discrete", "--storage", url, "--n-trials", "6",
             "--seed", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
