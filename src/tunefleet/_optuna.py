@@ -28,13 +28,12 @@ if TYPE_CHECKING:
     from optuna.trial import TrialState
 
 #: (major, minor) of the installed Optuna.
-VERSION: tuple[int, int] = tuple(int(p) for p in optuna.__version__.split(".")[:2])  # type: ignore[assignment]
+VERSION: tuple[int, ...] = tuple(int(p) for p in optuna.__version__.split(".")[:2])
 
 # -- storages -----------------------------------------------------------------------------------
 # The heartbeat mixin of RDBStorage and the check whether a storage records heartbeats: storage
 # mode and the hub's mirror beat for running trials and find stale ones through them.
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled  # noqa: E402
-
 
 
 def stale_trial_callback(storage: BaseHeartbeat) -> Any:
