@@ -49,10 +49,12 @@ __all__ = ["MirrorError", "MirroredStorage", "mirrored_study", "durable_storage"
 
 _logger = logging.getLogger("tunefleet.mirror")
 
-#: Seconds a round waits for more changes before it is written (group commit). Short against
-#: the 0.1 s the coordinator lets the storage fall behind; long enough that a coordinator whose
-#: trials end one by one (a slow sampler) writes several per transaction.
-GROUP_WINDOW = 0.02
+#: Seconds a round waits for more changes before it is written (group commit). Half the 0.1 s
+#: the coordinator lets the storage fall behind; long enough that a coordinator whose trials end
+#: one by one (a slow sampler) writes several per transaction, and that most trials of a fast
+#: fleet start and end within one round (one INSERT each). 50 ms against 20 ms: the writer's
+#: CPU per trial fell 40 % with TPE, durable Random went from 1450-1740 to 1780-1970 trials/s.
+GROUP_WINDOW = 0.05
 
 
 class MirrorError(RuntimeError):
