@@ -149,17 +149,20 @@ def test_fast_tpe_names():
         assert hasattr(sampler, name), f"TPESampler.{name}"
 
 
-@pytest.mark.skipif(O.VERSION >= (5, 0), reason="Optuna 5 takes load_study's arguments by "
-                                                 "keyword only")
 def test_positional_load_study_with_tunefleet(tmp_path):
     """Seed code written for Optuna 4.x (``optuna.load_study("name", storage)``) runs next to
-    tunefleet on Optuna 4.x."""
+    tunefleet on Optuna 4.x; Optuna 5 itself takes those arguments by keyword only, and
+    tunefleet does not patch Optuna's API."""
     import warnings
 
     import tunefleet  # noqa: F401
 
     storage = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     optuna.create_study(study_name="seed", storage=storage)
+    if O.VERSION >= (5, 0):
+        with pytest.raises(TypeError):
+            optuna.load_study("seed", storage)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         study = optuna.load_study("seed", storage)
