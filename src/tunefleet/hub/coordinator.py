@@ -38,8 +38,7 @@ from tunefleet.hub._ordered import HistoryView
 from tunefleet.hub.mirror import MirroredStorage, mirrored_study
 from tunefleet.hub.progress import Progress
 from tunefleet.hub.worker import WorkerConfig
-from tunefleet.samplers.seeded import random_states as _random_states
-from tunefleet.samplers.seeded import trial_key
+from tunefleet.samplers.seeded import Reseeder, random_states
 from tunefleet.transport._base import Link
 
 # Under Optuna's logger: optuna.logging.set_verbosity governs it, in Optuna's format.
@@ -193,7 +192,7 @@ class Coordinator:
         # A study made with --seed draws each trial's values from (seed, number, parameter),
         # so that a run continued later draws what one uninterrupted run would have.
         self._seed = seed if seed is not None else _spec_seed(study)
-        self._rngs = _random_states(study.sampler) if self._seed is not None else []
+        self._reseeder = Reseeder(study.sampler, self._seed) if self._seed is not None else None
         # --deterministic: trial k waits for every trial numbered k - n_workers or lower, and
         # its sampler and pruner see only those (see hub/_ordered.py).
         self._window = n_workers if deterministic else 0
@@ -334,16 +333,10 @@ class Coordinator:
         self._announce()
         if self._parked and not self._storage_behind():
             parked, self._parked = self._parked, []
-            for link in parked:
-                state = self._workers.get(link)
-                if state is not None:
-                    self._dispatch(link, state)
+            self._dispatch_again(parked)
         if self._held and (self._history_ready() or not self._may_dispatch()):
             held, self._held = self._held, []
-            for link in held:
-                state = self._workers.get(link)
-                if state is not None:
-                    self._dispatch(link, state)
+            self._dispatch_again(held)
         if self.progress.enabled:
             now = time.time()
             self.progress.running(
@@ -355,6 +348,13 @@ class Coordinator:
             for trial_id in self._running:
                 self._storage.record_heartbeat(trial_id)
             self._next_beat = time.monotonic() + (self._storage.get_heartbeat_interval() or 60)
+
+    def _dispatch_again(self, links: list[Link]) -> None:
+        """Workers that were kept waiting for a trial (still connected ones) ask again."""
+        for link in links:
+            state = self._workers.get(link)
+            if state is not None:
+                self._dispatch(link, state)
 
     def _reclaim(self, link: Link, number: int, result: tuple) -> None:
         """A worker that outlived the previous coordinator brings the result of trial
@@ -493,11 +493,10 @@ class Coordinator:
         """Seeded studies: the sampler's random state for this trial (and parameter) depends on
         the seed and the trial number only, not on how many draws came before it; so a seeded
         Random run gives the same trials with any number of workers, and a resumed run (TPE,
-        CMA-ES, NSGA-II with one worker) goes on as an uninterrupted one would."""
-        if self._rngs:
-            key = trial_key(self._seed, number, name)  # the keys of storage mode's SeededTrial
-            for rng in self._rngs:
-                rng.seed(key)
+        CMA-ES, NSGA-II with one worker) goes on as an uninterrupted one would (the keys of
+        storage mode's SeededTrial)."""
+        if self._reseeder:
+            self._reseeder(number, name)
 
     def _learn(self, name: str, dist: BaseDistribution) -> None:
         if self._known.get(name) != dist:
@@ -510,7 +509,7 @@ class Coordinator:
         distributions travel only when the known space changes (see ``_dispatch``)."""
         if not self._presample or not self._known:
             return {}
-        if self._rngs and trial._relative_params is None:
+        if self._reseeder and trial._relative_params is None:
             self._reseed(trial.number)
             trial.relative_params  # drawn now, from this trial's seed
         out: dict[str, Any] = {}
@@ -626,7 +625,7 @@ class Coordinator:
         kind = request[0]
         if kind == P.SUGGEST:
             _, name, dist = request
-            if self._rngs:
+            if self._reseeder:
                 if run.trial._relative_params is None:
                     self._reseed(run.trial.number)
                     run.trial.relative_params
@@ -813,7 +812,7 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], *, n_trials: int
         if seed is None and _spec_seed(study) is None:
             raise ValueError("deterministic=True needs a seed: pass seed=... (or make the "
                              "study with --seed)")
-        if not _random_states(study.sampler):
+        if not random_states(study.sampler):
             raise ValueError(f"deterministic=True needs a sampler with a random state to seed "
                              f"({type(study.sampler).__name__} has none)")
     options = dict(backend_options)
