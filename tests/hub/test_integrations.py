@@ -279,6 +279,10 @@ def test_mlflow_callback_and_track_in_mlflow_from_workers(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.tracking.MlflowClient(uri)
     client.search_experiments()  # creates the schema once, before two workers race to do it
+    # and the experiment: mlflow.set_experiment in two processes at once lets the one whose
+    # create_experiment loses the race return without making it the active experiment, so that
+    # worker's run lands in the default experiment (MLflow's race, not tunefleet's)
+    client.create_experiment("mlflow-probe")
     mlflc = MLflowCallback(tracking_uri=uri, metric_name="loss")
 
     @mlflc.track_in_mlflow()  # its wrapper holds the callback's lock: a new one per worker

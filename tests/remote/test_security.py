@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from tests.remote import objectives
 from tests.remote.conftest import ROOT, free_port, wait_for
+from tunefleet import attrs
 from tunefleet.hub import protocol as P
 from tunefleet.transport.tcp import HANDSHAKE_SIZE, MAX_PENDING, TcpChannel
 
@@ -169,14 +170,25 @@ class Serve:
             cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
             stdout=open(tmp_path / "serve.out", "w"), stderr=open(self.err_path, "w"))
         procs.started.append(self.proc)
-        wait_for(self._started, 120, "serve to say its address")
+        wait_for(self._started, 120, "serve's coordinator to wait for workers")
+        # and for its first group commit (the study's mode) to be in the storage: from then on
+        # serve holds what it will hold while it waits, so its memory can be measured
+        wait_for(self._first_round_written, 120, "serve's first write to its storage")
         self.port = int(re.search(r" on tcp://127\.0\.0\.1:(\d+);", self.stderr()).group(1))
         self.pid = self.proc.pid
 
     def _started(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"serve exited {self.proc.returncode}: {self.stderr()}")
-        return "start workers with" in self.stderr()
+        return "tunefleet: waiting for workers on" in self.stderr()
+
+    def _first_round_written(self) -> bool:
+        storage = optuna.storages.RDBStorage(f"sqlite:///{self.tmp_path}/hub.db")
+        try:
+            study_id = storage.get_study_id_from_name("tunefleet")
+            return attrs.MODE in storage.get_study_system_attrs(study_id)
+        finally:
+            storage.engine.dispose()
 
     def stderr(self) -> str:
         return self.err_path.read_text()
