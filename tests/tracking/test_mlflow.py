@@ -83,6 +83,30 @@ def test_a_plain_objective_in_a_file_store_finds_its_parent_itself(tmp_path, mon
         assert run.data.metrics["value"] == pytest.approx(t.value)
 
 
+
+def test_workers_racing_to_create_the_experiment_share_it(tmp_path):
+    """Storage and peer modes: two workers find no experiment and both create it; the one that
+    loses the race (MLflow refuses the duplicate name) uses the winner's, and its trial runs."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    class LateClient(MlflowClient):
+        """Looks the experiment up just before another worker creates it."""
+
+        def get_experiment_by_name(self, name):
+            found = super().get_experiment_by_name(name)
+            if found is None and not getattr(self, "raced", False):
+                self.raced = True
+                MlflowClient(tracking_uri=uri).create_experiment(name)  # the other worker
+            return found
+
+    tracker = MlflowTracker(tracking_uri=uri, experiment_name="race")
+    experiment_id, parent = tracker._parent(LateClient(tracking_uri=uri), "quad")
+    client, parents, _ = _runs(uri, "race")
+    assert experiment_id == client.get_experiment_by_name("race").experiment_id
+    assert [p.info.run_id for p in parents] == [parent]
+
 def test_an_unusable_store_is_a_warning_and_the_trial_completes(tmp_path):
     (tmp_path / "a-file").write_text("not a folder")
     uri = f"sqlite:///{tmp_path}/a-file/mlflow.db"

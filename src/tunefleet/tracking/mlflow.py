@@ -78,7 +78,16 @@ class MlflowTracker(Tracker):
     def _parent(self, client: Any, study_name: str) -> tuple[str, str]:
         name = self.experiment_name or study_name
         exp = client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(name)
+        if exp is not None:
+            exp_id = exp.experiment_id
+        else:
+            try:
+                exp_id = client.create_experiment(name)
+            except Exception:  # another worker created it since: use theirs
+                exp = client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+                exp_id = exp.experiment_id
         found = client.search_runs(
             [exp_id], filter_string=f"tags.`{STUDY_TAG}` = '{study_name}' and "
                                     f"tags.`{ROLE_TAG}` = 'study'", max_results=1)
