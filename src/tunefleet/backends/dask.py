@@ -7,30 +7,14 @@ Dask worker thread for the length of the study.
 
 from __future__ import annotations
 
-import logging
-import threading
-import uuid
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from tunefleet.backends.tcp import TcpBackend, error_line
+from tunefleet.backends.tcp import EngineBackend, engine_worker, error_line, token_of
 from tunefleet.errors import UsageError
 from tunefleet.transport._base import Link
 
-_logger = logging.getLogger("tunefleet")
 
-def _dask_worker(address: str, key: bytes, token: str) -> int:
-    """What one Dask task runs: a hub worker, until the study is done."""
-    from tunefleet.hub.remote import run_engine_worker
-
-    return run_engine_worker(address, key, token)
-
-
-def token_of(link: Link) -> str:
-    """The task token an engine worker put in front of its label (``token@host/pid``)."""
-    return link.name.split("@", 1)[0] if "@" in link.name else ""
-
-
-class DaskBackend(TcpBackend):
+class DaskBackend(EngineBackend):
     """Hub workers as tasks of an existing ``distributed.Client``.
 
     Args:
@@ -39,6 +23,8 @@ class DaskBackend(TcpBackend):
         listen, advertise, key: see ``TcpBackend``; a cluster on other hosts needs
             ``listen="tcp://0.0.0.0:PORT"`` and ``advertise`` set to an address they reach.
     """
+
+    engine = "dask"
 
     def __init__(self, client: Any = None, resources: dict[str, float] | None = None,
                  gpus: Sequence[int | str] | None = None, **tcp: Any) -> None:
@@ -62,32 +48,19 @@ class DaskBackend(TcpBackend):
         self.client = client
         self.resources = resources
         self._futures: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-        self._run = uuid.uuid4().hex[:8]
-        self._count = 0
 
     def default_workers(self) -> int:
         """One worker per Dask worker thread."""
         return max(1, sum(self.client.nthreads().values()))
 
-    def start(self, n_workers: int) -> None:
-        for _ in range(n_workers):
-            self._submit()
-
-    def _submit(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._count += 1
-            token = f"dask-{self._run}-{self._count}"
-            # pure=False and a unique key: every task is a new worker, never a cached result;
-            # retries=0: a replacement is this backend's decision (see replace), not Dask's.
-            future = self.client.submit(
-                _dask_worker, self.address, self.key, token, key=f"tunefleet-worker-{token}",
-                pure=False, retries=0, resources=self.resources)
-            self._futures[token] = future
-        future.add_done_callback(lambda f: self._done(token, f))
+    def _launch(self, token: str) -> Callable[[], None]:
+        # pure=False and a unique key: every task is a new worker, never a cached result;
+        # retries=0: a replacement is this backend's decision (see replace), not Dask's.
+        future = self.client.submit(
+            engine_worker, self.address, self.key, token, key=f"tunefleet-worker-{token}",
+            pure=False, retries=0, resources=self.resources)
+        self._futures[token] = future
+        return lambda: future.add_done_callback(lambda f: self._done(token, f))
 
     def _done(self, token: str, future: Any) -> None:
         if future.status == "error" and not self._closed:
@@ -96,9 +69,6 @@ class DaskBackend(TcpBackend):
             except Exception as err:  # the cluster is going away
                 exc = err
             self.task_ended(token, error_line(exc))
-
-    def _resubmit(self) -> None:
-        self._submit()
 
     def replace(self, link: Link) -> None:
         """Cancel the lost worker's task (Dask would otherwise run it again on another
@@ -111,8 +81,8 @@ class DaskBackend(TcpBackend):
     def shutdown(self, grace: float = 2.0) -> None:
         from distributed import wait
 
+        self._close()
         with self._lock:
-            self._closed = True
             futures = list(self._futures.values())
             self._futures.clear()
         self.listener.close()  # workers still connected see the end of the stream and exit

@@ -13,23 +13,13 @@ trials and starts fresh workers on a new pool.
 from __future__ import annotations
 
 import logging
-import threading
-import uuid
 from typing import Any, Sequence
 
-from tunefleet.backends.dask import token_of
-from tunefleet.backends.tcp import TcpBackend, error_line
+from tunefleet.backends.tcp import ThreadedEngineBackend, engine_worker, error_line, token_of
 from tunefleet.errors import UsageError
 from tunefleet.transport._base import Link
 
 _logger = logging.getLogger("tunefleet")
-
-
-def _joblib_worker(address: str, key: bytes, token: str) -> int:
-    """What one joblib task runs: a hub worker, until the study is done."""
-    from tunefleet.hub.remote import run_engine_worker
-
-    return run_engine_worker(address, key, token)
 
 
 def _active_backend_name() -> str | None:
@@ -46,7 +36,7 @@ def _active_backend_name() -> str | None:
     return None
 
 
-class JoblibBackend(TcpBackend):
+class JoblibBackend(ThreadedEngineBackend):
     """Hub workers as tasks of a joblib backend.
 
     Args:
@@ -59,6 +49,8 @@ class JoblibBackend(TcpBackend):
         listen, advertise, key: see ``TcpBackend``; workers on other hosts (Spark executors,
             Dask workers) need ``listen="tcp://0.0.0.0:PORT"`` and an ``advertise`` address.
     """
+
+    engine = "joblib"
 
     def __init__(self, joblib_backend: str | None = None,
                  joblib_options: dict[str, Any] | None = None, n_jobs: int | None = None,
@@ -84,11 +76,6 @@ class JoblibBackend(TcpBackend):
         self.name = name
         self.options = dict(joblib_options or {})
         self.n_jobs = n_jobs
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        self._run = uuid.uuid4().hex[:8]
-        self._count = 0
         try:  # a backend that cannot start here (no Dask client, no Spark) says so now
             with self._config():
                 self.joblib.effective_n_jobs(-1)
@@ -106,34 +93,13 @@ class JoblibBackend(TcpBackend):
     def start(self, n_workers: int) -> None:
         if self.n_jobs is None:
             self.n_jobs = max(2, n_workers)
-        for _ in range(n_workers):
-            self._submit()
+        super().start(n_workers)
 
-    def _submit(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._count += 1
-            token = f"joblib-{self._run}-{self._count}"
-            thread = threading.Thread(target=self._run_call, args=(token,), daemon=True,
-                                      name=f"tunefleet-{token}")
-            self._threads.append(thread)
-        thread.start()
-
-    def _run_call(self, token: str) -> None:
+    def _call(self, token: str) -> None:
         """One ``Parallel`` call holding one worker; it returns when the worker ends."""
         joblib = self.joblib
-        try:
-            with self._config(self.n_jobs):
-                joblib.Parallel()([joblib.delayed(_joblib_worker)(self.address, self.key, token)])
-        except Exception as exc:  # the worker's task failed or never started
-            if not self._closed:
-                _logger.info(f"tunefleet: joblib task of worker {token} ended: "
-                             f"{error_line(exc)}")
-                self.task_ended(token, error_line(exc))
-
-    def _resubmit(self) -> None:
-        self._submit()
+        with self._config(self.n_jobs):
+            joblib.Parallel()([joblib.delayed(engine_worker)(self.address, self.key, token)])
 
     def replace(self, link: Link) -> None:
         _logger.info(f"tunefleet: starting a joblib worker in place of {token_of(link) or link}")
@@ -143,12 +109,4 @@ class JoblibBackend(TcpBackend):
         """Close the listener (connected workers see the end of the stream and return), then
         wait for the calls. joblib has no way to cancel a task from outside: a task still
         queued returns as soon as it starts and finds no coordinator."""
-        import time
-
-        with self._lock:
-            self._closed = True
-            threads = list(self._threads)
-        self.listener.close()
-        deadline = time.monotonic() + max(grace, 0.1)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        self._join(grace)

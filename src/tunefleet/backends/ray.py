@@ -10,24 +10,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from typing import Any, Sequence
 
-from tunefleet.backends.tcp import TcpBackend, error_line
+from tunefleet.backends.tcp import EngineBackend, engine_worker, error_line, token_of
 from tunefleet.errors import UsageError
 from tunefleet.transport._base import Link
 
 _logger = logging.getLogger("tunefleet")
 
 
-def _ray_worker(address: str, key: bytes, token: str) -> int:
-    """What one Ray task runs: a hub worker, until the study is done."""
-    from tunefleet.hub.remote import run_engine_worker
-
-    return run_engine_worker(address, key, token)
-
-
-class RayBackend(TcpBackend):
+class RayBackend(EngineBackend):
     """Hub workers as Ray tasks, on the Ray of ``ray.init()`` or on a local one started here
     (and shut down when the study ends).
 
@@ -37,6 +29,8 @@ class RayBackend(TcpBackend):
         ray_options: more ``ray.remote`` options for the worker tasks (``resources=``, ...).
         listen, advertise, key: see ``TcpBackend``.
     """
+
+    engine = "ray"
 
     def __init__(self, num_cpus: float = 1, num_gpus: float = 0,
                  ray_options: dict[str, Any] | None = None,
@@ -56,12 +50,8 @@ class RayBackend(TcpBackend):
         options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 0}
         options.update(ray_options or {})
         self._per_worker = options
-        self._remote = ray.remote(_ray_worker).options(**options)
+        self._remote = ray.remote(engine_worker).options(**options)
         self._refs: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._closed = False
-        self._run = uuid.uuid4().hex[:8]
-        self._count = 0
         self._watch = threading.Thread(target=self._watch_tasks, daemon=True,
                                        name="tunefleet-ray-watch")
         self._watch.start()
@@ -90,9 +80,6 @@ class RayBackend(TcpBackend):
                     if not self._closed:
                         self.task_ended(token, error_line(exc))
 
-    def _resubmit(self) -> None:
-        self._submit()
-
     def default_workers(self) -> int:
         """As many workers as the cluster's CPUs (or GPUs, with ``num_gpus``) allow."""
         import ray
@@ -102,21 +89,10 @@ class RayBackend(TcpBackend):
             else ("CPU", self._per_worker["num_cpus"] or 1)
         return max(1, int(total.get(kind, 1) // each))
 
-    def start(self, n_workers: int) -> None:
-        for _ in range(n_workers):
-            self._submit()
-
-    def _submit(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._count += 1
-            token = f"ray-{self._run}-{self._count}"
-            self._refs[token] = self._remote.remote(self.address, self.key, token)
+    def _launch(self, token: str) -> None:
+        self._refs[token] = self._remote.remote(self.address, self.key, token)
 
     def replace(self, link: Link) -> None:
-        from tunefleet.backends.dask import token_of
-
         with self._lock:
             self._refs.pop(token_of(link), None)
         self._submit()
@@ -124,8 +100,8 @@ class RayBackend(TcpBackend):
     def shutdown(self, grace: float = 2.0) -> None:
         import ray
 
+        self._close()
         with self._lock:
-            self._closed = True
             refs = list(self._refs.values())
             self._refs.clear()
         self.listener.close()

@@ -16,17 +16,11 @@ A ``setup=`` function given to ``optimize`` runs after that, and its result wins
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
-import uuid
 from typing import Any, Iterator, Sequence
 
-from tunefleet.backends.tcp import TcpBackend, error_line
+from tunefleet.backends.tcp import ThreadedEngineBackend
 from tunefleet.errors import UsageError
-from tunefleet.transport._base import Link
-
-_logger = logging.getLogger("tunefleet")
 
 
 def _spark_worker(address: str, key: bytes, token: str, broadcast: Any,
@@ -53,7 +47,7 @@ def _spark_worker(address: str, key: bytes, token: str, broadcast: Any,
     yield run_engine_worker(address, key, token)
 
 
-class SparkBackend(TcpBackend):
+class SparkBackend(ThreadedEngineBackend):
     """Hub workers as Spark tasks of the active ``SparkSession``.
 
     Args:
@@ -63,6 +57,8 @@ class SparkBackend(TcpBackend):
         listen, advertise, key: see ``TcpBackend``; executors on other hosts need
             ``listen="tcp://0.0.0.0:PORT"`` and an ``advertise`` address they reach.
     """
+
+    engine = "spark"
 
     def __init__(self, spark: Any = None, data: Any = None,
                  gpus: Sequence[int | str] | None = None, **tcp: Any) -> None:
@@ -88,11 +84,7 @@ class SparkBackend(TcpBackend):
 
             self._broadcast = data if isinstance(data, Broadcast) else self.sc.broadcast(data)
         self._owns_broadcast = self._broadcast is not None and self._broadcast is not data
-        self._group = f"tunefleet-{uuid.uuid4().hex[:8]}"
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self._closed = False
-        self._count = 0
+        self._group = f"tunefleet-{self._run}"  # the Spark job group of this study's workers
 
     def default_workers(self) -> int:
         """One worker per task slot, or per GPU when Spark schedules GPUs to tasks."""
@@ -104,59 +96,24 @@ class SparkBackend(TcpBackend):
             return max(1, int(executors * per_executor // per_task))
         return max(1, self.sc.defaultParallelism)
 
-    def start(self, n_workers: int) -> None:
-        for _ in range(n_workers):
-            self._submit()
-
-    def _submit(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._count += 1
-            token = f"spark-{self._group[10:]}-{self._count}"
-            thread = threading.Thread(target=self._run_job, args=(token,), daemon=True,
-                                      name=f"tunefleet-{token}")
-            self._threads.append(thread)
-        thread.start()
-
-    def _run_job(self, token: str) -> None:
+    def _call(self, token: str) -> None:
         """One Spark job holding one worker; it ends when the worker does."""
         address, key, broadcast = self.address, self.key, self._broadcast
 
         def task(rows: Iterator[Any]) -> Iterator[int]:
             return _spark_worker(address, key, token, broadcast, rows)
 
-        try:
-            self.sc.setJobGroup(self._group, f"tunefleet worker {token}", True)
-            if self._frame is not None:
-                rdd = self._frame.coalesce(1).rdd
-            else:
-                rdd = self.sc.parallelize([0], 1)
-            rdd.mapPartitions(task).collect()
-        except Exception as exc:  # the worker's task failed: the coordinator saw the link go,
-            if not self._closed:  # or the worker never started (see TcpBackend.task_ended)
-                _logger.info(f"tunefleet: Spark job of worker {token} ended: {error_line(exc)}")
-                self.task_ended(token, error_line(exc))
-
-    def _resubmit(self) -> None:
-        self._submit()
-
-    def replace(self, link: Link) -> None:
-        self._submit()
+        self.sc.setJobGroup(self._group, f"tunefleet worker {token}", True)
+        if self._frame is not None:
+            rdd = self._frame.coalesce(1).rdd
+        else:
+            rdd = self.sc.parallelize([0], 1)
+        rdd.mapPartitions(task).collect()
 
     def shutdown(self, grace: float = 2.0) -> None:
-        import time
-
-        with self._lock:
-            self._closed = True
-            threads = list(self._threads)
-        self.listener.close()
-        deadline = time.monotonic() + max(grace, 0.1)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if any(t.is_alive() for t in threads):
+        if self._join(grace):
             self.sc.cancelJobGroup(self._group)  # queued tasks, or workers still connecting
-            for thread in threads:
+            for thread in list(self._threads):
                 thread.join(5.0)
         if self._owns_broadcast:
             self._broadcast.unpersist()

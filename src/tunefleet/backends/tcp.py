@@ -3,12 +3,14 @@ started by an engine (Dask, Ray, Spark) whose backends build on ``TcpBackend``."
 
 from __future__ import annotations
 
+import abc
 import logging
 import re
 import secrets
 import threading
 import time
-from typing import Any, Optional, Sequence
+import uuid
+from typing import Any, Callable, Optional, Sequence
 
 from tunefleet.backends._base import Backend
 from tunefleet.hub import protocol as P
@@ -30,6 +32,18 @@ def error_line(exc: BaseException) -> str:
     if found:
         return found[-1][:300]
     return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def token_of(link: Link) -> str:
+    """The task token an engine worker put in front of its label (``token@host/pid``)."""
+    return link.name.split("@", 1)[0] if "@" in link.name else ""
+
+
+def engine_worker(address: str, key: bytes, token: str) -> int:
+    """What one engine task runs: a hub worker, until the study is done."""
+    from tunefleet.hub.remote import run_engine_worker
+
+    return run_engine_worker(address, key, token)
 
 
 class _EngineLink(Link):
@@ -149,6 +163,91 @@ class TcpBackend(Backend):
 
     def shutdown(self, grace: float = 2.0) -> None:
         self.listener.close()
+
+
+class EngineBackend(TcpBackend):
+    """An engine (Dask, Ray, Spark, joblib) runs each worker as one long task. Here: the tasks'
+    tokens, ``n_workers`` of them at start, one more in place of each lost or failed one, and
+    none once shutdown has begun. Subclasses launch one task (:meth:`_launch`)."""
+
+    #: The first word of the tasks' tokens (``dask-1a2b3c4d-7``).
+    engine = "engine"
+
+    def __init__(self, **tcp: Any) -> None:
+        super().__init__(**tcp)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._run = uuid.uuid4().hex[:8]
+        self._count = 0
+
+    def start(self, n_workers: int) -> None:
+        for _ in range(n_workers):
+            self._submit()
+
+    def _submit(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._count += 1
+            then = self._launch(f"{self.engine}-{self._run}-{self._count}")
+        if then is not None:
+            then()
+
+    @abc.abstractmethod
+    def _launch(self, token: str) -> Callable[[], None] | None:
+        """Launch the task of worker ``token`` (with the lock held); return what is left to
+        do once the lock is released, if anything."""
+
+    def _resubmit(self) -> None:
+        self._submit()
+
+    def replace(self, link: Link) -> None:
+        self._submit()
+
+    def _close(self) -> None:
+        """No task is launched from now on."""
+        with self._lock:
+            self._closed = True
+
+
+class ThreadedEngineBackend(EngineBackend):
+    """Engines whose call blocks while its one task runs (a Spark job, a joblib ``Parallel``
+    call): each worker's call waits in a thread of its own."""
+
+    def __init__(self, **tcp: Any) -> None:
+        super().__init__(**tcp)
+        self._threads: list[threading.Thread] = []
+
+    def _launch(self, token: str) -> Callable[[], None]:
+        thread = threading.Thread(target=self._run_task, args=(token,), daemon=True,
+                                  name=f"tunefleet-{token}")
+        self._threads.append(thread)
+        return thread.start
+
+    def _run_task(self, token: str) -> None:
+        try:
+            self._call(token)
+        except Exception as exc:  # the worker's task failed: the coordinator saw the link go,
+            if not self._closed:  # or the worker never started (see task_ended)
+                _logger.info(f"tunefleet: {self.engine} task of worker {token} ended: "
+                             f"{error_line(exc)}")
+                self.task_ended(token, error_line(exc))
+
+    @abc.abstractmethod
+    def _call(self, token: str) -> None:
+        """Run worker ``token``'s task through the engine; return when it ends."""
+
+    def _join(self, grace: float) -> bool:
+        """Launch no more, close the listener (connected workers see the end of the stream
+        and return), and wait up to ``grace`` seconds for the calls; True if some still run."""
+        self._close()
+        with self._lock:
+            threads = list(self._threads)
+        self.listener.close()
+        deadline = time.monotonic() + max(grace, 0.1)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return any(t.is_alive() for t in threads)
 
 
 class ManualBackend(TcpBackend):
