@@ -180,9 +180,10 @@ def test_a_trial_written_piece_by_piece_matches_memory(tmp_path, make_url):
     assert durable[0].intermediate_values == {0: 0.5, 1: 0.25}
     assert durable[0].datetime_complete == mirrored.trials[0].datetime_complete
 
+
 def test_sqlite_rounds_take_the_direct_path(tmp_path):
-    """On SQLite the writer runs its statements compiled once on the DBAPI cursor (the
-    sampler's GIL waits halved); a SQLAlchemy without the compiled parts it reads would
+    """On SQLite the writer runs its statements compiled once on the DBAPI cursor (fewer
+    hand-offs of the GIL with the sampler); a SQLAlchemy without the compiled parts it reads would
     silently fall back to the slower path, so check it is taken."""
     from tunefleet.hub.mirror import _make_writer
 

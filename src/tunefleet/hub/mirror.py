@@ -281,14 +281,16 @@ class _RDBWriter(_Writer):
             result = conn.execute(self.stmts[name], rows if len(rows) > 1 else rows[0])
             return list(result) if result.returns_rows else []
         sql, order = self._plan(name, list(rows[0]))
+
+        def values(row: dict[str, Any]) -> list[Any]:
+            return [row[k] if p is None else p(row[k]) for k, p in order]
+
         cursor = conn.connection.cursor()
         try:
-            if len(rows) == 1 or not sql.startswith("INSERT"):
-                values = [tuple(row[k] if p is None else p(row[k]) for k, p in order)
-                          for row in rows]
-                if len(values) == 1:
-                    return cursor.execute(sql, values[0]).fetchall()
-                cursor.executemany(sql, values)
+            if not sql.startswith("INSERT"):
+                if len(rows) == 1:
+                    return cursor.execute(sql, values(rows[0])).fetchall()
+                cursor.executemany(sql, [values(row) for row in rows])
                 return []
             # Multi-row INSERTs: one step of SQLite (one release of the GIL, which the sampler
             # then has to wait to get back) per statement instead of per row. Their sizes are
@@ -299,8 +301,7 @@ class _RDBWriter(_Writer):
             start = 0
             while start < len(rows):
                 size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
-                flat = [row[k] if p is None else p(row[k])
-                        for row in rows[start:start + size] for k, p in order]
+                flat = [v for row in rows[start:start + size] for v in values(row)]
                 cursor.execute(f"{head} VALUES {', '.join([one] * size)}", flat)
                 start += size
             return []
