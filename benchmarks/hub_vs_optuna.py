@@ -60,7 +60,7 @@ def storage_for(url: str | None, wal: bool = False):
         return optuna.storages.JournalStorage(JournalFileBackend(url,
                                                                  lock_obj=JournalFileOpenLock(url)))
     if wal:
-        from tunefleet.studies import open_storage
+        from tunefleet._studies import open_storage
 
         return open_storage(url, sqlite_wal=True)
     return url

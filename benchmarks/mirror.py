@@ -19,8 +19,8 @@ import time
 
 import optuna
 
-from tunefleet.hub.mirror import mirrored_study
-from tunefleet.studies import open_storage
+from tunefleet.hub._mirror import mirrored_study
+from tunefleet._studies import open_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -72,7 +72,7 @@ def _storage_worker(url: str, n: int, seed: int, barrier, queue) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # not one line per wait for the lock
-    from tunefleet.studies import open_storage
+    from tunefleet._studies import open_storage
 
     study = optuna.load_study(study_name="bench", storage=open_storage(url),
                               sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -85,7 +85,7 @@ def _storage_worker(url: str, n: int, seed: int, barrier, queue) -> None:
 def shared_storage(url: str, procs: int, n: int) -> tuple[int, float, float]:
     import optuna
 
-    from tunefleet.studies import open_storage
+    from tunefleet._studies import open_storage
 
     t_wall = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 import optuna  # noqa: E402
 
 from tests.report.studies import journal_study  # noqa: E402
-from tunefleet.report import sections as S  # noqa: E402
-from tunefleet.report.html import write_report  # noqa: E402
-from tunefleet.studies import load_study  # noqa: E402
+from tunefleet.report import _sections as S  # noqa: E402
+from tunefleet.report._html import write_report  # noqa: E402
+from tunefleet._studies import load_study  # noqa: E402
 
 
 def _timed(fn):

@@ -57,7 +57,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 import bench_objectives as o
-from tunefleet.storage_mode.db import open_worker_storage
+from tunefleet.storage_mode._db import open_worker_storage
 study = optuna.load_study(study_name="b", storage=open_worker_storage(sys.argv[1]),
                           sampler=optuna.samplers.RandomSampler())
 study.optimize(getattr(o, sys.argv[2]),
@@ -68,7 +68,7 @@ HUB = r"""
 import sys, optuna, tunefleet
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 import bench_objectives as o
-from tunefleet.studies import open_storage
+from tunefleet._studies import open_storage
 url = sys.argv[1]
 study = optuna.load_study(study_name="b", sampler=optuna.samplers.RandomSampler(),
                           storage=open_storage(url, sqlite_wal=url.startswith("sqlite")))
@@ -84,8 +84,8 @@ def run_once(url: str, impl: str, workers: int, objective: str, total: int,
     import optuna
     from optuna.trial import TrialState
 
-    from tunefleet.storage_mode.db import init_study
-    from tunefleet.studies import StudySpec, open_storage
+    from tunefleet.storage_mode._db import init_study
+    from tunefleet._studies import StudySpec, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     init_study(url, "b", StudySpec(sampler="random"), explicit=True)

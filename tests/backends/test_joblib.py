@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 import tunefleet
 from tests.backends import objectives
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 from tunefleet.errors import UsageError
 
 cloudpickle.register_pickle_by_value(objectives)

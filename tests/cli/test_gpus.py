@@ -9,7 +9,7 @@ import tunefleet
 from tests.cli.conftest import OBJECTIVES
 from tunefleet.cli._options import parse_gpus
 from tunefleet.errors import UsageError
-from tunefleet.gpus import resolve_gpus, visible_gpus
+from tunefleet._gpus import resolve_gpus, visible_gpus
 
 
 @pytest.mark.parametrize("given,env,expected", [

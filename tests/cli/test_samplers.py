@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.cli.conftest import OBJECTIVES
-from tunefleet.studies import SAMPLERS, SPEC_ATTR
+from tunefleet._studies import SAMPLERS, SPEC_ATTR
 
 
 def _trials(url: str) -> list[optuna.trial.FrozenTrial]:

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from tests.cli.conftest import OBJECTIVES
-from tunefleet.studies import driver_url, open_storage
+from tunefleet._studies import driver_url, open_storage
 
 
 def _name() -> str:

@@ -11,7 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tunefleet
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 
 
 def quadratic(trial):
@@ -266,7 +266,7 @@ def test_each_trial_records_its_worker_host_and_times_for_the_report():
     study = optuna.create_study()
     before = time.time()
     tunefleet.optimize(study, lambda t: t.suggest_float("x", 0, 1), n_trials=6, n_workers=2)
-    from tunefleet.report.trials import finished_at, host_of, started_at
+    from tunefleet.report._trials import finished_at, host_of, started_at
 
     for t in study.trials:
         assert host_of(t) == socket.gethostname()

@@ -22,7 +22,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 
 HERE = Path(__file__).resolve().parent
 OBJECTIVES = HERE / "durable_objectives.py"
@@ -95,13 +95,13 @@ def states(url: str) -> dict[TrialState, int]:
 
 
 def _journal(url: str) -> optuna.storages.BaseStorage:
-    from tunefleet.studies import open_storage
+    from tunefleet._studies import open_storage
 
     return open_storage(url)
 
 
 def load(url: str) -> optuna.Study:
-    from tunefleet.studies import open_storage
+    from tunefleet._studies import open_storage
 
     return optuna.load_study(study_name="tunefleet", storage=open_storage(url))
 
@@ -190,7 +190,7 @@ def test_ctrl_c_twice_closes_running_trials_at_once_and_keeps_what_was_counted(t
 def test_a_callback_sees_its_trial_in_the_storage_already(tmp_path):
     """Callbacks are called only once the durable storage holds the trial they are given."""
     import tunefleet
-    from tunefleet.studies import open_storage
+    from tunefleet._studies import open_storage
 
     url = f"sqlite:///{tmp_path / 'cb.db'}"
     study = optuna.create_study(study_name="tunefleet", storage=open_storage(url, sqlite_wal=True),
@@ -222,7 +222,7 @@ def test_the_hub_writes_the_study_study_optimize_writes(tmp_path, storage_url):
     ``study.optimize`` and through the hub (one worker, so the order is the same) leaves the
     same numbers, states, params, distributions, values, reports and attributes."""
     import tunefleet
-    from tunefleet.studies import open_storage
+    from tunefleet._studies import open_storage
 
     from tests.hub.durable_objectives import rich  # importable by spawned workers too
 
@@ -264,7 +264,7 @@ class _BrokenSampler(optuna.samplers.RandomSampler):
 
 def test_a_sampler_that_raises_leaves_no_trial_running(tmp_path):
     import tunefleet
-    from tunefleet.studies import open_storage
+    from tunefleet._studies import open_storage
 
     url = f"sqlite:///{tmp_path / 'broken.db'}"
     study = optuna.create_study(study_name="tunefleet", storage=open_storage(url),

@@ -114,7 +114,7 @@ def test_worker_tracebacks_name_the_users_file_line_and_source(tmp_path, start_m
     err = file_run.stderr
     assert f'File "{script}", line 7, in from_file' in err, err[-2000:]
     assert 'raise KeyError("raised in the user\'s file")' in err
-    assert "<dynamic-code>" not in err and "tunefleet/hub/worker.py" not in err
+    assert "<dynamic-code>" not in err and "tunefleet/hub/_worker.py" not in err
     # In Optuna's format, through Optuna's logger.
     assert re.search(r"^\[W \d{4}-\d\d-\d\d .*\] Trial 0 failed with parameters", err, re.M)
     cell_run = subprocess.run([sys.executable, str(script), "cell", start_method],

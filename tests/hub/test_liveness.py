@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tunefleet
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,8 +12,8 @@ import pytest
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from tunefleet.hub.mirror import MirroredStorage, MirrorError, mirrored_study
-from tunefleet.studies import open_storage
+from tunefleet.hub._mirror import MirroredStorage, MirrorError, mirrored_study
+from tunefleet._studies import open_storage
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,7 +68,7 @@ def assert_same(memory: list, durable: list) -> None:
 def test_optimize_leaves_the_same_trials_in_memory_and_durable(tmp_path, monkeypatch, make_url,
                                                                n_jobs, chunk):
     if chunk is not None:  # multi-row INSERTs split into many statements
-        from tunefleet.hub.mirror import _RDBWriter
+        from tunefleet.hub._mirror import _RDBWriter
 
         monkeypatch.setattr(_RDBWriter, "MAX_VARIABLES", chunk)
     url = make_url(tmp_path)
@@ -185,7 +185,7 @@ def test_sqlite_rounds_take_the_direct_path(tmp_path):
     """On SQLite the writer runs its statements compiled once on the DBAPI cursor (fewer
     hand-offs of the GIL with the sampler); a SQLAlchemy without the compiled parts it reads would
     silently fall back to the slower path, so check it is taken."""
-    from tunefleet.hub.mirror import _make_writer
+    from tunefleet.hub._mirror import _make_writer
 
     writer = _make_writer(fresh(sqlite_url(tmp_path)))
     assert writer.raw and writer.plans["trials"][0].startswith("INSERT INTO trials")

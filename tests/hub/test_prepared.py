@@ -10,7 +10,7 @@ import pytest
 
 import tunefleet
 from tunefleet._optuna import FAST_TPE
-from tunefleet.hub import coordinator as coordinator_module
+from tunefleet.hub import _coordinator as coordinator_module
 from tunefleet.samplers import TPESampler
 
 pytestmark = pytest.mark.timeout(300)

@@ -12,7 +12,7 @@ import optuna
 import pytest
 
 import tunefleet
-from tunefleet.backends.processes import ProcessBackend
+from tunefleet.backends._processes import ProcessBackend
 
 SCRIPT = textwrap.dedent("""
     import torch, optuna, tunefleet
@@ -44,7 +44,7 @@ def test_a_parent_that_ran_torch_gets_fresh_workers_that_do_not_hang(tmp_path):
 
 
 def test_default_start_method_is_fork_without_torch_and_spawn_with_it():
-    code = ("from tunefleet.backends.processes import default_start_method as d; a = d(); "
+    code = ("from tunefleet.backends._processes import default_start_method as d; a = d(); "
             "import torch; print(a, d())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120).stdout.split()
@@ -73,7 +73,7 @@ def test_unknown_start_method_is_a_usage_error():
 
 LOKY_SCRIPT = textwrap.dedent("""
     import joblib, optuna, tunefleet
-    from tunefleet.backends.processes import default_start_method
+    from tunefleet.backends._processes import default_start_method
 
     # The parent has used loky (what scikit-learn's n_jobs>1 does): its executor exists now.
     joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-i) for i in range(4))

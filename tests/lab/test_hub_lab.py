@@ -18,7 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.lab.netlab import Lab, wait_until
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 
 OBJECTIVES = Path(__file__).resolve().parents[1] / "storage_mode" / "objectives.py"
 

@@ -30,8 +30,8 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.lab.netlab import Host, Lab, wait_until
-from tunefleet import attrs
-from tunefleet.studies import open_storage
+from tunefleet import _attrs as attrs
+from tunefleet._studies import open_storage
 
 OBJECTIVE = f"{Path(__file__).resolve().parent / 'p2p_objectives.py'}:gated"
 ROUNDS, TRIALS = 3, 4

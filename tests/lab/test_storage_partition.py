@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from tests.lab.netlab import Lab, wait_until
 from tests.services import Postgres
 from tests.storage_mode.test_fleet import trials_of
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 
 OBJECTIVES = Path(__file__).resolve().parents[1] / "storage_mode" / "objectives.py"
 DROPPED = "was failed by another worker while this one was silent"

@@ -16,9 +16,9 @@ import zmq
 
 from tests.conftest import EXAMPLES, run_cli
 from tests.p2p.conftest import FAST, HERE, ROOT, addr, free_port, key_file
-from tunefleet import attrs
-from tunefleet.p2p import wire
-from tunefleet.studies import open_storage
+from tunefleet import _attrs as attrs
+from tunefleet.p2p import _wire as wire
+from tunefleet._studies import open_storage
 
 pytestmark = pytest.mark.timeout(120)
 

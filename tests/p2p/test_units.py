@@ -8,12 +8,12 @@ import re
 import optuna
 import pytest
 
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 from tunefleet.errors import UsageError
 from tunefleet.p2p import Peer, PeerConfig, wire
-from tunefleet.p2p.config import read_key, resolve_addresses
-from tunefleet.studies import open_storage
-from tunefleet.p2p.membership import FAILED, FINISHED, LEFT, RUNNING, Membership
+from tunefleet.p2p._config import read_key, resolve_addresses
+from tunefleet._studies import open_storage
+from tunefleet.p2p._membership import FAILED, FINISHED, LEFT, RUNNING, Membership
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -150,7 +150,7 @@ def test_a_peer_starved_of_cpu_does_not_drop_others_for_its_own_silence():
 
 
 def _node(uid: str):
-    from tunefleet.p2p.gossip import Node
+    from tunefleet.p2p._gossip import Node
 
     return Node(PeerConfig(uid=uid, bind="tcp://127.0.0.1:0", heartbeat=0.1,
                            peer_timeout=3).checked())
@@ -360,7 +360,7 @@ def test_the_library_does_not_import_the_cli():
     import sys
     from pathlib import Path
 
-    code = ("import sys, tunefleet.p2p, tunefleet.p2p.peer, tunefleet.p2p.options; "
+    code = ("import sys, tunefleet.p2p, tunefleet.p2p._peer, tunefleet.p2p._options; "
             "print(sorted(m for m in sys.modules if m.startswith('tunefleet.cli')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -370,7 +370,7 @@ def test_the_library_does_not_import_the_cli():
 
 
 def test_peer_and_serve_default_ports_differ():
-    from tunefleet.cli.serve import serve
+    from tunefleet.cli._serve import serve
 
     listen = next(p.default for p in serve.params if p.name == "listen")
     peer_port = PeerConfig().checked().advertise.rsplit(":", 1)[1]

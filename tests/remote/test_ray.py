@@ -7,7 +7,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tunefleet
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 from tests.remote import objectives
 
 ray = pytest.importorskip("ray")

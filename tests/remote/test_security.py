@@ -24,9 +24,9 @@ from optuna.trial import TrialState
 
 from tests.remote import objectives
 from tests.remote.conftest import ROOT, free_port, wait_for
-from tunefleet import attrs
-from tunefleet.hub import protocol as P
-from tunefleet.transport.tcp import HANDSHAKE_SIZE, MAX_PENDING, TcpChannel
+from tunefleet import _attrs as attrs
+from tunefleet.hub import _protocol as P
+from tunefleet.transport._tcp import HANDSHAKE_SIZE, MAX_PENDING, TcpChannel
 
 KEY = b"the-right-key"
 TARGET = f"{Path(objectives.__file__)}:slow_quadratic"
@@ -64,7 +64,7 @@ def coordinator(procs, tmp_path, caplog):
         except BaseException as exc:
             errors.append(exc)
 
-    caplog.set_level(logging.WARNING, logger="tunefleet.transport.tcp")
+    caplog.set_level(logging.WARNING, logger="tunefleet.transport._tcp")
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     wait_for(lambda: _listening(port), 30, "the listener")
@@ -143,7 +143,7 @@ def test_a_replayed_message_is_dropped(coordinator, procs, tmp_path, caplog):
     finish(coordinator, procs, tmp_path)
 
 def test_listener_binds_to_loopback_by_default():
-    from tunefleet.transport.tcp import TcpListener
+    from tunefleet.transport._tcp import TcpListener
 
     listener = TcpListener("tcp://:0", KEY)  # no host given
     try:

@@ -13,7 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 
 DISTRIBUTIONS = {
     "x": FloatDistribution(-5.0, 5.0),

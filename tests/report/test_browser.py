@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tunefleet.report.html import write_report
+from tunefleet.report._html import write_report
 from tests.report.studies import fill, new_study
 
 # Per chart: plotly has drawn it (an SVG and its traces) and how many marks it holds.

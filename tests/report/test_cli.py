@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tunefleet.report.sections import build_sections
+from tunefleet.report._sections import build_sections
 from tests.conftest import EXAMPLES
 from tests.report.studies import fill, journal_study, new_study
 

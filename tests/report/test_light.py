@@ -9,7 +9,7 @@ import pytest
 
 from tests.cli.conftest import without  # noqa: F401  (fixture: a Python without some modules)
 from tests.report.studies import fill, new_study
-from tunefleet.report.status import format_status, status_figures
+from tunefleet.report._status import format_status, status_figures
 
 NOW = 1_800_000_000.0
 
@@ -31,7 +31,7 @@ def test_report_with_plotly_alone_ranks_importances_by_ped_anova(cli, without, t
 
 def test_with_scikit_learn_the_report_keeps_fanova():
     """The test extra installs scikit-learn: then importances are Optuna's default, fANOVA."""
-    from tunefleet.report.sections import Context
+    from tunefleet.report._sections import Context
 
     study = new_study()
     fill(study, 80, workers=2, seed=4)

@@ -11,9 +11,9 @@ import pytest
 from optuna.trial import TrialState
 
 from tunefleet.errors import UsageError
-from tunefleet.report import sections as S
-from tunefleet.report import timeline as tl
-from tunefleet.report.html import render
+from tunefleet.report import _sections as S
+from tunefleet.report import _timeline as tl
+from tunefleet.report._html import render
 from tests.report.studies import fill, new_study
 
 NOW = 1_800_000_000.0

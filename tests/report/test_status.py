@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tunefleet.report.status import format_status, status_figures
+from tunefleet.report._status import format_status, status_figures
 from tests.report.studies import fill, new_study
 
 NOW = 1_800_000_000.0

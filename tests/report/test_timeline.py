@@ -8,9 +8,9 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tunefleet import attrs
-from tunefleet.report import timeline as tl
-from tunefleet.report.trials import UNKNOWN_WORKER, finished_at, started_at, worker_of
+from tunefleet import _attrs as attrs
+from tunefleet.report import _timeline as tl
+from tunefleet.report._trials import UNKNOWN_WORKER, finished_at, started_at, worker_of
 from tests.report.studies import worker_attrs
 
 T0 = 1_700_000_000.0

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 
 OBJECTIVES = Path(__file__).resolve().parents[1] / "storage_mode" / "objectives.py"
 

@@ -11,9 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tunefleet import attrs
-from tunefleet.storage_mode.backoff import with_backoff
-from tunefleet.studies import SPEC_ATTR
+from tunefleet import _attrs as attrs
+from tunefleet.storage_mode._backoff import with_backoff
+from tunefleet._studies import SPEC_ATTR
 
 HERE = Path(__file__).parent
 

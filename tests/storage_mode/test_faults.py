@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.storage_mode.test_fleet import start_workers, trials_of, wait_all
-from tunefleet import attrs
+from tunefleet import _attrs as attrs
 
 HERE = Path(__file__).parent
 DB_KINDS = dict(argnames="storage_url", argvalues=["sqlite", "postgresql"], indirect=True)

@@ -14,9 +14,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tunefleet import attrs
-from tunefleet.report.trials import finished_at
-from tunefleet.studies import open_storage
+from tunefleet import _attrs as attrs
+from tunefleet.report._trials import finished_at
+from tunefleet._studies import open_storage
 
 HERE = Path(__file__).parent
 SLOW = f"{HERE / 'objectives.py'}:slow"

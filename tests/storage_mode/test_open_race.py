@@ -11,15 +11,15 @@ import sys
 import optuna
 import pytest
 
-from tunefleet import attrs
-from tunefleet.storage_mode.backoff import is_schema_race
-from tunefleet.studies import SPEC_ATTR, open_storage
+from tunefleet import _attrs as attrs
+from tunefleet.storage_mode._backoff import is_schema_race
+from tunefleet._studies import SPEC_ATTR, open_storage
 
 OPEN_AT = r"""
 import sys
 import sqlalchemy, optuna.storages._rdb.models  # the imports, before the start line
-from tunefleet.storage_mode.db import init_study
-from tunefleet.studies import StudySpec
+from tunefleet.storage_mode._db import init_study
+from tunefleet._studies import StudySpec
 url = sys.argv[1]
 print("ready", flush=True)
 sys.stdin.readline()

@@ -17,8 +17,8 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import run_cli
-from tunefleet import attrs
-from tunefleet.studies import open_storage
+from tunefleet import _attrs as attrs
+from tunefleet._studies import open_storage
 
 pytestmark = pytest.mark.timeout(600)
 SLOW = f"{Path(__file__).parent / 'objectives.py'}:slow"  # x float, y int; sleeps TF_SLEEP

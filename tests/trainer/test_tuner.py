@@ -8,7 +8,7 @@ import pytest
 
 from tests.trainer.toy import ToyTuner
 from tunefleet import UsageError
-from tunefleet.trainer.tuner import REPEAT_PARAM, direction_for
+from tunefleet.trainer._tuner import REPEAT_PARAM, direction_for
 
 pytestmark = pytest.mark.timeout(180)
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED

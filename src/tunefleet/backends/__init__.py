@@ -11,12 +11,12 @@ from tunefleet.errors import UsageError
 
 #: backend name -> "module:factory"; each engine module is imported only when asked for.
 BACKENDS = {
-    "processes": "tunefleet.backends.processes:ProcessBackend",
-    "tcp": "tunefleet.backends.tcp:ManualBackend",
-    "dask": "tunefleet.backends.dask:DaskBackend",
-    "ray": "tunefleet.backends.ray:RayBackend",
-    "spark": "tunefleet.backends.spark:SparkBackend",
-    "joblib": "tunefleet.backends.joblib:JoblibBackend",
+    "processes": "tunefleet.backends._processes:ProcessBackend",
+    "tcp": "tunefleet.backends._tcp:ManualBackend",
+    "dask": "tunefleet.backends._dask:DaskBackend",
+    "ray": "tunefleet.backends._ray:RayBackend",
+    "spark": "tunefleet.backends._spark:SparkBackend",
+    "joblib": "tunefleet.backends._joblib:JoblibBackend",
 }
 
 

@@ -17,9 +17,9 @@ from multiprocessing.connection import Connection
 def main() -> int:
     fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
-    from tunefleet.backends.processes import THREADS_VAR
-    from tunefleet.hub.worker import limit_threads, serve
-    from tunefleet.transport.local import PipeChannel
+    from tunefleet.backends._processes import THREADS_VAR
+    from tunefleet.hub._worker import limit_threads, serve
+    from tunefleet.transport._local import PipeChannel
 
     if THREADS_VAR in os.environ:
         limit_threads(int(os.environ[THREADS_VAR]))

@@ -13,16 +13,16 @@ from tunefleet.errors import TunefleetError
 
 # name -> "module:attribute"; a module that does not exist yet is left out of the listing.
 COMMANDS = {
-    "run": "tunefleet.cli.run:run",
-    "best": "tunefleet.cli.inspect:best",
-    "studies": "tunefleet.cli.inspect:studies",
-    "serve": "tunefleet.cli.serve:serve",
-    "worker": "tunefleet.cli.worker:worker",
-    "init": "tunefleet.cli.init:init",
-    "slurm": "tunefleet.cli.slurm:slurm",
-    "peer": "tunefleet.cli.peer:peer",
-    "report": "tunefleet.cli.report:report",
-    "status": "tunefleet.cli.report:status",
+    "run": "tunefleet.cli._run:run",
+    "best": "tunefleet.cli._inspect:best",
+    "studies": "tunefleet.cli._inspect:studies",
+    "serve": "tunefleet.cli._serve:serve",
+    "worker": "tunefleet.cli._worker:worker",
+    "init": "tunefleet.cli._init:init",
+    "slurm": "tunefleet.cli._slurm:slurm",
+    "peer": "tunefleet.cli._peer:peer",
+    "report": "tunefleet.cli._report:report",
+    "status": "tunefleet.cli._report:status",
 }
 
 

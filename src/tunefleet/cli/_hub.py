@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from tunefleet.cli._options import best_summary, echo_summary
 from tunefleet.errors import Interrupted
-from tunefleet.studies import DEFAULT_STORAGE
+from tunefleet._studies import DEFAULT_STORAGE
 
 
 def hub_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import click
 
 from tunefleet.errors import UsageError
-from tunefleet.studies import PRUNERS, SAMPLERS, StudySpec, load_search_space
+from tunefleet._studies import PRUNERS, SAMPLERS, StudySpec, load_search_space
 
 #: where ``--search-space`` leaves its grid (and file) for ``spec_from_options``: the option is
 #: not passed to the commands, so that every command of ``study_options`` takes it unchanged.
@@ -58,7 +58,7 @@ def spec_from_options(directions: tuple[str, ...], sampler: str | None, seed: in
                       pruner: str | None) -> StudySpec:
     """The study spec the options of ``study_options`` describe, with the ``--search-space``
     grid of the running command; the sampler is checked here, before any storage is opened."""
-    from tunefleet.studies import check_sampler
+    from tunefleet._studies import check_sampler
 
     ctx = click.get_current_context(silent=True)
     found = ctx.meta.get(_SPACE_KEY) if ctx is not None else None
@@ -72,7 +72,7 @@ def spec_from_options(directions: tuple[str, ...], sampler: str | None, seed: in
 
 def parse_gpus(text: str | None) -> int | list[str] | None:
     """``--gpus 4`` -> 4 (a count: the first four visible GPUs); ``--gpus 0,1`` -> ["0", "1"]
-    and ``--gpus 3,`` -> ["3"] (indices into the visible GPUs, see ``tunefleet.gpus``). A lone
+    and ``--gpus 3,`` -> ["3"] (indices into the visible GPUs, see ``tunefleet._gpus``). A lone
     number is a count, as in PyTorch Lightning; the trailing comma names one GPU."""
     if text is None:
         return None

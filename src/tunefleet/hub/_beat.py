@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from tunefleet.errors import CoordinatorGone
-from tunefleet.hub import protocol as P
+from tunefleet.hub import _protocol as P
 
 #: Seconds of silence after which a worker beats; the coordinator's worker_timeout must be a
 #: few of these.

@@ -7,7 +7,7 @@
     summary = peer.terminate()
 """
 
-from tunefleet.p2p.config import PeerConfig
-from tunefleet.p2p.peer import Peer
+from tunefleet.p2p._config import PeerConfig
+from tunefleet.p2p._peer import Peer
 
 __all__ = ["Peer", "PeerConfig"]

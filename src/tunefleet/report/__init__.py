@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunefleet.report.status import StatusFigures, format_status, status_figures
+from tunefleet.report._status import StatusFigures, format_status, status_figures
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -18,6 +18,6 @@ __all__ = ["StatusFigures", "format_status", "status_figures", "write_report"]
 
 def write_report(study: "optuna.Study", path: str, **options: Any) -> "Any":
     """Write the self-contained HTML report of STUDY to PATH (see ``report.html.write_report``)."""
-    from tunefleet.report.html import write_report as _write
+    from tunefleet.report._html import write_report as _write
 
     return _write(study, path, **options)

@@ -10,6 +10,6 @@ or a journal file) and the storage's own atomic steps keep the workers in line. 
 - :mod:`.worker`: the loop that ties them together.
 """
 
-from tunefleet.storage_mode.worker import WorkerOptions, run_storage_worker
+from tunefleet.storage_mode._worker import WorkerOptions, run_storage_worker
 
 __all__ = ["WorkerOptions", "run_storage_worker"]

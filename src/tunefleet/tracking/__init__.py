@@ -5,9 +5,9 @@
 decorate any objective with ``@track(...)`` in any mode and call ``log(metrics, step)`` in it.
 """
 
-from tunefleet.tracking.base import Tracker, TrackerRun, TrackingWarning, log, track, trial_run
-from tunefleet.tracking.mlflow import MlflowTracker
-from tunefleet.tracking.wandb import WandbTracker
+from tunefleet.tracking._base import Tracker, TrackerRun, TrackingWarning, log, track, trial_run
+from tunefleet.tracking._mlflow import MlflowTracker
+from tunefleet.tracking._wandb import WandbTracker
 
 __all__ = ["Tracker", "TrackerRun", "TrackingWarning", "log", "track", "trial_run",
            "MlflowTracker", "WandbTracker"]

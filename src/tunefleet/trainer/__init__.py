@@ -10,17 +10,17 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Trainer": "tunefleet.trainer.base",
-    "send_to_device": "tunefleet.trainer.base",
-    "HookBase": "tunefleet.trainer.hooks",
-    "TrackingHook": "tunefleet.trainer.hooks",
-    "MetricHistory": "tunefleet.trainer.history",
-    "LogHook": "tunefleet.trainer.log_hook",
-    "TrialHook": "tunefleet.trainer.trial_hook",
-    "Tuner": "tunefleet.trainer.tuner",
-    "direction_for": "tunefleet.trainer.tuner",
-    "seed_everything": "tunefleet.trainer.seeding",
-    "plot_metrics": "tunefleet.trainer.plots",
+    "Trainer": "tunefleet.trainer._base",
+    "send_to_device": "tunefleet.trainer._base",
+    "HookBase": "tunefleet.trainer._hooks",
+    "TrackingHook": "tunefleet.trainer._hooks",
+    "MetricHistory": "tunefleet.trainer._history",
+    "LogHook": "tunefleet.trainer._log_hook",
+    "TrialHook": "tunefleet.trainer._trial_hook",
+    "Tuner": "tunefleet.trainer._tuner",
+    "direction_for": "tunefleet.trainer._tuner",
+    "seed_everything": "tunefleet.trainer._seeding",
+    "plot_metrics": "tunefleet.trainer._plots",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,0 +1,110 @@
+"""``tunefleet.optimize``: the one entry point of hub mode."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import optuna
+
+
+def optimize(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], Any],
+    n_trials: int | None = None,
+    *,
+    n_workers: int | None = None,
+    timeout: float | None = None,
+    callbacks: Iterable[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] | None = None,
+    catch: Iterable[type[Exception]] | type[Exception] = (),
+    show_progress_bar: bool = False,
+    gpus: int | Sequence[int | str] | None = None,
+    max_retries: int = 1,
+    backend: str = "processes",
+    setup: Callable[[], Any] | None = None,
+    grace: float = 5.0,
+    worker_timeout: float | None = 120.0,
+    reclaim_window: float | None = None,
+    seed: int | None = None,
+    deterministic: bool = False,
+    gc_after_trial: bool = False,
+    n_jobs: int | None = None,
+    **backend_options: Any,
+) -> optuna.Study:
+    """Run ``objective`` on a fleet of workers against ``study`` and return the study.
+
+    The calling process is the coordinator: it owns the study's sampler, pruner and storage,
+    and is its only writer. Workers run the objective with a proxy trial whose calls are
+    answered by the coordinator. ``n_trials``, ``timeout``, ``callbacks`` and ``catch`` mean
+    what they mean in ``Study.optimize``.
+
+    Args:
+        n_workers: how many workers (default: ``len(gpus)`` or the number of CPUs).
+        gpus: a count N (the first N visible GPUs) or GPU indices, handed out one per worker
+            as ``CUDA_VISIBLE_DEVICES``; indices count within an inherited
+            ``CUDA_VISIBLE_DEVICES`` (see ``tunefleet._gpus``).
+        max_retries: how many times the parameters of a trial whose worker died are run again.
+        backend: "processes" (local), "dask", "ray", "spark" or "tcp" (workers join by hand).
+        setup: run once in each worker before its first trial; its result is returned by
+            ``tunefleet.worker_data()`` inside the objective.
+        gc_after_trial: as in ``Study.optimize``: ``gc.collect()`` after each trial, in the
+            worker that ran it.
+        n_jobs: not supported: trials run in ``n_workers`` worker processes, not threads.
+        grace: seconds that running trials get to finish after SIGINT or SIGTERM, before they
+            are closed as FAIL; then :class:`tunefleet.Interrupted` (a ``KeyboardInterrupt``)
+            is raised. A second signal ends the grace period at once. Every trial counted
+            (callbacks, progress bar) is in the storage by then.
+        worker_timeout: seconds a worker may stay silent while it runs a trial (workers beat
+            every second; a stopped, hung or cut-off one does not) before its trial is failed
+            with the reason and its parameters retried; its late result is refused. ``None``
+            waits forever.
+        reclaim_window: seconds a coordinator started on a study that a dead coordinator left
+            with RUNNING trials waits for workers that outlived it to hand over those trials'
+            results (``tunefleet worker --connect --reconnect-timeout``), before failing and
+            retrying them. Default: 10 for workers that join over the network ("tcp"), 0 for
+            workers this call starts (they died with the old coordinator).
+        seed: draw each trial's values from (seed, trial number, parameter), so that a run
+            continued later draws what one uninterrupted run would have, and a seeded Random
+            run gives the same trials with any number of workers. Default: the ``--seed`` the
+            study was made with on the command line, if any.
+        deterministic: with a seed, the same trials and values whatever the workers' timing:
+            trial k starts once every trial numbered k - n_workers or lower has ended, and its
+            sampler and pruner see only those. Costs idle workers when trial times vary.
+
+    A trial counts as finished (callbacks, progress bar, ``n_trials``) only once the study's
+    storage holds it: on a database or journal file the coordinator writes by group commit,
+    so a crash loses no trial that was counted. Trials a crashed coordinator left RUNNING are
+    failed, and their parameters queued again, by the next run on the study.
+    """
+    from tunefleet._gpus import resolve_gpus
+    from tunefleet.hub._coordinator import run_hub
+
+    if n_jobs is not None:
+        from tunefleet.errors import UsageError
+
+        raise UsageError(f"tunefleet.optimize runs trials in worker processes: use "
+                         f"n_workers={n_jobs} instead of n_jobs={n_jobs}")
+    if gc_after_trial:
+        from tunefleet.hub._worker import GcAfterTrial
+
+        objective = GcAfterTrial(objective)
+
+    return run_hub(
+        study,
+        objective,
+        n_trials=n_trials,
+        n_workers=n_workers,
+        timeout=timeout,
+        callbacks=list(callbacks or []),
+        catch=catch,
+        show_progress_bar=show_progress_bar,
+        gpus=resolve_gpus(gpus),
+        max_retries=max_retries,
+        backend=backend,
+        setup=setup,
+        backend_options=backend_options,
+        grace=grace,
+        worker_timeout=worker_timeout,
+        reclaim_window=reclaim_window,
+        seed=seed,
+        deterministic=deterministic,
+    )

@@ -1,0 +1,241 @@
+"""Workers as local processes, one per slot, talking to the coordinator over pipes.
+
+By default a worker is forked from the coordinator, which has already imported Optuna, the
+objective's modules and tunefleet: a worker is ready in milliseconds instead of paying a fresh
+interpreter's start-up on a busy machine. A parent that has imported PyTorch, JAX or TensorFlow
+cannot be forked safely (an OpenMP pool or a CUDA context inherited half-made hangs the child),
+so then the default is ``"spawn"``: each worker is a fresh ``python -m tunefleet.backends._child``
+that gets the objective by cloudpickle, without re-running the user's ``__main__`` (no
+``if __name__ == "__main__"`` guard needed). A parent that has used joblib's loky executor
+(scikit-learn with ``n_jobs>1``, ``joblib.Parallel``) gets fresh interpreters too: a forked child
+inherits the executor without its manager thread and hangs in its first ``joblib.Parallel``.
+``start_method=`` overrides the choice.
+
+Each worker's OpenMP and BLAS pools are capped at ``threads_per_worker`` threads (default: the
+CPUs this process may use, divided by the number of workers, at least 1), unless the user has
+set ``OMP_NUM_THREADS`` already; ``threads_per_worker=0`` leaves them alone. See
+``tunefleet.hub._worker.limit_threads``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Sequence
+
+from tunefleet.backends._base import Backend
+from tunefleet.errors import UsageError
+from tunefleet._gpus import worker_env
+from tunefleet.hub._worker import THREAD_VARS
+from tunefleet.transport._base import Link
+from tunefleet.transport._local import PipeChannel, PipeLink, PipeListener
+
+
+def _process_main(conn: Connection, parent_pid: int, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    from tunefleet.hub._worker import forget_parent_pools, limit_threads, serve
+
+    # The parent's atexit handlers are not this worker's (multiprocessing never runs them in a
+    # forked child); those the objective's libraries register here are, as in any process:
+    # joblib removes its memmapping folders in one, and the resource tracker warns of leaks
+    # otherwise.
+    atexit._clear()
+    forget_parent_pools()
+    if THREADS_VAR in env:
+        limit_threads(int(env[THREADS_VAR]))
+    # serve() shuts down the pools the objective started; then this worker's atexit handlers,
+    # and multiprocessing's own clean-up, which waits for threads the objective left running.
+    code = serve(PipeChannel(conn, parent_pid))
+    atexit._run_exitfuncs()
+    sys.exit(code)
+
+
+#: The environment variable that tells a worker how many threads its pools may use.
+THREADS_VAR = "TUNEFLEET_THREADS_PER_WORKER"
+
+
+def threads_per_worker(n_workers: int, requested: int | None) -> int | None:
+    """How many OpenMP/BLAS threads each of ``n_workers`` local workers may use: ``requested``
+    if given (0: no limit), else None when the user set ``OMP_NUM_THREADS`` themselves, else
+    this process's CPUs divided among the workers."""
+    if requested is not None:
+        return requested or None
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, n_workers))
+
+
+class ProcessBackend(Backend):
+    """Local worker processes; ``gpus`` are handed out one per slot."""
+
+    def __init__(self, gpus: Sequence[int | str] | None = None,
+                 start_method: str | None = None, threads_per_worker: int | None = None) -> None:
+        method = start_method or default_start_method()
+        if method not in ("fork", "spawn", "forkserver"):
+            raise UsageError(f"start_method {start_method!r}: choose fork or spawn")
+        self._fork = mp.get_context("fork") if method == "fork" else None
+        self._gpus = list(gpus) if gpus else None
+        self.listener = PipeListener()
+        self._procs: dict[PipeLink, tuple[int, _Proc]] = {}
+        self._host = socket.gethostname()
+        self._threads_requested = threads_per_worker
+        self._threads: int | None = None
+        if threads_per_worker is not None and threads_per_worker < 0:
+            raise UsageError(f"threads_per_worker={threads_per_worker}: give 0 (no limit) "
+                             "or more")
+
+    def default_workers(self) -> int:
+        return len(self._gpus) if self._gpus else (os.cpu_count() or 1)
+
+    def start(self, n_workers: int) -> None:
+        self._threads = threads_per_worker(n_workers, self._threads_requested)
+        for slot in range(n_workers):
+            self._spawn(slot)
+
+    def replace(self, link: Link) -> None:
+        slot, _ = self._procs.pop(link, (0, None))  # type: ignore[arg-type]
+        self._spawn(slot)
+
+    def _spawn(self, slot: int) -> None:
+        env = worker_env(slot, self._gpus)
+        if self._threads is not None:
+            env[THREADS_VAR] = str(self._threads)
+            env.update({var: str(self._threads) for var in THREAD_VARS})
+        if self._fork is not None:
+            parent_conn, child_conn = self._fork.Pipe(duplex=True)
+            mp_proc = self._fork.Process(target=_process_main, name=f"tunefleet-worker-{slot}",
+                                         args=(child_conn, os.getpid(), env))
+            mp_proc.start()
+            child_conn.close()
+            proc: _Proc = _ForkedProc(mp_proc)
+        else:
+            parent_conn, proc = _start_fresh_interpreter(env)
+        link = PipeLink(parent_conn, f"{self._host}/{proc.pid}", lambda: _describe_exit(proc))
+        self._procs[link] = (slot, proc)
+        self.listener.add(link)
+
+    def shutdown(self, grace: float = 2.0) -> None:
+        self.listener.close()
+        deadline = time.monotonic() + grace
+        procs = [p for _, p in self._procs.values()]
+        for p in procs:
+            p.join(max(0.0, deadline - time.monotonic()))
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(1.0)
+        self._procs.clear()
+
+
+_NOT_FORK_SAFE = ("torch", "jax", "tensorflow")
+
+
+def default_start_method() -> str:
+    """``fork`` (fast: the parent's imports are shared) unless a library that is not fork-safe
+    is loaded in the parent, or the parent has a loky executor, or fork does not exist; then
+    ``spawn``."""
+    methods = mp.get_all_start_methods()
+    if ("fork" in methods and not any(name in sys.modules for name in _NOT_FORK_SAFE)
+            and not _loky_executor_started()):
+        return "fork"
+    return "spawn"
+
+
+def _loky_executor_started() -> bool:
+    """Whether joblib's loky executor exists in this process (its manager thread and worker
+    processes do not survive a fork; a forked child's ``joblib.Parallel`` waits forever)."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    return getattr(loky, "_executor", None) is not None
+
+
+class _Proc:
+    """What the backend needs of a worker process, forked or started fresh."""
+
+    pid: int
+
+    def join(self, timeout: float) -> None: ...
+    def is_alive(self) -> bool: ...
+    def kill(self) -> None: ...
+    @property
+    def exitcode(self) -> int | None: ...
+
+
+class _ForkedProc(_Proc):
+    def __init__(self, proc: mp.process.BaseProcess) -> None:
+        self._p = proc
+        self.pid = proc.pid  # type: ignore[assignment]
+
+    def join(self, timeout: float) -> None:
+        self._p.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._p.is_alive()
+
+    def kill(self) -> None:
+        self._p.kill()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._p.exitcode
+
+
+class _FreshProc(_Proc):
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self._p = popen
+        self.pid = popen.pid
+
+    def join(self, timeout: float) -> None:
+        try:
+            self._p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def is_alive(self) -> bool:
+        return self._p.poll() is None
+
+    def kill(self) -> None:
+        self._p.kill()
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._p.poll()
+
+
+def _start_fresh_interpreter(env: dict[str, str]) -> tuple[Connection, _Proc]:
+    """A new ``python -m tunefleet.backends._child`` on one end of a socket pair (what
+    ``multiprocessing.Pipe`` is on Unix); it sees the parent's ``sys.path``."""
+    parent_sock, child_sock = socket.socketpair()
+    child_env = {**os.environ, **env,
+                 "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    popen = subprocess.Popen(
+        [sys.executable, "-m", "tunefleet.backends._child", str(child_sock.fileno()),
+         str(os.getpid())], pass_fds=[child_sock.fileno()], env=child_env)
+    child_sock.close()
+    return Connection(parent_sock.detach()), _FreshProc(popen)
+
+
+def _describe_exit(proc: _Proc) -> str:
+    proc.join(1.0)
+    code = proc.exitcode
+    who = f"worker process {proc.pid}"
+    if code is None:
+        return f"{who} closed its connection while still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"{who} was killed by {name}"
+    return f"{who} exited with code {code}"

@@ -1,0 +1,58 @@
+"""``tunefleet run``: hub mode from the command line, on local worker processes."""
+
+from __future__ import annotations
+
+import click
+
+from tunefleet.cli._hub import hub_options, remaining_budget, run_hub_command
+from tunefleet.cli._options import parse_gpus, spec_from_options, study_options
+from tunefleet._studies import create_or_load_study, open_storage
+from tunefleet._targets import load_target
+
+
+@click.command()
+@click.argument("target")
+@click.option("--n-trials", type=click.IntRange(min=0), default=None,
+              help="The study's budget: run until it holds this many COMPLETE and PRUNED "
+                   "trials in all, so that rerunning the command after a crash or Ctrl-C "
+                   "finishes the budget (tunefleet.optimize's n_trials means 'this many more', "
+                   "as in Optuna).")
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: one per GPU of --gpus, else one per CPU).")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Stop starting trials after this many seconds.")
+@study_options
+@click.option("--gpus", default=None,
+              help="GPUs, one per worker: indices into the visible GPUs (CUDA_VISIBLE_DEVICES "
+                   "if set), e.g. 0,1 or 3, for one; or a count, e.g. 4 for the first four.")
+@click.option("--deterministic", is_flag=True,
+              help="With --seed: the same trials and values whatever the workers' timing "
+                   "(trial k starts once trials up to k - workers have ended, and sees only "
+                   "those); slower when trial times vary.")
+@hub_options
+def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float | None,
+        storage: str | None, study_name: str | None, directions: tuple[str, ...],
+        sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
+        deterministic: bool, max_retries: int, grace: float, worker_timeout: float,
+        keep_going: bool, progress: bool, as_json: bool) -> None:
+    """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
+
+    The study is stored in --storage (a SQLite file in this folder by default), so running the
+    same command again continues it.
+    """
+    import tunefleet
+
+    if n_trials is None and timeout is None:
+        raise click.UsageError("give --n-trials or --timeout (or both)")
+    if deterministic and seed is None:
+        raise click.UsageError("--deterministic needs --seed")
+    objective = load_target(target)
+    spec = spec_from_options(directions, sampler, seed, pruner)
+    store = open_storage(storage, sqlite_wal=True)  # the coordinator is the only writer
+    study = create_or_load_study(store, study_name, spec, directions_given=bool(directions))
+    remaining = remaining_budget(study, n_trials)
+    run_hub_command(study, storage, as_json, lambda: tunefleet.optimize(
+        study, objective, n_trials=remaining, n_workers=n_workers, timeout=timeout,
+        gpus=parse_gpus(gpus), max_retries=max_retries, grace=grace,
+        worker_timeout=worker_timeout, deterministic=deterministic,
+        catch=(Exception,) if keep_going else (), show_progress_bar=progress))

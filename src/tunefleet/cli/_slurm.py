@@ -1,0 +1,266 @@
+"""``tunefleet slurm``: write (and optionally submit) the sbatch script of a study.
+
+Storage mode: the batch step runs ``tunefleet init``, then ``srun`` starts one
+``tunefleet worker`` per task, all on the same storage. Hub mode: the batch step runs
+``tunefleet serve`` (the coordinator, the only process that touches the storage) and ``srun``
+starts workers that connect to it over TCP, for clusters whose shared-file-system database is slow.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import click
+
+from tunefleet.cli._options import search_space_file, spec_from_options, study_options
+from tunefleet.errors import UsageError
+
+_TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
+_MEM = re.compile(r"^\d+[KMGT]?$", re.I)
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _make_log_folder(pattern: str | None) -> None:
+    """Slurm opens log files in existing folders only (a missing one loses every log line and
+    fails the job): make the folder of a log pattern now, unless it holds a % placeholder."""
+    folder = os.path.dirname(pattern or "")
+    if folder and "%" not in folder:
+        os.makedirs(folder, exist_ok=True)
+
+
+def _spec_args(directions: tuple[str, ...], sampler: str | None, seed: int | None,
+               pruner: str | None, search_space: str | None = None) -> list[str]:
+    out: list[str] = []
+    for d in directions:
+        out += ["--direction", d.lower()]
+    if sampler:
+        out += ["--sampler", sampler.lower()]
+    if seed is not None:
+        out += ["--seed", str(seed)]
+    if pruner:
+        out += ["--pruner", pruner.lower()]
+    if search_space:
+        out += ["--search-space", os.path.abspath(search_space)]
+    return out
+
+
+def _batch_log(pattern: str) -> str:
+    """The batch step's log name for a per-task PATTERN: the batch step is no task, so its
+    ``%t`` reads ``batch`` (``tunefleet-%j-%t.out`` -> ``tunefleet-%j-batch.out``)."""
+    return re.sub(r"(?<!%)%t", "batch", pattern)
+
+
+def _sbatch_line(value: str) -> str:
+    """One ``--sbatch`` value as the option of a ``#SBATCH`` line, checked to be one."""
+    text = value.strip()
+    if text.upper().startswith("#SBATCH"):
+        text = text[len("#SBATCH"):].strip()
+    if not text.startswith("-") or "\n" in text or "\r" in text:
+        raise UsageError(f"--sbatch {value!r}: give one sbatch option, e.g. "
+                         "--sbatch '--mail-type=END' or --sbatch '--exclusive'")
+    return text
+
+
+def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task: int | None,
+                  cpus_per_task: int | None, time_limit: str | None, partition: str | None,
+                  container: str | None, storage: str, study: str, n_trials: int, mode: str,
+                  spec_args: list[str], workdir: str, job_name: str, port: int | None,
+                  key_file: str, python: str = sys.executable, account: str | None = None,
+                  qos: str | None = None, mem: str | None = None, gres: str | None = None,
+                  constraint: str | None = None, extra_sbatch: tuple[str, ...] = (),
+                  output: str | None = None, error: str | None = None,
+                  binds: tuple[str, ...] = ()) -> str:
+    """The sbatch script text; every value is shell-quoted.
+
+    ``output``/``error`` are Slurm file patterns: the workers' ``srun`` writes one file per task
+    when they hold ``%t``, the batch step (init, coordinator, best) writes its own (see
+    ``_batch_log``). ``extra_sbatch`` lines come last, so that they can override ours."""
+    sbatch = [f"--job-name={job_name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}"]
+    if gpus_per_task:
+        sbatch.append(f"--gpus-per-task={gpus_per_task}")
+    if cpus_per_task:
+        sbatch.append(f"--cpus-per-task={cpus_per_task}")
+    if time_limit:
+        sbatch.append(f"--time={time_limit}")
+    for name, value in (("partition", partition), ("account", account), ("qos", qos),
+                        ("mem", mem), ("gres", gres), ("constraint", constraint)):
+        if value:
+            sbatch.append(f"--{name}={value}")
+    sbatch += [f"--chdir={workdir}", f"--output={_batch_log(output or '%x-%j.out')}"]
+    if error:
+        sbatch.append(f"--error={_batch_log(error)}")
+    sbatch += [_sbatch_line(line) for line in extra_sbatch]
+    if container:
+        bind_args: list[str] = []
+        for bind in (workdir, *binds):
+            bind_args += ["--bind", bind]
+        launcher = ["apptainer", "exec"] + (["--nv"] if gpus_per_task else []) + \
+                   [*bind_args, container, "python3", "-m", "tunefleet"]
+    else:
+        launcher = [python, "-m", "tunefleet"]
+    lines = [
+        "#!/bin/bash",
+        f"# Written by `tunefleet slurm` ({mode} mode) on "
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}.",
+        *[f"#SBATCH {opt}" for opt in sbatch],
+        "set -euo pipefail",
+        "",
+        f"TUNEFLEET=({' '.join(_q(a) for a in launcher)})",
+        f"STORAGE={_q(storage)}",
+        f"STUDY={_q(study)}",
+        f"N_TRIALS={n_trials}",
+        'echo "tunefleet: job ${SLURM_JOB_ID:-?}: ${SLURM_NTASKS:-?} workers on '
+        '${SLURM_JOB_NODELIST:-?}, study $STUDY in $STORAGE"',
+    ]
+    spec = " ".join(_q(a) for a in spec_args)
+    spec = f" {spec}" if spec else ""
+    # One GPU per task: Slurm's --gpus-per-task sets CUDA_VISIBLE_DEVICES itself; where a site
+    # hands out GPUs per node only, fall back to the task's local rank.
+    gpu = ("bash -c 'export CUDA_VISIBLE_DEVICES=\"${CUDA_VISIBLE_DEVICES:-$SLURM_LOCALID}\"; "
+           "exec \"$@\"' tunefleet-task " if gpus_per_task else "")
+    srun = 'srun --ntasks="$SLURM_NTASKS" --kill-on-bad-exit=0'
+    if output:
+        srun += f" --output={_q(output)}"
+    if error:
+        srun += f" --error={_q(error)}"
+    if mode == "storage":
+        lines += [
+            "",
+            "# Create the study once (harmless when it exists); the workers read its sampler.",
+            f'"${{TUNEFLEET[@]}}" init --storage "$STORAGE" --study "$STUDY"{spec}',
+            "# One worker per task; together they stop when the study holds N_TRIALS trials.",
+            f'{srun} {gpu}"${{TUNEFLEET[@]}}" worker {_q(target)} --storage "$STORAGE" '
+            '--study "$STUDY" --n-trials "$N_TRIALS"',
+        ]
+    else:
+        lines += [
+            f"KEY_FILE={_q(key_file)}",
+            # Two hub jobs on one node must not share a port: derive it from the job id.
+            f"PORT={port}" if port else 'PORT=$((20000 + ${SLURM_JOB_ID:-0} % 20000))',
+            "HUB_HOST=$(hostname)",
+            "# The shared secret of the hub: made once, readable by you only.",
+            'if [ ! -s "$KEY_FILE" ]; then (umask 077; head -c 32 /dev/urandom | od -An -tx1 '
+            '| tr -d \' \\n\' > "$KEY_FILE"); fi',
+            "",
+            "# The coordinator runs in the batch step: the only process that opens the storage.",
+            f'"${{TUNEFLEET[@]}}" serve {_q(target)} --listen "tcp://$HUB_HOST:$PORT" '
+            f'--key-file "$KEY_FILE" --n-trials "$N_TRIALS" --storage "$STORAGE" '
+            f'--study "$STUDY"{spec} --no-progress &',
+            "HUB_PID=$!",
+            "# One worker per task, connected to the coordinator over TCP.",
+            f'{srun} {gpu}"${{TUNEFLEET[@]}}" worker --connect "tcp://$HUB_HOST:$PORT" '
+            '--key-file "$KEY_FILE"',
+            'wait "$HUB_PID"',
+        ]
+    lines += ['"${TUNEFLEET[@]}" best --storage "$STORAGE" --study "$STUDY"', ""]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("target")
+@study_options
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--tasks-per-node", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Workers per node (one per GPU, typically).")
+@click.option("--gpus-per-task", type=click.IntRange(min=0), default=None)
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None)
+@click.option("--time", "time_limit", default=None, help="Slurm time limit, e.g. 02:00:00.")
+@click.option("--partition", default=None, help="Slurm partition (queue).")
+@click.option("--account", default=None, help="Account the job is charged to.")
+@click.option("--qos", default=None, help="Quality of service.")
+@click.option("--mem", default=None, help="Memory per node, e.g. 16G.")
+@click.option("--gres", default=None, help="Generic resources per node, e.g. gpu:a100:2.")
+@click.option("--constraint", default=None, help="Node features, e.g. 'a100|h100'.")
+@click.option("--sbatch", "extra_sbatch", multiple=True,
+              help="Any other #SBATCH line, e.g. --sbatch '--mail-type=END'; repeatable.")
+@click.option("--output", default=None,
+              help="Log file pattern; with %t one file per worker task, e.g. "
+                   "logs/%x-%j-%t.out (the batch step's %t reads 'batch'). "
+                   "Default: %x-%j.out, one file for all.")
+@click.option("--error", default=None,
+              help="Pattern of the stderr logs, as --output (default: with stdout).")
+@click.option("--container", default=None, help="Apptainer image to run tunefleet in.")
+@click.option("--bind", "binds", multiple=True,
+              help="More folders for the container (SRC[:DST], apptainer --bind); repeatable.")
+@click.option("--n-trials", type=click.IntRange(min=1), required=True,
+              help="Trials the study must hold, over all workers.")
+@click.option("--mode", type=click.Choice(["storage", "hub"]), default="storage",
+              show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="Hub mode: the coordinator's TCP port (default 20000 + job id mod 20000).")
+@click.option("--key-file", default=None, help="Hub mode: shared secret file "
+                                                "(default .tunefleet-STUDY.key, made if absent).")
+@click.option("--job-name", default=None, help="Default: tunefleet-STUDY.")
+@click.option("--script", "script_path", default=None,
+              help="Where to write the script (default tunefleet-STUDY.sbatch).")
+@click.option("--submit", is_flag=True, help="Submit it with sbatch instead of printing it.")
+def slurm(target: str, storage: str | None, study_name: str | None,
+          directions: tuple[str, ...], sampler: str | None, seed: int | None,
+          pruner: str | None, nodes: int, tasks_per_node: int, gpus_per_task: int | None,
+          cpus_per_task: int | None, time_limit: str | None, partition: str | None,
+          account: str | None, qos: str | None, mem: str | None, gres: str | None,
+          constraint: str | None, extra_sbatch: tuple[str, ...], output: str | None,
+          error: str | None, container: str | None, binds: tuple[str, ...], n_trials: int,
+          mode: str, port: int | None, key_file: str | None,
+          job_name: str | None, script_path: str | None, submit: bool) -> None:
+    """Write the sbatch script that runs TARGET on NODES x TASKS-PER-NODE workers of one study;
+    print it, or --submit it and say how to follow it."""
+    from tunefleet._studies import DEFAULT_STORAGE, DEFAULT_STUDY
+
+    if time_limit is not None and not _TIME.match(time_limit):
+        raise UsageError(f"--time {time_limit!r}: use HH:MM:SS, MM:SS or D-HH:MM:SS")
+    if ":" not in target:
+        raise UsageError(f"target {target!r} must look like path/to/file.py:name")
+    module = target.rpartition(":")[0]
+    if module.endswith(".py") and not os.path.isfile(module):
+        raise UsageError(f"target {target!r}: no such file {module}")
+    if binds and not container:
+        raise UsageError("--bind adds folders to the container: give --container IMAGE too")
+    if mem is not None and not _MEM.match(mem):
+        raise UsageError(f"--mem {mem!r}: use a size such as 16G, 4000M or 0 (all of the node)")
+    for pattern in (output, error):
+        _make_log_folder(pattern)
+    spec_from_options(directions, sampler, seed, pruner)  # checks the sampler before sbatch
+    study = study_name or DEFAULT_STUDY
+    storage = storage or DEFAULT_STORAGE
+    workdir = os.getcwd()
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study)
+    text = render_script(
+        target=target, nodes=nodes, tasks_per_node=tasks_per_node, gpus_per_task=gpus_per_task,
+        cpus_per_task=cpus_per_task, time_limit=time_limit, partition=partition,
+        container=container, storage=storage, study=study, n_trials=n_trials, mode=mode,
+        spec_args=_spec_args(directions, sampler, seed, pruner, search_space_file()),
+        workdir=workdir, job_name=job_name or f"tunefleet-{safe}", port=port,
+        key_file=key_file or f".tunefleet-{safe}.key", account=account, qos=qos, mem=mem,
+        gres=gres, constraint=constraint, extra_sbatch=extra_sbatch, output=output, error=error,
+        binds=binds)
+    path = script_path or f"tunefleet-{safe}.sbatch"
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o755)
+    log = _batch_log(output or "%x-%j.out").replace("%x", job_name or f"tunefleet-{safe}")
+    follow = (f"follow it: squeue -j JOB; tail -f {log.replace('%j', 'JOB')}; "
+              f"results: tunefleet best --storage {_q(storage)} --study {_q(study)}")
+    if not submit:
+        click.echo(text, nl=False)
+        click.echo(f"# written to {path}; submit it with: sbatch {path}", err=True)
+        click.echo(f"# {follow}", err=True)
+        return
+    if shutil.which("sbatch") is None:
+        raise UsageError(f"sbatch not found: run this on a Slurm login node (script kept in {path})")
+    proc = subprocess.run(["sbatch", path], capture_output=True, text=True)
+    if proc.returncode != 0:
+        first = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[:1]
+        raise UsageError(f"sbatch refused {path}: {first[0] if first else proc.returncode}")
+    match = re.search(r"(\d+)", proc.stdout)
+    job = match.group(1) if match else "?"
+    click.echo(f"submitted job {job} ({path}); {follow.replace('JOB', job)}")

@@ -1,0 +1,130 @@
+"""``tunefleet worker``: one worker of a study, on a shared storage or connected to a hub."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import traceback
+
+import click
+
+from tunefleet.cli._options import spec_from_options, study_options
+from tunefleet.errors import UsageError
+
+
+@click.command()
+@click.argument("target", required=False)
+@study_options
+@click.option("--n-trials", type=click.IntRange(min=1), default=None,
+              help="Trials the study must hold, complete or pruned, counted over ALL workers.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Start no trial after this many seconds.")
+@click.option("--catch", is_flag=True,
+              help="Keep going when the objective raises (the failed trial does not count).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
+              help="How often the parameters of a trial whose worker died are run again.")
+@click.option("--heartbeat-interval", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Seconds between heartbeats of the running trial.")
+@click.option("--grace-period", type=click.IntRange(min=1), default=None,
+              help="Seconds without heartbeat after which a trial is failed by the other "
+                   "workers. Default: 3 x the heartbeat interval.")
+@click.option("--connect", default=None, help="Hub mode: tcp://HOST:PORT of `tunefleet serve`.")
+@click.option("--key-file", default=None, help="Hub mode: the shared secret of the hub.")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Hub mode: this many workers on this host, forked from one interpreter.")
+@click.option("--reconnect-timeout", type=click.FloatRange(min=0), default=60.0,
+              show_default=True,
+              help="Hub mode: when the coordinator disappears, finish the running trial and "
+                   "try this many seconds to join it again (a restarted `tunefleet serve`), "
+                   "handing over the result; 0 exits at once.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and the final line.")
+def worker(target: str | None, storage: str | None, study_name: str | None,
+           directions: tuple[str, ...], sampler: str | None, seed: int | None,
+           pruner: str | None, n_trials: int | None, timeout: float | None, catch: bool,
+           max_retries: int, heartbeat_interval: int, grace_period: int | None,
+           connect: str | None, key_file: str | None, processes: int, reconnect_timeout: float,
+           quiet: bool) -> None:
+    """Run TARGET (path/file.py:objective or pkg.module:objective) on the study in --storage
+    until the study holds --n-trials complete-or-pruned trials; start as many workers as you
+    like, anywhere that reaches the storage. With --connect, join a hub instead (no TARGET)."""
+    if connect is not None:
+        _join_hub(target, connect, key_file, processes, reconnect_timeout)
+        return
+    if target is None:
+        raise UsageError("worker needs a TARGET (path/file.py:objective), or --connect tcp://HOST:PORT")
+    if n_trials is None:
+        raise UsageError("worker needs --n-trials: the total the study must hold, over all workers")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
+                        format="[tunefleet %(asctime)s] %(message)s", datefmt="%H:%M:%S")
+
+    from tunefleet.storage_mode._db import open_worker_storage
+    from tunefleet.storage_mode._backoff import with_backoff
+    from tunefleet.storage_mode._worker import (ObjectiveFailed, WorkerOptions, WorkerStopped,
+                                               run_storage_worker)
+    from tunefleet._studies import SPEC_ATTR, StudySpec, create_or_load_study
+    from tunefleet._targets import load_target
+
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    objective = load_target(target)
+    grace = grace_period or 3 * heartbeat_interval
+    if grace <= heartbeat_interval:
+        raise UsageError(f"--grace-period {grace} must be longer than --heartbeat-interval "
+                         f"{heartbeat_interval}, or live workers would be declared dead")
+    store = open_worker_storage(storage, heartbeat_interval=heartbeat_interval,
+                                grace_period=grace)
+    spec = spec_from_options(directions, sampler, seed, pruner)
+    study = with_backoff(lambda: create_or_load_study(store, study_name, spec,
+                                                      directions_given=bool(directions)),
+                         what="open study")
+    # The spec the study's sampler was built with (as create_or_load_study chose it).
+    recorded = study._storage.get_study_system_attrs(study._study_id).get(SPEC_ATTR)
+    given = sampler is not None or seed is not None or pruner is not None
+    used = StudySpec.from_json(recorded) if recorded and not given else spec
+    # A seeded study draws each trial's values from (seed, trial number, parameter): workers
+    # draw apart (their trials' numbers differ), and a run continued later draws what one
+    # uninterrupted run would have drawn (tunefleet.samplers._seeded).
+    opts = WorkerOptions(n_trials=n_trials, timeout=timeout, catch=catch,
+                         max_retries=max_retries, heartbeat_interval=heartbeat_interval,
+                         grace_period=grace, seed=used.seed)
+
+    def stop(signum: int, frame: object) -> None:
+        raise WorkerStopped(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        result = run_storage_worker(study, objective, opts)
+    except WorkerStopped as exc:
+        click.echo(f"worker {opts.worker_id}: stopped by {exc}", err=True)
+        sys.exit(130)
+    except ObjectiveFailed as exc:
+        traceback.print_exception(exc.original)
+        click.echo(f"tunefleet: worker {opts.worker_id}: {exc} (pass --catch to go on)", err=True)
+        sys.exit(1)
+    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
+    dropped = (f", {result.dropped} dropped (failed by others while this worker was silent)"
+               if result.dropped else "")
+    click.echo(f"worker {opts.worker_id}: {result.complete} complete, {result.pruned} pruned, "
+               f"{result.failed} failed, {result.reaped} taken over from dead workers"
+               f"{dropped}; {result.reason}: the study holds {done}/{n_trials}")
+
+
+def _join_hub(target: str | None, address: str, key_file: str | None, processes: int,
+              reconnect_timeout: float = 0.0) -> None:
+    if target is not None:
+        raise UsageError("--connect joins a hub, which sends the objective: drop TARGET")
+    if not address.startswith("tcp://"):
+        raise UsageError(f"--connect {address!r} must look like tcp://HOST:PORT")
+    from tunefleet.hub._remote import run_workers
+    from tunefleet.transport._tcp import parse_address
+
+    parse_address(address)  # a malformed address is one line and exit 2, before any fork
+
+    sys.exit(run_workers(address, processes, key_file=key_file,
+                         reconnect_timeout=reconnect_timeout))

@@ -1,0 +1,317 @@
+"""The worker side of hub mode: ask for a trial, run the objective on a proxy trial, send the
+result with the request for the next one. The same loop runs behind every transport."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import linecache
+import os
+import pickle
+import socket
+import sys
+import threading
+import traceback
+import types
+from typing import Any, Callable
+
+import cloudpickle
+import optuna
+
+from tunefleet.errors import CoordinatorGone
+from tunefleet.hub import _protocol as P
+from tunefleet.hub._beat import BeatingChannel
+from tunefleet.hub._proxy import ProxyTrial, StudyInfo
+from tunefleet.transport._base import Channel
+
+_worker_data: Any = None
+
+
+def worker_data() -> Any:
+    """What the ``setup`` function given to ``optimize`` returned in this worker (once per
+    worker, not per trial): a data set, a loaded model. ``None`` outside a worker."""
+    return _worker_data
+
+
+@dataclasses.dataclass
+class WorkerConfig:
+    """What a worker needs to run trials; shipped once per worker with cloudpickle, so
+    closures, lambdas and objectives defined in ``__main__`` work."""
+
+    objective: Callable[[optuna.Trial], Any]
+    catch: tuple[type[BaseException], ...]
+    n_objectives: int
+    setup: Callable[[], Any] | None = None
+
+    def __reduce__(self) -> tuple:
+        # Pickled in the coordinator, loaded in the worker: locks in the objective's closure
+        # (MLflowCallback keeps one) become new locks, and the source of functions defined
+        # where no file holds it (a notebook cell, ``python -c``) travels for tracebacks.
+        fields = (self.objective, self.catch, self.n_objectives, self.setup)
+        return (_load_config, (_dumps(fields), _sources(self.objective, self.setup)))
+
+
+_LOCK_TYPES = {type(threading.Lock()): threading.Lock, type(threading.RLock()): threading.RLock}
+
+
+def _fresh_lock(lock: Any) -> tuple:
+    return (_LOCK_TYPES[type(lock)], ())
+
+
+def _code_with_filename(code: types.CodeType) -> tuple:
+    """cloudpickle's reduction of a code object, with the file name it replaces by
+    ``<dynamic-code>`` put back, so that tracebacks name the user's file."""
+    ctor, args = cloudpickle.cloudpickle._code_reduce(code)
+    return ctor, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, except that a lock pickles as a new, unlocked lock (a worker is another
+    process, so a lock the parent holds means nothing there) and code keeps its file name."""
+
+    dispatch_table = collections.ChainMap(
+        {types.CodeType: _code_with_filename, **{t: _fresh_lock for t in _LOCK_TYPES}},
+        cloudpickle.Pickler.dispatch_table)
+
+
+def _dumps(obj: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def _load_config(data: bytes, sources: dict[str, list[str]]) -> WorkerConfig:
+    for filename, lines in sources.items():
+        if not os.path.exists(filename):  # a real file is read by linecache as usual
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    return WorkerConfig(*pickle.loads(data))
+
+
+def _sources(*functions: Any) -> dict[str, list[str]]:
+    """The lines of the files the functions' code comes from, for the files this process
+    knows (linecache) but a worker may not: notebook cells, ``<stdin>``, a file on another
+    machine's disk. Code objects keep their file name through cloudpickle, so a worker's
+    traceback names the user's file and line, and with this shows the line too."""
+    out: dict[str, list[str]] = {}
+    for fn in functions:
+        fn = getattr(fn, "__wrapped__", fn)
+        code = getattr(getattr(fn, "__call__", None), "__code__", None) or getattr(
+            fn, "__code__", None)
+        if not isinstance(code, types.CodeType):
+            continue
+        name = code.co_filename
+        if name in out:
+            continue
+        lines = linecache.getlines(name, getattr(fn, "__globals__", None))
+        if lines and sum(map(len, lines)) < 2_000_000:
+            out[name] = lines
+    return out
+
+
+class _Lost(CoordinatorGone):
+    """The coordinator went away; ``result`` is the finished trial it may not have received,
+    as ``(number, Result)``, for a coordinator started again to reclaim."""
+
+    def __init__(self, message: str, result: tuple[int, tuple] | None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def serve(channel: Channel, label: str | None = None,
+          reconnect: Callable[[], Channel] | None = None) -> int:
+    """Run trials for the coordinator behind ``channel`` until it says stop. Returns an exit
+    code: 0 when the study is done or the coordinator is gone, 1 when the objective could not
+    be loaded here. With ``reconnect`` (a new channel to the same address, raising
+    ``CoordinatorGone`` once it gives up), a worker whose coordinator disappears keeps its last
+    finished result, joins the coordinator started again and hands the result over."""
+    global _worker_data
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "label": label}
+    config: WorkerConfig | None = None
+    reclaim: list[tuple[int, tuple]] = []
+    try:
+        while True:
+            try:
+                channel.send((P.HELLO, {**info, "reclaim": reclaim}))
+                msg = channel.recv()
+                if msg[0] == P.STOP:
+                    return 0
+                if config is None:
+                    try:
+                        config = cloudpickle.loads(msg[1])
+                        if config.setup is not None:
+                            _worker_data = config.setup()
+                    except Exception as exc:
+                        channel.send((P.FAILED, f"worker on {socket.gethostname()} (pid "
+                                                f"{os.getpid()}) could not load the objective: "
+                                                f"{type(exc).__name__}: {exc}"))
+                        return 1
+                channel = BeatingChannel(channel)  # liveness for the coordinator's timeout
+                return _trial_loop(channel, config)
+            except CoordinatorGone as exc:
+                if reconnect is None:
+                    return 0
+                reclaim = [exc.result] if isinstance(exc, _Lost) and exc.result else []
+                channel.close()
+                channel = reconnect()  # CoordinatorGone once it gives up: exit 0
+    except CoordinatorGone:
+        return 0
+    finally:
+        channel.close()
+        release_pools()
+
+
+def _trial_loop(channel: Channel, config: WorkerConfig) -> int:
+    def call(trial_id: int, ops: list, request: tuple) -> Any:
+        channel.send((P.CALL, trial_id, ops, request))
+        reply = channel.recv()
+        if reply[0] != P.REPLY:
+            raise CoordinatorGone(f"unexpected message {reply[0]!r} from the coordinator")
+        if reply[1]:
+            return reply[2]
+        raise reply[2]
+
+    def send_ops(trial_id: int, ops: list) -> None:
+        channel.send((P.OPS, trial_id, ops))
+
+    result = None
+    number = -1
+    space: dict = {}  # the search space known to the coordinator, sent when it changes
+    study_info = StudyInfo()
+    while True:
+        try:
+            channel.send((P.NEXT, result))
+            msg = channel.recv()  # a reply means the coordinator has the result
+        except CoordinatorGone as exc:
+            raise _Lost(str(exc), (number, result) if result is not None else None) from None
+        if msg[0] != P.TRIAL:
+            return 0
+        _, trial_id, number, dt_start, fixed, presampled, new_space, user_attrs = msg
+        if new_space is not None:
+            space = new_space
+        trial = ProxyTrial(call, send_ops, config.n_objectives, trial_id, number, dt_start,
+                           fixed, presampled, space, user_attrs, study_info)
+        result = run_objective(config, trial)
+
+
+def run_objective(config: WorkerConfig, trial: ProxyTrial) -> tuple:
+    """Run the objective once and describe the outcome as a protocol ``Result``."""
+    try:
+        value = config.objective(trial)
+    except optuna.TrialPruned as exc:
+        return (trial._trial_id, P.PRUNED, None, trial._take_ops(), (None, str(exc), None, True))
+    except CoordinatorGone:
+        raise
+    except Exception as exc:
+        text = _user_traceback(exc)
+        caught = isinstance(exc, config.catch)
+        if not caught and hasattr(exc, "add_note"):
+            # Re-raised by tunefleet.optimize in the coordinator, where its own traceback
+            # shows tunefleet's frames: the note (pickled with it) shows the user's.
+            exc.add_note(f"The objective raised it in tunefleet worker {os.getpid()} on "
+                         f"{socket.gethostname()}:\n" + text.rstrip())
+        error = (_picklable(exc), repr(exc), text, caught)
+        return (trial._trial_id, P.FAIL, None, trial._take_ops(), error)
+    return (trial._trial_id, P.COMPLETE, _plain_values(value), trial._take_ops(), None)
+
+
+class GcAfterTrial:
+    """``gc_after_trial=True``: the objective, then ``gc.collect()`` in the worker that ran it,
+    whatever the outcome, as ``Study.optimize`` does after each trial."""
+
+    def __init__(self, objective: Callable[[optuna.Trial], Any]) -> None:
+        self.__wrapped__ = objective
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        try:
+            return self.__wrapped__(trial)
+        finally:
+            import gc
+
+            gc.collect()
+
+
+def _plain_values(value: Any) -> Any:
+    """Floats travel as floats; anything else as itself if it pickles, or as text, so that
+    the coordinator's ``tell`` fails the trial with Optuna's own message."""
+    if isinstance(value, (list, tuple)):
+        return [_plain_values(v) for v in value]
+    if not isinstance(value, (str, bytes)):  # text is not a number, even "12" (as in Optuna)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    try:
+        pickle.dumps(value)
+        return value
+    except Exception:  # no float() and no pickle: a text no float() can read, to fail the trial
+        return f"<unpicklable {type(value).__name__}: {repr(value)[:200]}>"
+
+
+def _picklable(exc: BaseException) -> BaseException | None:
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return None
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback from the objective down, without this module's frame: the user's file
+    and line come first, as under ``study.optimize``."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def limit_threads(n: int) -> None:
+    """Cap this worker's OpenMP and BLAS pools at ``n`` threads, as Dask does for its workers:
+    N workers that each start a pool as wide as the machine oversubscribe it N times (LightGBM
+    ran 10-60 times slower). The variables cover libraries loaded from now on; threadpoolctl
+    covers those already loaded, whose pools read the variables before a fork."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(n)
+    try:
+        import threadpoolctl
+
+        threadpoolctl.threadpool_limits(n)
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def release_pools() -> None:
+    """Shut down the process pools the objective started (joblib's loky executor) before the
+    worker exits: left alone they outlive it until their idle timeout, holding the terminal's
+    pipe open (``tunefleet run ... | cat`` would not return) and leaking semaphores."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(loky, "_executor", None)
+    if executor is not None:
+        try:
+            # joblib's executor: shut down, then remove its memmapping folders, which joblib
+            # leaves to atexit (not run in a forked worker).
+            stop = getattr(executor, "terminate", None)
+            if stop is not None:
+                stop(kill_workers=False)
+            else:
+                executor.shutdown(wait=True, kill_workers=False)
+        except Exception:
+            pass
+        loky._executor = None
+
+
+def forget_parent_pools() -> None:
+    """In a forked worker, forget the parent's loky executor: its manager thread did not come
+    through the fork, so handing it work would hang; joblib starts a new one when needed."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    if loky is not None and getattr(loky, "_executor", None) is not None:
+        loky._executor = None
+        loky._executor_kwargs = None

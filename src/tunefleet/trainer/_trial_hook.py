@@ -1,0 +1,49 @@
+"""The trial hook: reports a validation metric to an Optuna trial and prunes on its advice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from tunefleet.errors import UsageError
+from tunefleet.trainer._hooks import HookBase
+
+
+class TrialHook(HookBase):
+    """After every validation, reports ``metric`` (or the mean of its last ``report_last_n``
+    values, which smooths a noisy metric) at step ``current_iter``; raises ``TrialPruned``
+    when ``allow_prune`` and the study's pruner says so. ``value`` is the last value reported,
+    which is what the objective returns."""
+
+    priority = 90  # last: a prune must not keep the other hooks from seeing this validation
+
+    def __init__(self, trial: Any, metric: str = "valid_acc", report_last_n: int = 1,
+                 allow_prune: bool = True) -> None:
+        if report_last_n < 1:
+            raise UsageError(f"report_last_n must be at least 1, not {report_last_n}")
+        self.trial = trial
+        self.metric = metric
+        self.report_last_n = report_last_n
+        self.allow_prune = allow_prune
+        self.value: float | None = None
+
+    def after_valid(self) -> None:
+        history = self.trainer.history
+        if self.metric not in history:
+            have = ", ".join(history.names("valid")) or "nothing"
+            raise UsageError(f"metric {self.metric!r} is not in valid_out (valid() recorded "
+                             f"{have}); valid_out['acc'] is reported as 'valid_acc'")
+        recent = history.values(self.metric)[-self.report_last_n:]
+        self.value = sum(recent) / len(recent)
+        step = self.trainer.current_iter
+        self.trial.report(self.value, step)
+        if self.allow_prune and self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at iteration {step} with {self.metric}={self.value:.6g}")
+
+    def final_value(self) -> float:
+        """The value the objective returns; an error when the run never validated."""
+        if self.value is None:
+            raise UsageError(f"no validation ran, so there is no {self.metric!r} to return: "
+                             "check valid_freq against the number of iterations")
+        return self.value
