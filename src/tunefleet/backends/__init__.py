@@ -9,6 +9,8 @@ from typing import Any
 from tunefleet.backends._base import Backend
 from tunefleet.errors import UsageError
 
+__all__ = ["Backend", "BACKENDS", "make_backend"]
+
 #: backend name -> "module:factory"; each engine module is imported only when asked for.
 BACKENDS = {
     "processes": "tunefleet.backends._processes:ProcessBackend",

@@ -19,7 +19,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     from tunefleet.backends._processes import THREADS_VAR
     from tunefleet.hub._worker import limit_threads, serve
-    from tunefleet.transport._local import PipeChannel
+    from tunefleet.transport import PipeChannel
 
     if THREADS_VAR in os.environ:
         limit_threads(int(os.environ[THREADS_VAR]))

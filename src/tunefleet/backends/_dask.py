@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from tunefleet.backends._tcp import EngineBackend, engine_worker, error_line, token_of
 from tunefleet.errors import UsageError
-from tunefleet.transport._base import Link
+from tunefleet.transport import Link
 
 
 class DaskBackend(EngineBackend):
@@ -25,17 +25,13 @@ class DaskBackend(EngineBackend):
     """
 
     engine = "dask"
+    module = "distributed"
+    gpus_instead = ("give the worker tasks resources={'GPU': 1} and start Dask workers with "
+                    "GPU resources")
 
     def __init__(self, client: Any = None, resources: dict[str, float] | None = None,
                  gpus: Sequence[int | str] | None = None, **tcp: Any) -> None:
-        if gpus:
-            raise UsageError("backend='dask' does not take gpus=: give the worker tasks "
-                             "resources={'GPU': 1} and start Dask workers with GPU resources")
-        try:
-            import distributed
-        except ModuleNotFoundError:
-            raise UsageError("backend 'dask' needs 'distributed': "
-                             "pip install 'tunefleet[dask]'") from None
+        distributed = self._engine_module(gpus)
         if client is None:
             try:
                 client = distributed.get_client()
@@ -47,7 +43,6 @@ class DaskBackend(EngineBackend):
         super().__init__(**tcp)
         self.client = client
         self.resources = resources
-        self._futures: dict[str, Any] = {}
 
     def default_workers(self) -> int:
         """One worker per Dask worker thread."""
@@ -59,7 +54,7 @@ class DaskBackend(EngineBackend):
         future = self.client.submit(
             engine_worker, self.address, self.key, token, key=f"tunefleet-worker-{token}",
             pure=False, retries=0, resources=self.resources)
-        self._futures[token] = future
+        self._tasks[token] = future
         return lambda: future.add_done_callback(lambda f: self._done(token, f))
 
     def _done(self, token: str, future: Any) -> None:
@@ -73,7 +68,7 @@ class DaskBackend(EngineBackend):
     def replace(self, link: Link) -> None:
         """Cancel the lost worker's task (Dask would otherwise run it again on another
         worker once it notices the death) and submit a fresh one."""
-        future = self._futures.pop(token_of(link), None)
+        future = self._forget(token_of(link))
         if future is not None:
             future.cancel()
         self._submit()
@@ -81,11 +76,7 @@ class DaskBackend(EngineBackend):
     def shutdown(self, grace: float = 2.0) -> None:
         from distributed import wait
 
-        self._close()
-        with self._lock:
-            futures = list(self._futures.values())
-            self._futures.clear()
-        self.listener.close()  # workers still connected see the end of the stream and exit
+        futures = self._close()
         if futures:
             try:
                 wait(futures, timeout=max(grace, 0.1))

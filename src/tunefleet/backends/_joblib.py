@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from tunefleet.backends._tcp import ThreadedEngineBackend, engine_worker, error_line, token_of
 from tunefleet.errors import UsageError
-from tunefleet.transport._base import Link
+from tunefleet.transport import Link
 
 _logger = logging.getLogger("tunefleet")
 
@@ -51,18 +51,14 @@ class JoblibBackend(ThreadedEngineBackend):
     """
 
     engine = "joblib"
+    module = "joblib"
+    gpus_instead = ("give the joblib backend its GPUs (e.g. "
+                    "joblib_options={'num_gpus_per_spark_task': 1})")
 
     def __init__(self, joblib_backend: str | None = None,
                  joblib_options: dict[str, Any] | None = None, n_jobs: int | None = None,
                  gpus: Sequence[int | str] | None = None, **tcp: Any) -> None:
-        if gpus:
-            raise UsageError("backend='joblib' does not take gpus=: give the joblib backend "
-                             "its GPUs (e.g. joblib_options={'num_gpus_per_spark_task': 1})")
-        try:
-            import joblib
-        except ModuleNotFoundError:
-            raise UsageError("backend 'joblib' needs 'joblib': "
-                             "pip install 'tunefleet[joblib]'") from None
+        joblib = self._engine_module(gpus)
         from joblib.parallel import BACKENDS
 
         name = joblib_backend or _active_backend_name() or "loky"

@@ -34,8 +34,7 @@ from tunefleet.backends._base import Backend
 from tunefleet.errors import UsageError
 from tunefleet._gpus import worker_env
 from tunefleet.hub._worker import THREAD_VARS
-from tunefleet.transport._base import Link
-from tunefleet.transport._local import PipeChannel, PipeLink, PipeListener
+from tunefleet.transport import Link, PipeChannel, PipeLink, PipeListener
 
 
 def _process_main(conn: Connection, parent_pid: int, env: dict[str, str]) -> None:

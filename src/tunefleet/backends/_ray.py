@@ -13,8 +13,7 @@ import time
 from typing import Any, Sequence
 
 from tunefleet.backends._tcp import EngineBackend, engine_worker, error_line, token_of
-from tunefleet.errors import UsageError
-from tunefleet.transport._base import Link
+from tunefleet.transport import Link
 
 _logger = logging.getLogger("tunefleet")
 
@@ -31,17 +30,13 @@ class RayBackend(EngineBackend):
     """
 
     engine = "ray"
+    module = "ray"
+    gpus_instead = "pass num_gpus=1 and Ray gives each worker its own GPU"
 
     def __init__(self, num_cpus: float = 1, num_gpus: float = 0,
                  ray_options: dict[str, Any] | None = None,
                  gpus: Sequence[int | str] | None = None, **tcp: Any) -> None:
-        if gpus:
-            raise UsageError("backend='ray' does not take gpus=: pass num_gpus=1 and Ray gives "
-                             "each worker its own GPU")
-        try:
-            import ray
-        except ModuleNotFoundError:
-            raise UsageError("backend 'ray' needs 'ray': pip install 'tunefleet[ray]'") from None
+        ray = self._engine_module(gpus)
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             _logger.info("tunefleet: starting a local Ray")
@@ -51,7 +46,6 @@ class RayBackend(EngineBackend):
         options.update(ray_options or {})
         self._per_worker = options
         self._remote = ray.remote(engine_worker).options(**options)
-        self._refs: dict[str, Any] = {}
         self._watch = threading.Thread(target=self._watch_tasks, daemon=True,
                                        name="tunefleet-ray-watch")
         self._watch.start()
@@ -62,7 +56,7 @@ class RayBackend(EngineBackend):
 
         while not self._closed:
             with self._lock:
-                pending = {ref: token for token, ref in self._refs.items()}
+                pending = {ref: token for token, ref in self._tasks.items()}
             if not pending:
                 time.sleep(0.5)
                 continue
@@ -72,8 +66,7 @@ class RayBackend(EngineBackend):
                 return
             for ref in ready:
                 token = pending[ref]
-                with self._lock:
-                    self._refs.pop(token, None)
+                self._forget(token)
                 try:
                     ray.get(ref)
                 except Exception as exc:
@@ -90,21 +83,16 @@ class RayBackend(EngineBackend):
         return max(1, int(total.get(kind, 1) // each))
 
     def _launch(self, token: str) -> None:
-        self._refs[token] = self._remote.remote(self.address, self.key, token)
+        self._tasks[token] = self._remote.remote(self.address, self.key, token)
 
     def replace(self, link: Link) -> None:
-        with self._lock:
-            self._refs.pop(token_of(link), None)
+        self._forget(token_of(link))
         self._submit()
 
     def shutdown(self, grace: float = 2.0) -> None:
         import ray
 
-        self._close()
-        with self._lock:
-            refs = list(self._refs.values())
-            self._refs.clear()
-        self.listener.close()
+        refs = self._close()
         self._watch.join(2.0)
         if refs:
             _, pending = ray.wait(refs, num_returns=len(refs), timeout=max(grace, 0.1))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Sequence
 
-from tunefleet.backends._tcp import ThreadedEngineBackend
+from tunefleet.backends._tcp import ThreadedEngineBackend, engine_worker
 from tunefleet.errors import UsageError
 
 
@@ -36,15 +36,14 @@ def _spark_worker(address: str, key: bytes, token: str, broadcast: Any,
         gpus = ctx.resources().get("gpu")
         if gpus is not None and gpus.addresses:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses)
-    import tunefleet.hub._worker as hub_worker
-    from tunefleet.hub._remote import run_engine_worker
+    from tunefleet.hub._worker import set_worker_data
 
     if broadcast is not None:
-        hub_worker._worker_data = broadcast.value
+        set_worker_data(broadcast.value)
     else:
         data = list(rows)
-        hub_worker._worker_data = data if data else None
-    yield run_engine_worker(address, key, token)
+        set_worker_data(data if data else None)
+    yield engine_worker(address, key, token)
 
 
 class SparkBackend(ThreadedEngineBackend):
@@ -59,25 +58,20 @@ class SparkBackend(ThreadedEngineBackend):
     """
 
     engine = "spark"
+    module = "pyspark.sql"
+    gpus_instead = "set spark.task.resource.gpu.amount and Spark gives each task its GPU"
 
     def __init__(self, spark: Any = None, data: Any = None,
                  gpus: Sequence[int | str] | None = None, **tcp: Any) -> None:
-        if gpus:
-            raise UsageError("backend='spark' does not take gpus=: set "
-                             "spark.task.resource.gpu.amount and Spark gives each task its GPU")
-        try:
-            from pyspark.sql import DataFrame, SparkSession
-        except ModuleNotFoundError:
-            raise UsageError("backend 'spark' needs 'pyspark': "
-                             "pip install 'tunefleet[spark]'") from None
-        spark = spark or SparkSession.getActiveSession()
+        sql = self._engine_module(gpus)
+        spark = spark or sql.SparkSession.getActiveSession()
         if spark is None:
             raise UsageError("backend='spark' needs an active SparkSession: create one first "
                              "(SparkSession.builder...getOrCreate()) or pass spark=")
         super().__init__(**tcp)
         self.spark = spark
         self.sc = spark.sparkContext
-        self._frame = data if isinstance(data, DataFrame) else None
+        self._frame = data if isinstance(data, sql.DataFrame) else None
         self._broadcast = None
         if data is not None and self._frame is None:
             from pyspark import Broadcast
@@ -111,9 +105,10 @@ class SparkBackend(ThreadedEngineBackend):
         rdd.mapPartitions(task).collect()
 
     def shutdown(self, grace: float = 2.0) -> None:
-        if self._join(grace):
+        running = self._join(grace)
+        if running:
             self.sc.cancelJobGroup(self._group)  # queued tasks, or workers still connecting
-            for thread in list(self._threads):
+            for thread in running:
                 thread.join(5.0)
         if self._owns_broadcast:
             self._broadcast.unpersist()

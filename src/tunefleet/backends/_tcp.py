@@ -4,18 +4,18 @@ started by an engine (Dask, Ray, Spark) whose backends build on ``TcpBackend``."
 from __future__ import annotations
 
 import abc
+import importlib
 import logging
 import re
 import secrets
 import threading
 import time
 import uuid
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 from tunefleet.backends._base import Backend
-from tunefleet.hub import _protocol as P
-from tunefleet.transport._base import Link, Listener
-from tunefleet.transport._tcp import TcpListener, load_key, parse_address
+from tunefleet.errors import UsageError
+from tunefleet.transport import Link, TcpListener, load_key, parse_address
 
 #: An engine task that fails this many times in a row before its worker said hello means the
 #: workers cannot start there (tunefleet missing on the executors, wrong Python): stop the
@@ -46,41 +46,6 @@ def engine_worker(address: str, key: bytes, token: str) -> int:
     return run_engine_worker(address, key, token)
 
 
-class _EngineLink(Link):
-    """Stands for an engine task that never became a worker; only carries its error."""
-
-    def __init__(self, token: str) -> None:
-        self.name = token
-
-    def send(self, msg: tuple) -> None:
-        pass
-
-
-class _WatchedListener(Listener):
-    """The TCP listener, plus what the engine says about worker tasks that ended: which
-    tokens said hello, and start failures turned into a ``FAILED`` message for the
-    coordinator."""
-
-    def __init__(self, inner: TcpListener, backend: "TcpBackend") -> None:
-        self.inner = inner
-        self.backend = backend
-        self.address = inner.address
-
-    def links(self) -> list[Link]:
-        return self.inner.links()
-
-    def poll(self, timeout: float | None) -> list[tuple[Link, Optional[tuple]]]:
-        out = self.inner.poll(timeout)
-        for link, msg in out:
-            if msg is not None and msg[0] == P.HELLO:
-                label = (msg[1] or {}).get("label") or ""
-                self.backend._hello(label.split("@", 1)[0])
-        out.extend(self.backend._start_failures())
-        return out
-
-    def close(self) -> None:
-        self.inner.close()
-
 _logger = logging.getLogger("tunefleet")
 
 
@@ -108,7 +73,7 @@ class TcpBackend(Backend):
         else:
             kwargs = {"max_message": max_message} if max_message else {}
             tcp = TcpListener(listen, self.key, **kwargs)
-        self.listener = _WatchedListener(tcp, self)
+        self.listener = tcp
         if advertise:
             parse_address(advertise)
             self.address = advertise
@@ -119,6 +84,7 @@ class TcpBackend(Backend):
         self._said_hello: set[str] = set()
         self._ended: list[tuple[float, str, str]] = []  # (when, token, error)
         self._failures_in_a_row = 0
+        self._gave_up: str | None = None
         self._events = threading.Lock()
 
     # -- engine tasks that end ------------------------------------------------------------------
@@ -129,19 +95,19 @@ class TcpBackend(Backend):
             with self._events:
                 self._ended.append((time.monotonic(), token, error))
 
-    def _hello(self, token: str) -> None:
+    def on_hello(self, link: Link) -> None:
         with self._events:
-            self._said_hello.add(token)
+            self._said_hello.add(token_of(link))
             self._failures_in_a_row = 0
 
-    def _start_failures(self) -> list[tuple[Link, tuple]]:
+    def failure(self) -> str | None:
         """Engine tasks that failed before their worker said hello: start another, or after
-        ``MAX_START_FAILURES`` in a row give the coordinator the error. Looked at a second
-        after the failure, so that a hello still in flight is counted first."""
-        if not self._ended:
-            return []
+        ``MAX_START_FAILURES`` in a row give up and say why. A failure counts a second after
+        the task ended, so that a hello still in flight is counted first. Called every turn of
+        the coordinator's loop: returns at once while no task has ended."""
+        if self._gave_up is not None or not self._ended:
+            return self._gave_up
         now = time.monotonic()
-        out: list[tuple[Link, tuple]] = []
         with self._events:
             ripe = [e for e in self._ended if now - e[0] > 1.0]
             self._ended = [e for e in self._ended if now - e[0] <= 1.0]
@@ -152,11 +118,10 @@ class TcpBackend(Backend):
             _logger.warning(f"tunefleet: worker task {token} failed before it could join: "
                             f"{error}")
             if give_up:
-                out.append((_EngineLink(token), (P.FAILED, f"worker tasks cannot start "
-                                                           f"({token}): {error}")))
+                self._gave_up = f"worker tasks cannot start ({token}): {error}"
                 break
             self._resubmit()
-        return out
+        return self._gave_up
 
     def _resubmit(self) -> None:
         """Start one more worker in place of one that never came (engines override)."""
@@ -167,11 +132,17 @@ class TcpBackend(Backend):
 
 class EngineBackend(TcpBackend):
     """An engine (Dask, Ray, Spark, joblib) runs each worker as one long task. Here: the tasks'
-    tokens, ``n_workers`` of them at start, one more in place of each lost or failed one, and
-    none once shutdown has begun. Subclasses launch one task (:meth:`_launch`)."""
+    tokens and handles, ``n_workers`` of them at start, one more in place of each lost or
+    failed one, and none once shutdown has begun. Subclasses launch one task (:meth:`_launch`)
+    and call :meth:`_engine_module` first thing in ``__init__``."""
 
-    #: The first word of the tasks' tokens (``dask-1a2b3c4d-7``).
+    #: The first word of the tasks' tokens (``dask-1a2b3c4d-7``), the backend's name and the
+    #: ``tunefleet[...]`` extra that installs the engine.
     engine = "engine"
+    #: The engine's module, imported by :meth:`_engine_module`.
+    module = ""
+    #: How to give workers GPUs on this engine, said to a user who passed ``gpus=``.
+    gpus_instead = ""
 
     def __init__(self, **tcp: Any) -> None:
         super().__init__(**tcp)
@@ -179,6 +150,18 @@ class EngineBackend(TcpBackend):
         self._closed = False
         self._run = uuid.uuid4().hex[:8]
         self._count = 0
+        self._tasks: dict[str, Any] = {}  # token -> the engine's handle of its task
+
+    def _engine_module(self, gpus: Sequence[int | str] | None) -> Any:
+        """The engine's module, or a ``UsageError`` that says what to do: engines give tasks
+        their GPUs themselves, so ``gpus=`` is refused, and the engine is an optional extra."""
+        if gpus:
+            raise UsageError(f"backend={self.engine!r} does not take gpus=: {self.gpus_instead}")
+        try:
+            return importlib.import_module(self.module)
+        except ModuleNotFoundError:
+            raise UsageError(f"backend {self.engine!r} needs {self.module.split('.')[0]!r}: "
+                             f"pip install 'tunefleet[{self.engine}]'") from None
 
     def start(self, n_workers: int) -> None:
         for _ in range(n_workers):
@@ -195,8 +178,8 @@ class EngineBackend(TcpBackend):
 
     @abc.abstractmethod
     def _launch(self, token: str) -> Callable[[], None] | None:
-        """Launch the task of worker ``token`` (with the lock held); return what is left to
-        do once the lock is released, if anything."""
+        """Launch the task of worker ``token`` (with the lock held) and keep its handle in
+        ``_tasks``; return what is left to do once the lock is released, if anything."""
 
     def _resubmit(self) -> None:
         self._submit()
@@ -204,24 +187,30 @@ class EngineBackend(TcpBackend):
     def replace(self, link: Link) -> None:
         self._submit()
 
-    def _close(self) -> None:
-        """No task is launched from now on."""
+    def _forget(self, token: str) -> Any:
+        """Drop the handle of worker ``token``'s task (None when unknown) and return it."""
+        with self._lock:
+            return self._tasks.pop(token, None)
+
+    def _close(self) -> list[Any]:
+        """Launch no more tasks and close the listener (connected workers see the end of the
+        stream and return); returns the handles of the tasks launched and not forgotten."""
         with self._lock:
             self._closed = True
+            handles = list(self._tasks.values())
+            self._tasks.clear()
+        self.listener.close()
+        return handles
 
 
 class ThreadedEngineBackend(EngineBackend):
     """Engines whose call blocks while its one task runs (a Spark job, a joblib ``Parallel``
-    call): each worker's call waits in a thread of its own."""
-
-    def __init__(self, **tcp: Any) -> None:
-        super().__init__(**tcp)
-        self._threads: list[threading.Thread] = []
+    call): each worker's call waits in a thread of its own, the handle of its task."""
 
     def _launch(self, token: str) -> Callable[[], None]:
         thread = threading.Thread(target=self._run_task, args=(token,), daemon=True,
                                   name=f"tunefleet-{token}")
-        self._threads.append(thread)
+        self._tasks[token] = thread
         return thread.start
 
     def _run_task(self, token: str) -> None:
@@ -237,17 +226,14 @@ class ThreadedEngineBackend(EngineBackend):
     def _call(self, token: str) -> None:
         """Run worker ``token``'s task through the engine; return when it ends."""
 
-    def _join(self, grace: float) -> bool:
-        """Launch no more, close the listener (connected workers see the end of the stream
-        and return), and wait up to ``grace`` seconds for the calls; True if some still run."""
-        self._close()
-        with self._lock:
-            threads = list(self._threads)
-        self.listener.close()
+    def _join(self, grace: float) -> list[threading.Thread]:
+        """Launch no more, close the listener, and wait up to ``grace`` seconds for the
+        calls; returns the threads whose call still runs."""
+        threads = self._close()
         deadline = time.monotonic() + max(grace, 0.1)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        return any(t.is_alive() for t in threads)
+        return [t for t in threads if t.is_alive()]
 
 
 class ManualBackend(TcpBackend):

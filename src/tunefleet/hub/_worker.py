@@ -33,6 +33,13 @@ def worker_data() -> Any:
     return _worker_data
 
 
+def set_worker_data(value: Any) -> None:
+    """Give this worker its ``worker_data()`` before it serves: the data an engine hands each
+    worker (a Spark broadcast's value, a partition's rows); a ``setup`` function still wins."""
+    global _worker_data
+    _worker_data = value
+
+
 @dataclasses.dataclass
 class WorkerConfig:
     """What a worker needs to run trials; shipped once per worker with cloudpickle, so
