@@ -45,6 +45,20 @@ def test_callables_have_expected_parameters():
     assert O.stale_trial_callback(storage) is None
 
 
+def test_study_and_sampler_helpers():
+    study = optuna.create_study(sampler=optuna.samplers.PartialFixedSampler(
+        {}, optuna.samplers.TPESampler(multivariate=True)))
+    assert isinstance(O.wrapped_sampler(study.sampler), optuna.samplers.TPESampler)
+    assert O.tpe_is_multivariate(O.wrapped_sampler(study.sampler), study)
+    assert not O.tpe_is_multivariate(optuna.samplers.TPESampler(multivariate=False), study)
+    assert O.pop_waiting_trial_id(study) is None
+    study.enqueue_trial({"x": 1.0})
+    trial_id = O.pop_waiting_trial_id(study)
+    assert study._storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING
+    assert inspect.isclass(O.ThreadLocalStudyAttribute)
+    assert isinstance(study._thread_local, O.ThreadLocalStudyAttribute)
+
+
 def test_classes():
     assert inspect.isclass(O.BaseHeartbeat)
     assert issubclass(optuna.storages.RDBStorage, O.BaseHeartbeat)
@@ -95,6 +109,7 @@ def test_private_attributes(owner, tmp_path):
         "samplers.PartialFixedSampler":
             lambda: optuna.samplers.PartialFixedSampler({}, optuna.samplers.RandomSampler()),
         "distributions.BaseDistribution": lambda: optuna.distributions.FloatDistribution(0, 1),
+        "samplers.TPESampler": optuna.samplers.TPESampler,
     }[owner]()
     missing = [name for name in O.ATTRIBUTES[owner]
                if not hasattr(cls, name) and not hasattr(instance, name)]
@@ -131,7 +146,7 @@ def test_fast_tpe_names():
     if not O.FAST_TPE:
         assert TPESampler.__mro__[1] is optuna.samplers.TPESampler
         return
-    assert TPESampler.__module__ == "tunefleet.samplers._tpe"
+    assert TPESampler.__module__ == "tunefleet.samplers._tpe._sampler"
     for name in ("_get_pruned_trial_score", "_get_infeasible_trial_score",
                  "_solve_hssp_with_cache", "_get_reference_point",
                  "_fast_non_domination_rank", "default_gamma", "default_gamma_multiobjective"):

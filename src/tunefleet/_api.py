@@ -76,7 +76,8 @@ def optimize(
     failed, and their parameters queued again, by the next run on the study.
     """
     from tunefleet._gpus import resolve_gpus
-    from tunefleet.hub._coordinator import run_hub
+    from tunefleet.backends import make_backend
+    from tunefleet.hub import run_hub
 
     if n_jobs is not None:
         from tunefleet.errors import UsageError
@@ -84,24 +85,26 @@ def optimize(
         raise UsageError(f"tunefleet.optimize runs trials in worker processes: use "
                          f"n_workers={n_jobs} instead of n_jobs={n_jobs}")
     if gc_after_trial:
-        from tunefleet.hub._worker import GcAfterTrial
+        from tunefleet.hub import GcAfterTrial
 
         objective = GcAfterTrial(objective)
+    options = dict(backend_options)
+    gpu_ids = resolve_gpus(gpus)
+    if gpu_ids is not None:
+        options["gpus"] = gpu_ids
 
     return run_hub(
         study,
         objective,
+        lambda: make_backend(backend, **options),
         n_trials=n_trials,
         n_workers=n_workers,
         timeout=timeout,
         callbacks=list(callbacks or []),
         catch=catch,
         show_progress_bar=show_progress_bar,
-        gpus=resolve_gpus(gpus),
         max_retries=max_retries,
-        backend=backend,
         setup=setup,
-        backend_options=backend_options,
         grace=grace,
         worker_timeout=worker_timeout,
         reclaim_window=reclaim_window,

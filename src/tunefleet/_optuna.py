@@ -234,6 +234,32 @@ UpdateFinishedTrialError: type[Exception] = getattr(optuna.exceptions, "UpdateFi
                                                     RuntimeError)
 
 
+# -- studies, samplers and trials ---------------------------------------------------------------
+# The thread-local flags of a study (in_optimize_loop, cached trials): a worker's stand-in study
+# keeps the same shape, so that Optuna code reading them works unchanged.
+from optuna.study.study import _ThreadLocalStudyAttribute as ThreadLocalStudyAttribute  # noqa: E402,E501
+
+
+def pop_waiting_trial_id(study: optuna.Study) -> int | None:
+    """The first enqueued (WAITING) trial, made RUNNING, as ``study.ask()`` takes it; None when
+    the queue is empty. The hub's --deterministic ask builds its trial around it."""
+    return study._pop_waiting_trial_id()
+
+
+def wrapped_sampler(sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+    """The sampler that draws: the one inside a PartialFixedSampler, else ``sampler``."""
+    while isinstance(sampler, optuna.samplers.PartialFixedSampler):
+        sampler = sampler._base_sampler
+    return sampler
+
+
+def tpe_is_multivariate(sampler: optuna.samplers.TPESampler, study: optuna.Study) -> bool:
+    """Whether a TPE sampler draws jointly (multivariate): Optuna 5 decides per study when
+    ``multivariate=None``; Optuna 4 has the flag."""
+    decide = getattr(sampler, "_is_multivariate", None)
+    return bool(decide(study) if decide is not None else sampler._multivariate)
+
+
 # -- TPE internals (tunefleet.samplers.TPESampler) ----------------------------------------------
 # tunefleet's TPE reuses Optuna's Parzen estimator and its batched distributions, and replaces
 # only the per-trial Python work. It follows Optuna 5.x's TPE; where these names are missing
@@ -265,7 +291,8 @@ except ImportError:  # Optuna 4.x
 #: dotted name under ``optuna``). Instance attributes are checked on real instances by the test.
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "study.Study": ("_storage", "_study_id", "_thread_local", "_get_trials",
-                    "_log_completed_trial", "_directions", "_stop_flag"),
+                    "_log_completed_trial", "_directions", "_stop_flag",
+                    "_pop_waiting_trial_id"),
     "trial.Trial": ("_trial_id", "_cached_frozen_trial", "_relative_params", "_fixed_params",
                     "_get_latest_trial", "_is_relative_param", "_suggest"),
     "trial.FrozenTrial": ("_trial_id", "_system_attrs"),
@@ -276,5 +303,8 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
                                 "_sync_with_backend"),
     "storages.InMemoryStorage": ("_get_trial",),
     "samplers.PartialFixedSampler": ("_base_sampler",),
+    "samplers.TPESampler": ("_group", "_n_startup_trials", "_random_sampler",
+                            "_warn_independent_sampling",
+                            "_is_multivariate" if VERSION >= (5, 0) else "_multivariate"),
     "distributions.BaseDistribution": ("_contains",),
 }

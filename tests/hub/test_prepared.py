@@ -10,7 +10,7 @@ import pytest
 
 import tunefleet
 from tunefleet._optuna import FAST_TPE
-from tunefleet.hub import _coordinator as coordinator_module
+from tunefleet.hub._drawing import Drawer
 from tunefleet.samplers import TPESampler
 
 pytestmark = pytest.mark.timeout(300)
@@ -27,14 +27,14 @@ def bowl(trial: optuna.Trial) -> float:
                                           "internals; on 4.x TPESampler is Optuna's own")
 def test_values_drawn_ahead_are_the_values_trials_run_with(monkeypatch):
     drawn: list[dict] = []
-    original = coordinator_module.Coordinator._prepare
+    original = Drawer.draw_ahead
 
     def spy(self) -> None:
         original(self)
         _, relative, independent = self._prepared[-1]
         drawn.append({**independent, **relative})
 
-    monkeypatch.setattr(coordinator_module.Coordinator, "_prepare", spy)
+    monkeypatch.setattr(Drawer, "draw_ahead", spy)
     study = optuna.create_study(sampler=TPESampler(seed=0, n_startup_trials=10))
     tunefleet.optimize(study, bowl, n_trials=80, n_workers=2)
     trials = study.trials
@@ -50,8 +50,7 @@ def test_values_drawn_ahead_are_the_values_trials_run_with(monkeypatch):
 
 def test_other_samplers_never_draw_ahead(monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(coordinator_module.Coordinator, "_prepare",
-                        lambda self: calls.append(1))
+    monkeypatch.setattr(Drawer, "draw_ahead", lambda self: calls.append(1))
     for sampler in (optuna.samplers.RandomSampler(seed=0), optuna.samplers.TPESampler(seed=0)):
         study = optuna.create_study(sampler=sampler)
         tunefleet.optimize(study, bowl, n_trials=20, n_workers=2)

@@ -47,6 +47,6 @@ class BeatingChannel:
         while not self._stop.wait(self._interval / 2):
             if time.monotonic() - self._last >= self._interval:
                 try:
-                    self.send((P.BEAT,))
+                    self.send(P.encode(P.Beat()))
                 except (CoordinatorGone, OSError, ValueError):
                     return  # the main thread finds out on its own next send or receive

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import optuna
 from optuna import distributions as D
 
-from tunefleet._optuna import optuna_warn, single_value
+from tunefleet._optuna import ThreadLocalStudyAttribute, optuna_warn, single_value
 from tunefleet.hub import _protocol as P
 
 FLUSH_EVERY = 0.5  # seconds: buffered reports older than this go out without waiting
@@ -50,8 +50,8 @@ class _LocalTrialState:
 class ProxyTrial(optuna.trial.Trial):
     """A trial running in a worker; see the module docstring."""
 
-    def __init__(self, call: Callable[[int, list, tuple], Any],
-                 send_ops: Callable[[int, list], None], n_objectives: int,
+    def __init__(self, call: Callable[[int, list[P.Op], P.Request], Any],
+                 send_ops: Callable[[int, list[P.Op]], None], n_objectives: int,
                  trial_id: int, number: int, datetime_start: datetime.datetime | None,
                  fixed_params: dict[str, Any], presampled: dict[str, Any],
                  space: dict[str, D.BaseDistribution], user_attrs: dict[str, Any],
@@ -65,7 +65,7 @@ class ProxyTrial(optuna.trial.Trial):
         self._presampled = presampled
         self._space = space
         self._cached_frozen_trial = _LocalTrialState(number, datetime_start, user_attrs)
-        self._ops: list[tuple] = []
+        self._ops: list[P.Op] = []
         self._last_flush = time.monotonic()
         self._constraints: dict[str, float] = {}
         self._study_info = study_info or StudyInfo()
@@ -100,12 +100,12 @@ class ProxyTrial(optuna.trial.Trial):
                 value = self._presampled[name]
             else:
                 # The coordinator samples and stores it: nothing to send back later.
-                value = self._rpc((P.SUGGEST, name, distribution))
+                value = self._rpc(P.Suggest(name, distribution))
                 state.distributions[name] = distribution
                 state.params[name] = value
                 return value
         distribution.to_internal_repr(value)  # validates, as Optuna does before storing
-        self._ops.append(("param", name, distribution, value))
+        self._ops.append(P.Param(name, distribution, value))
         state.distributions[name] = distribution
         state.params[name] = value
         self._maybe_flush()
@@ -137,14 +137,14 @@ class ProxyTrial(optuna.trial.Trial):
             optuna_warn(f"The reported value is ignored because this `{step=}` is already reported.")
             return
         values[step] = value
-        self._ops.append(("report", step, value))
+        self._ops.append(P.Report(step, value))
         self._maybe_flush()
 
     def should_prune(self) -> bool:
         if self._n_objectives > 1:
             raise NotImplementedError(
                 "Trial.should_prune is not supported for multi-objective optimization.")
-        return bool(self._rpc((P.PRUNE,)))
+        return bool(self._rpc(P.Prune()))
 
     # -- attributes -------------------------------------------------------------------------
     def set_user_attr(self, key: str, value: Any) -> None:
@@ -152,7 +152,7 @@ class ProxyTrial(optuna.trial.Trial):
         # rejects what is not JSON, and the objective must be able to catch that at the call.
         json.dumps(value)
         self._cached_frozen_trial.user_attrs[key] = copy.deepcopy(value)
-        self._ops.append(("user_attr", key, value))
+        self._ops.append(P.UserAttr(key, value))
         self._maybe_flush()
 
     def set_constraint(self, key: str, value: float) -> None:
@@ -168,7 +168,7 @@ class ProxyTrial(optuna.trial.Trial):
                         "is already set.")
             return
         self._constraints[key] = value
-        self._ops.append(("constraint", key, value))
+        self._ops.append(P.Constraint(key, value))
 
     @property
     def constraints(self) -> dict[str, float]:  # type: ignore[override]
@@ -195,7 +195,7 @@ class ProxyTrial(optuna.trial.Trial):
         return self._cached_frozen_trial.number
 
     # -- plumbing ---------------------------------------------------------------------------
-    def _rpc(self, request: tuple) -> Any:
+    def _rpc(self, request: P.Request) -> Any:
         ops, self._ops = self._ops, []
         self._last_flush = time.monotonic()
         return self._call(self._trial_id, ops, request)
@@ -207,7 +207,7 @@ class ProxyTrial(optuna.trial.Trial):
             self._last_flush = now
             self._send_ops(self._trial_id, ops)
 
-    def _take_ops(self) -> list[tuple]:
+    def _take_ops(self) -> list[P.Op]:
         ops, self._ops = self._ops, []
         return ops
 
@@ -229,14 +229,14 @@ class StudyInfo:
 
     def fetch(self, trial: ProxyTrial) -> StudyInfo:
         if not self.fetched:
-            self.study_id = trial._rpc((P.STUDY_GET, "_study_id"))
-            self.study_name = trial._rpc((P.STUDY_GET, "study_name"))
-            self.directions = list(trial._rpc((P.STUDY_GET, "directions")))
+            self.study_id = trial._rpc(P.StudyGet("_study_id"))
+            self.study_name = trial._rpc(P.StudyGet("study_name"))
+            self.directions = list(trial._rpc(P.StudyGet("directions")))
             self.fetched = True
         return self
 
 
-class _InOptimize(optuna.study.study._ThreadLocalStudyAttribute):
+class _InOptimize(ThreadLocalStudyAttribute):
     """In every thread of a worker, the study is inside ``optimize`` (so a nested
     ``optimize`` raises Optuna's own RuntimeError, and ``stop`` is allowed)."""
 
@@ -261,10 +261,10 @@ class WorkerStudy(optuna.Study):
         self._stop_flag = False
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        return self._trial._rpc((P.STUDY_CALL, name, args, kwargs))
+        return self._trial._rpc(P.StudyCall(name, args, kwargs))
 
     def _get(self, name: str) -> Any:
-        return self._trial._rpc((P.STUDY_GET, name))
+        return self._trial._rpc(P.StudyGet(name))
 
     @property  # type: ignore[override]
     def sampler(self) -> optuna.samplers.BaseSampler:
@@ -344,7 +344,7 @@ class StorageProxy(optuna.storages.BaseStorage):
                 f"trial.storage.{name}() is not available inside a tunefleet worker: the "
                 f"coordinator alone creates trials and sets their state; available: "
                 f"{', '.join(sorted(P.STORAGE_METHODS))}")
-        return self._trial._rpc((P.STORAGE, name, args, kwargs))
+        return self._trial._rpc(P.StorageCall(name, args, kwargs))
 
     def __repr__(self) -> str:
         return "StorageProxy()"

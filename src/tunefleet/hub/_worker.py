@@ -121,7 +121,7 @@ class _Lost(CoordinatorGone):
     """The coordinator went away; ``result`` is the finished trial it may not have received,
     as ``(number, Result)``, for a coordinator started again to reclaim."""
 
-    def __init__(self, message: str, result: tuple[int, tuple] | None) -> None:
+    def __init__(self, message: str, result: tuple[int, P.Result] | None) -> None:
         super().__init__(message)
         self.result = result
 
@@ -134,25 +134,24 @@ def serve(channel: Channel, label: str | None = None,
     ``CoordinatorGone`` once it gives up), a worker whose coordinator disappears keeps its last
     finished result, joins the coordinator started again and hands the result over."""
     global _worker_data
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "label": label}
     config: WorkerConfig | None = None
-    reclaim: list[tuple[int, tuple]] = []
+    reclaim: list[tuple[int, P.Result]] = []
     try:
         while True:
             try:
-                channel.send((P.HELLO, {**info, "reclaim": reclaim}))
-                msg = channel.recv()
-                if msg[0] == P.STOP:
+                channel.send(P.encode(P.Hello(os.getpid(), socket.gethostname(), label, reclaim)))
+                msg = P.decode(channel.recv())
+                if type(msg) is P.Stop:
                     return 0
                 if config is None:
                     try:
-                        config = cloudpickle.loads(msg[1])
+                        config = cloudpickle.loads(msg.payload)
                         if config.setup is not None:
                             _worker_data = config.setup()
                     except Exception as exc:
-                        channel.send((P.FAILED, f"worker on {socket.gethostname()} (pid "
-                                                f"{os.getpid()}) could not load the objective: "
-                                                f"{type(exc).__name__}: {exc}"))
+                        channel.send(P.encode(P.Failed(
+                            f"worker on {socket.gethostname()} (pid {os.getpid()}) could not "
+                            f"load the objective: {type(exc).__name__}: {exc}")))
                         return 1
                 channel = BeatingChannel(channel)  # liveness for the coordinator's timeout
                 return _trial_loop(channel, config)
@@ -170,44 +169,47 @@ def serve(channel: Channel, label: str | None = None,
 
 
 def _trial_loop(channel: Channel, config: WorkerConfig) -> int:
-    def call(trial_id: int, ops: list, request: tuple) -> Any:
-        channel.send((P.CALL, trial_id, ops, request))
-        reply = channel.recv()
-        if reply[0] != P.REPLY:
-            raise CoordinatorGone(f"unexpected message {reply[0]!r} from the coordinator")
-        if reply[1]:
-            return reply[2]
-        raise reply[2]
+    def call(trial_id: int, ops: list[P.Op], request: P.Request) -> Any:
+        channel.send(P.encode(P.Call(trial_id, ops, request)))
+        reply = P.decode(channel.recv())
+        if type(reply) is not P.Reply:
+            raise CoordinatorGone(f"unexpected message {type(reply).__name__} from the "
+                                  "coordinator")
+        if reply.ok:
+            return reply.value
+        raise reply.value
 
-    def send_ops(trial_id: int, ops: list) -> None:
-        channel.send((P.OPS, trial_id, ops))
+    def send_ops(trial_id: int, ops: list[P.Op]) -> None:
+        channel.send(P.encode(P.Ops(trial_id, ops)))
 
-    result = None
+    result: P.Result | None = None
     number = -1
     space: dict = {}  # the search space known to the coordinator, sent when it changes
     study_info = StudyInfo()
     while True:
         try:
-            channel.send((P.NEXT, result))
-            msg = channel.recv()  # a reply means the coordinator has the result
+            channel.send(P.encode(P.Next(result)))
+            msg = P.decode(channel.recv())  # a reply means the coordinator has the result
         except CoordinatorGone as exc:
             raise _Lost(str(exc), (number, result) if result is not None else None) from None
-        if msg[0] != P.TRIAL:
+        if type(msg) is not P.NewTrial:
             return 0
-        _, trial_id, number, dt_start, fixed, presampled, new_space, user_attrs = msg
-        if new_space is not None:
-            space = new_space
-        trial = ProxyTrial(call, send_ops, config.n_objectives, trial_id, number, dt_start,
-                           fixed, presampled, space, user_attrs, study_info)
+        number = msg.number
+        if msg.space is not None:
+            space = msg.space
+        trial = ProxyTrial(call, send_ops, config.n_objectives, msg.trial_id, number,
+                           msg.datetime_start, msg.fixed_params, msg.presampled, space,
+                           msg.user_attrs, study_info)
         result = run_objective(config, trial)
 
 
-def run_objective(config: WorkerConfig, trial: ProxyTrial) -> tuple:
+def run_objective(config: WorkerConfig, trial: ProxyTrial) -> P.Result:
     """Run the objective once and describe the outcome as a protocol ``Result``."""
     try:
         value = config.objective(trial)
     except optuna.TrialPruned as exc:
-        return (trial._trial_id, P.PRUNED, None, trial._take_ops(), (None, str(exc), None, True))
+        return P.Result(trial._trial_id, P.PRUNED, None, trial._take_ops(),
+                        P.Error(None, str(exc), None, True))
     except CoordinatorGone:
         raise
     except Exception as exc:
@@ -218,9 +220,9 @@ def run_objective(config: WorkerConfig, trial: ProxyTrial) -> tuple:
             # shows tunefleet's frames: the note (pickled with it) shows the user's.
             exc.add_note(f"The objective raised it in tunefleet worker {os.getpid()} on "
                          f"{socket.gethostname()}:\n" + text.rstrip())
-        error = (_picklable(exc), repr(exc), text, caught)
-        return (trial._trial_id, P.FAIL, None, trial._take_ops(), error)
-    return (trial._trial_id, P.COMPLETE, _plain_values(value), trial._take_ops(), None)
+        error = P.Error(_picklable(exc), repr(exc), text, caught)
+        return P.Result(trial._trial_id, P.FAIL, None, trial._take_ops(), error)
+    return P.Result(trial._trial_id, P.COMPLETE, _plain_values(value), trial._take_ops(), None)
 
 
 class GcAfterTrial:

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import _attrs as attrs
+from tunefleet._retry import retry_of
 from tunefleet._optuna import (BaseHeartbeat, UpdateFinishedTrialError, is_heartbeat_enabled,
                                rdb_models)
 
@@ -128,24 +129,22 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
 
 def queue_retry(study: optuna.Study, failed: FrozenTrial, max_retries: int,
                 total: int | None = None) -> bool:
-    """Queue the parameters of FAILED as a WAITING trial, unless they were retried enough or,
-    with TOTAL, the study has no room for it (then the budget is made up by trials that are
-    already there, and a retry could only be left WAITING at the end)."""
-    count = int(failed.system_attrs.get(attrs.RETRY_COUNT, 0))
-    if count >= max_retries:
+    """Queue FAILED's retry (the rule of ``tunefleet._retry``) as a WAITING trial, unless it
+    was retried enough or, with TOTAL, the study has no room for it (then the budget is made
+    up by trials that are already there, and a retry could only be left WAITING at the end)."""
+    retry = retry_of(failed, max_retries)
+    if retry is None:
         return False
-    params = dict(failed.system_attrs.get("fixed_params", {}))
-    params.update(failed.params)
-    system_attrs = {"fixed_params": params, attrs.RETRY_OF: failed.number,
-                    attrs.RETRY_COUNT: count + 1}
     if total is None:
-        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING,
-                                                  system_attrs=system_attrs))
+        study.add_trial(retry)
         return True
     from tunefleet.storage_mode._atomic import create_within_budget
 
-    made = create_within_budget(study._storage, study._study_id, system_attrs, total,
+    made = create_within_budget(study._storage, study._study_id, retry.system_attrs, total,
                                 state=TrialState.WAITING)
     if made is None:
         _log.info("trial %d not retried: the study's places are all taken", failed.number)
-    return made is not None
+        return False
+    for key, value in retry.user_attrs.items():
+        study._storage.set_trial_user_attr(made[0], key, value)
+    return True

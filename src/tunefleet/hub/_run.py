@@ -1,0 +1,99 @@
+"""``run_hub``: what ``tunefleet.optimize`` does once it has its options. It checks them,
+takes ownership of the study, puts the study in memory with its durable writer (the mirror),
+recovers what a dead coordinator left RUNNING, and runs the coordinator over a fleet."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import optuna
+
+from tunefleet.errors import Interrupted
+from tunefleet.hub._beat import BEAT_INTERVAL
+from tunefleet.hub._coordinator import Coordinator, Limits
+from tunefleet.hub._drawing import spec_seed
+from tunefleet.hub._fleet import Fleet
+from tunefleet.hub._mirror import mirrored_study
+from tunefleet.hub._ownership import claim, recover_orphans, release
+from tunefleet.hub._progress import Progress
+from tunefleet.samplers._seeded import random_states
+
+# Under Optuna's logger: optuna.logging.set_verbosity governs it, in Optuna's format.
+_logger = optuna.logging.get_logger("optuna.tunefleet")
+
+
+def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Callable[[], Fleet],
+            *, n_trials: int | None, n_workers: int | None, timeout: float | None,
+            callbacks: list[Callable], catch: Any, show_progress_bar: bool, max_retries: int,
+            setup: Callable[[], Any] | None, grace: float = 5.0,
+            worker_timeout: float | None = None, reclaim_window: float | None = None,
+            seed: int | None = None, deterministic: bool = False) -> optuna.Study:
+    """What ``tunefleet.optimize`` does; see there. ``make_fleet`` builds the fleet of workers
+    (a backend of ``tunefleet.backends``), once the options are known to be good."""
+    if isinstance(catch, type):
+        catch = (catch,)
+    catch = tuple(catch)
+    if n_trials is not None and n_trials < 0:
+        raise ValueError(f"n_trials must be non-negative, got {n_trials}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be non-negative, got {max_retries}")
+    if grace < 0:
+        raise ValueError(f"grace must be non-negative, got {grace}")
+    if worker_timeout is not None and worker_timeout < 3 * BEAT_INTERVAL:
+        raise ValueError(f"worker_timeout must be at least {3 * BEAT_INTERVAL:g} s (workers "
+                         f"beat every {BEAT_INTERVAL:g} s), got {worker_timeout}")
+    if study._thread_local.in_optimize_loop:
+        raise RuntimeError("Nested invocation of `Study.optimize` method isn't allowed.")
+    if seed is None:
+        seed = spec_seed(study)
+    if deterministic:
+        if seed is None:
+            raise ValueError("deterministic=True needs a seed: pass seed=... (or make the "
+                             "study with --seed)")
+        if not random_states(study.sampler):
+            raise ValueError(f"deterministic=True needs a sampler with a random state to seed "
+                             f"({type(study.sampler).__name__} has none)")
+    fleet = make_fleet()
+    workers = n_workers if n_workers is not None else fleet.default_workers()
+    if workers < 1:
+        raise ValueError(f"n_workers must be at least 1, got {workers}")
+    if n_trials is not None:
+        workers = max(1, min(workers, n_trials)) if fleet.starts_workers else workers
+    # The coordinator is the only writer: it works on an in-memory copy of a database or
+    # journal study, and a background thread writes every change through by group commit.
+    run_study, mirror = mirrored_study(study)
+    try:
+        claim(run_study)
+        if reclaim_window is None:  # workers that outlive a coordinator only join by network
+            reclaim_window = 0.0 if fleet.starts_workers else 10.0
+        orphans = list(mirror.orphans) if mirror is not None else []
+        if not reclaim_window:
+            recover_orphans(run_study, orphans, max_retries)
+            orphans = []
+    except BaseException:
+        if mirror is not None:
+            mirror.close()
+        raise
+    progress = Progress(show_progress_bar, n_trials, timeout, study.directions)
+    coordinator = Coordinator(run_study, objective, fleet, n_workers=workers,
+                              limits=Limits(n_trials, timeout), callbacks=callbacks, catch=catch,
+                              max_retries=max_retries, progress=progress, setup=setup,
+                              mirror=mirror, grace=grace, worker_timeout=worker_timeout,
+                              orphans=orphans, reclaim_window=reclaim_window, seed=seed,
+                              deterministic=deterministic)
+    study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = True
+    try:
+        coordinator.run()
+    finally:
+        study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = False
+        release(run_study)
+        if mirror is not None:
+            if sys.exc_info()[1] is None or isinstance(sys.exc_info()[1], Interrupted):
+                mirror.close()  # waits for the durable storage; raises MirrorError on failure
+            else:
+                try:
+                    mirror.close()
+                except Exception as exc:  # do not hide the run's own error
+                    _logger.warning(f"{exc}")
+    return study
