@@ -280,15 +280,15 @@ def test_swarm_of_twelve_agrees_on_the_best(swarm, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["-s", "seed"], "give both the seed peer's UID (-s) and address (-d)"),
-    (["-b", "localhost:5555"], "-b/--bind 'localhost:5555' must look like tcp://host:port"),
+    (["-b", "localhost:5555"], "-b/--bind 'localhost:5555' must look like tcp://HOST:PORT"),
     (["-u", "a b"], "-u/--uid 'a b': a UID is"),
     (["-u", "p1", "-s", "p1", "-d", "tcp://localhost:5555"], "is the seed's UID"),
-    (["--key-file", "/nonexistent/key"], "--key-file /nonexistent/key"),
+    (["--key-file", "/nonexistent/key"], "key file /nonexistent/key does not exist"),
     (["--storage", "nowhere"], "is not a URL"),
-    (["--key-file", "/"], "--key-file /: Is a directory"),
+    (["--key-file", "/"], "key file / is a directory, not a file"),
     (["-a", "tcp://node7:6000"], "other hosts could not reach tcp://node7:6000"),
-    (["-d", "tcp://localhost:99999", "-s", "seed"], "port 99999 is out of range"),
-    (["-b", "tcp://localhost"], "must look like tcp://host:port"),
+    (["-d", "tcp://localhost:99999", "-s", "seed"], "(Port out of range 0-65535)"),
+    (["-b", "tcp://localhost"], "must look like tcp://HOST:PORT"),
 ])
 def test_bad_input_is_one_line(args, message):
     r = run_cli("peer", f"{HERE / 'objectives.py'}:quadratic", *args, cwd=ROOT, timeout=60)
@@ -334,7 +334,7 @@ def test_key_file_readable_by_others_is_refused(tmp_path):
     r = run_cli("peer", f"{HERE / 'objectives.py'}:quadratic", "--key-file", str(key), cwd=ROOT,
                 timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert f"--key-file {key} is accessible by others (mode 640): refused" in r.stderr
+    assert f"key file {key} is accessible by others (mode 640): refused" in r.stderr
 
 
 def test_insecure_listens_where_told_and_says_the_swarm_is_open(swarm):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import optuna
@@ -10,8 +11,11 @@ import pytest
 
 from tunefleet import _attrs as attrs
 from tunefleet.errors import UsageError
-from tunefleet.p2p import Peer, PeerConfig, wire
-from tunefleet.p2p._config import read_key, resolve_addresses
+from tunefleet.p2p import Peer, PeerConfig
+from tunefleet.p2p import _wire as wire
+from tunefleet.p2p._config import resolve_addresses
+from tunefleet.p2p._options import parse_peer_argv
+from tunefleet.transport import P2P_KEY_ENV, load_key, read_key
 from tunefleet._studies import open_storage
 from tunefleet.p2p._membership import FAILED, FINISHED, LEFT, RUNNING, Membership
 
@@ -306,11 +310,38 @@ def test_key_file_readable_by_others_is_refused(tmp_path):
     key.write_text("secret\n")
     key.chmod(0o644)
     with pytest.raises(UsageError, match="accessible by others .mode 644.: refused; run chmod 600"):
-        read_key(str(key))
+        read_key(str(key), P2P_KEY_ENV)
     key.chmod(0o600)
-    assert read_key(str(key)) == b"secret"
-    with pytest.raises(UsageError, match="Is a directory"):
-        read_key(str(tmp_path))
+    assert read_key(str(key), P2P_KEY_ENV) == b"secret"
+    with pytest.raises(UsageError, match="is a directory, not a file"):
+        read_key(str(tmp_path), P2P_KEY_ENV)
+
+
+def test_a_key_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A FIFO (read at once, not waited on) or a device is no key file, as for the hub."""
+    os.mkfifo(tmp_path / "fifo")
+    for path in (str(tmp_path / "fifo"), "/dev/null"):
+        with pytest.raises(UsageError, match=f"^key file {path} is not a regular file$"):
+            read_key(path, P2P_KEY_ENV)
+
+
+def test_a_bad_key_file_is_the_same_line_as_for_the_hub(tmp_path, capsys):
+    """`tunefleet peer --key-file` and the hub's key loading share one reader and its words."""
+    (tmp_path / "open").write_text("secret\n")
+    (tmp_path / "open").chmod(0o640)
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "empty").chmod(0o600)
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    for name in ("open", "empty", "folder", "fifo", "missing"):
+        path = str(tmp_path / name)
+        with pytest.raises(UsageError) as hub:
+            load_key(path)
+        with pytest.raises(SystemExit) as peer:
+            parse_peer_argv(["--key-file", path])
+        assert peer.value.code == 2
+        assert capsys.readouterr().err == f"tunefleet: error: {hub.value}\n"
+        assert str(hub.value).startswith(f"key file {path} ")
 
 
 def test_replayed_misdirected_and_stale_messages_are_dropped():

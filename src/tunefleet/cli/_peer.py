@@ -1,6 +1,6 @@
 """``tunefleet peer``: run one peer of a peer-to-peer swarm (no database, no coordinator).
 
-The options live in ``tunefleet.p2p._options`` and also serve ``Peer(parse=True)``, so a script
+The options are ``tunefleet.p2p.peer_options`` and also serve ``Peer(parse=True)``, so a script
 written like the P2P document's agent takes the command line of ``tunefleet peer`` minus the
 target.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from tunefleet.p2p._options import config_kwargs, echo_peer_summary, peer_options
+from tunefleet.p2p import config_kwargs, echo_peer_summary, peer_options
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,7 +31,7 @@ def peer(target: str, **params: Any) -> None:
     """
     import logging
 
-    from tunefleet.p2p._peer import Peer, setup_logging
+    from tunefleet.p2p import Peer, setup_logging
     from tunefleet._targets import load_target
 
     kwargs, as_json, quiet = config_kwargs(params)

@@ -36,7 +36,7 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
     Workers may join and leave at any time; each exits 0 when the study is done.
     """
     import tunefleet
-    from tunefleet.transport._tcp import TcpListener, load_key, parse_address
+    from tunefleet.transport import TcpListener, load_key, parse_address
 
     if n_trials is None and timeout is None:
         raise click.UsageError("give --n-trials or --timeout (or both)")

@@ -122,7 +122,7 @@ def _join_hub(target: str | None, address: str, key_file: str | None, processes:
     if not address.startswith("tcp://"):
         raise UsageError(f"--connect {address!r} must look like tcp://HOST:PORT")
     from tunefleet.hub._remote import run_workers
-    from tunefleet.transport._tcp import parse_address
+    from tunefleet.transport import parse_address
 
     parse_address(address)  # a malformed address is one line and exit 2, before any fork
 

@@ -9,7 +9,7 @@ import sys
 
 from tunefleet.errors import CoordinatorGone
 from tunefleet.hub._worker import serve
-from tunefleet.transport._tcp import TcpChannel, load_key
+from tunefleet.transport import TcpChannel, load_key
 
 
 def run_worker(address: str, key_file: str | None = None, *, key: bytes | None = None,

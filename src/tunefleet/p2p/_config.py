@@ -6,12 +6,11 @@ import dataclasses
 import os
 import re
 import socket
-import stat
 from typing import Sequence
 
 from tunefleet.errors import UsageError
+from tunefleet.transport import LOOPBACK_HOSTS, P2P_KEY_ENV, Address, is_loopback, split_address
 
-KEY_ENV = "TUNEFLEET_P2P_KEY"
 SHARE_MODES = ("best", "top-k", "all")
 # `tunefleet serve` listens on 5555: a peer's default port differs, so the two never meet.
 DEFAULT_ADVERTISE = "tcp://localhost:5570"
@@ -20,13 +19,7 @@ DEFAULT_ADVERTISE = "tcp://localhost:5570"
 DOCUMENT_ADVERTISE = "tcp://localhost:5555"
 JOIN_TIMEOUT = 120.0  # 128 peers started at once on 2 cores take about a minute to import
 ALONE_WAIT = 60.0  # time to type the second terminal's command after the seed's
-_ADDRESS = re.compile(r"^tcp://(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5}|\*)$")
 _UID = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
-_LOOPBACK = ("localhost", "127.0.0.1", "[::1]", "ip6-localhost")
-
-
-def is_loopback(host: str) -> bool:
-    return host in _LOOPBACK or host.startswith("127.")
 
 
 @dataclasses.dataclass
@@ -116,17 +109,14 @@ def check_uid(uid: str, what: str) -> None:
         raise UsageError(f"{what} {uid!r}: a UID is 1-64 letters, digits or _ . : @ -")
 
 
-def check_address(address: str, what: str, *, connect: bool = False) -> tuple[str, str]:
-    """Split ``tcp://host:port``; a peer's address to connect to needs a real host and port."""
-    m = _ADDRESS.match(address or "")
-    if not m:
-        raise UsageError(f"{what} {address!r} must look like tcp://host:port (e.g. tcp://localhost:5555)")
-    host, port = m.group(1), m.group(2)
-    if port != "*" and not 0 <= int(port) <= 65535:
-        raise UsageError(f"{what} {address!r}: port {port} is out of range")
-    if connect and (host == "*" or port in ("*", "0")):
-        raise UsageError(f"{what} {address!r}: other peers cannot connect to {host}:{port}")
-    return host, port
+def check_address(address: str, what: str, *, connect: bool = False) -> Address:
+    """Split ``tcp://host:port`` (given to ZeroMQ as written); a peer's address to connect to
+    needs a real host and port."""
+    checked = split_address(address or "", what, verbatim=True)
+    if connect and (checked.host == "*" or checked.port in ("*", "0")):
+        raise UsageError(f"{what} {address!r}: other peers cannot connect to "
+                         f"{checked.host}:{checked.port}")
+    return checked
 
 
 def resolve_addresses(bind: str | None, advertise: str | None) -> tuple[str, str]:
@@ -139,60 +129,29 @@ def resolve_addresses(bind: str | None, advertise: str | None) -> tuple[str, str
     if bind is None and advertise is None:
         advertise = DEFAULT_ADVERTISE
     if advertise is not None:
-        a_host, a_port = check_address(advertise, "-a/--advertise")
-        if a_host == "*":
+        a = check_address(advertise, "-a/--advertise")
+        if a.host == "*":
             raise UsageError(f"-a/--advertise {advertise!r}: advertise a host name other peers can reach")
-    if bind is None:
-        assert advertise is not None
-        host = "127.0.0.1" if a_host in _LOOPBACK else "*"
-        bind = f"tcp://{host}:{a_port}"
-    check_address(bind, "-b/--bind")
+        if bind is None:
+            bind = f"tcp://{'127.0.0.1' if a.host in LOOPBACK_HOSTS else '*'}:{a.port}"
+    assert bind is not None
+    b = check_address(bind, "-b/--bind")
     if advertise is None:
-        b_host, b_port = check_address(bind, "-b/--bind")
-        host = b_host if b_host not in ("*", "0.0.0.0", "[::]") else "localhost"
-        advertise = f"tcp://{host}:{b_port}"
+        host = b.host if b.host not in ("*", "0.0.0.0", "[::]") else "localhost"
+        advertise = f"tcp://{host}:{b.port}"
     return bind, advertise
 
 
 def _loopback_only(bind: str, advertise: str, warnings: list[str]) -> str:
     """Without a key (and no --insecure) a peer listens on loopback only, whatever -b says."""
-    a_host = check_address(advertise, "-a/--advertise")[0]
-    if not is_loopback(a_host):
+    if not is_loopback(check_address(advertise, "-a/--advertise").host):
         raise UsageError(f"without a key a peer listens on 127.0.0.1 only, so other hosts could "
-                         f"not reach {advertise}: give --key-file FILE (or {KEY_ENV}), or "
+                         f"not reach {advertise}: give --key-file FILE (or {P2P_KEY_ENV}), or "
                          "--insecure to open the swarm to the network")
-    host, port = check_address(bind, "-b/--bind")
-    if is_loopback(host):
+    b = check_address(bind, "-b/--bind")
+    if is_loopback(b.host):
         return bind
-    local = f"tcp://{'[::1]' if host.startswith('[') else '127.0.0.1'}:{port}"
+    local = f"tcp://{'[::1]' if b.host.startswith('[') else '127.0.0.1'}:{b.port}"
     warnings.append(f"no key: listening on {local} only, not on {bind} "
                     "(give --key-file, or --insecure to listen there without one)")
     return local
-
-
-def read_key(key_file: str | None) -> bytes | None:
-    """The shared HMAC key: the file's content, else the TUNEFLEET_P2P_KEY variable, else None.
-
-    Like ssh with a private key, a key file that others may read or write is refused: a key
-    anyone on the host can read authenticates nobody.
-    """
-    if key_file:
-        try:
-            with open(key_file, "rb") as fh:
-                mode = os.fstat(fh.fileno()).st_mode
-                if stat.S_ISREG(mode) and mode & 0o077:
-                    raise UsageError(
-                        f"--key-file {key_file} is accessible by others (mode "
-                        f"{stat.S_IMODE(mode):03o}): refused; run chmod 600 {key_file}")
-                key = fh.read().strip()
-        except OSError as exc:
-            raise UsageError(f"--key-file {key_file}: {exc.strerror}") from None
-        if not key:
-            raise UsageError(f"--key-file {key_file} is empty")
-        return key
-    env = os.environ.get(KEY_ENV)
-    if env is not None:
-        if not env.strip():
-            raise UsageError(f"{KEY_ENV} is set but empty")
-        return env.strip().encode()
-    return None

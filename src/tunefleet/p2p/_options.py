@@ -14,9 +14,9 @@ from typing import Any, Callable, NoReturn, Sequence
 import click
 
 from tunefleet.errors import TunefleetError, UsageError
-from tunefleet.p2p._config import (ALONE_WAIT, DEFAULT_ADVERTISE, DOCUMENT_ADVERTISE,
-                                  JOIN_TIMEOUT, read_key)
+from tunefleet.p2p._config import ALONE_WAIT, DEFAULT_ADVERTISE, DOCUMENT_ADVERTISE, JOIN_TIMEOUT
 from tunefleet._studies import SAMPLERS
+from tunefleet.transport import P2P_KEY_ENV, read_key
 
 
 def peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -59,7 +59,7 @@ def peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="File holding the swarm's shared key (mode 600: a file others can "
                           "read is refused): connections pass a CurveZMQ handshake derived "
                           "from it, messages are HMAC-SHA256 signed, and unsigned, replayed "
-                          "or misdirected ones dropped. Or set TUNEFLEET_P2P_KEY."),
+                          f"or misdirected ones dropped. Or set {P2P_KEY_ENV}."),
         click.option("--insecure", is_flag=True,
                      help="Without a key, listen where -b says (e.g. every interface) "
                           "instead of 127.0.0.1 only: anyone who reaches the port can join."),
@@ -97,7 +97,7 @@ def config_kwargs(params: dict[str, Any]) -> tuple[dict[str, Any], bool, bool]:
     """Click's parameters -> (PeerConfig keywords, --json, --quiet)."""
     p = dict(params)
     as_json, quiet = p.pop("as_json"), p.pop("quiet")
-    p["key"] = read_key(p.pop("key_file"))
+    p["key"] = read_key(p.pop("key_file"), P2P_KEY_ENV)
     p["directions"] = [d.lower() for d in p["directions"]] or ["minimize"]
     p["catch"] = (Exception,) if p.pop("catch") else ()
     return p, as_json, quiet

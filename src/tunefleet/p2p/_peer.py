@@ -27,6 +27,7 @@ from tunefleet.p2p._config import PeerConfig
 from tunefleet.p2p._gossip import Node
 from tunefleet.p2p._options import echo_peer_summary, parse_peer_argv, usage_exit
 from tunefleet._studies import StudySpec, create_or_load_study
+from tunefleet.transport import P2P_KEY_ENV
 
 log = logging.getLogger("tunefleet.p2p")
 Objective = Callable[[optuna.Trial], Any]
@@ -121,7 +122,7 @@ class Peer:
             log.warning("peer %s: %s", self.uid, warning)
         if c.key is None:
             log.warning("peer %s: no key: the swarm is open, anyone who can reach %s can join "
-                        "it and send trials (set --key-file or TUNEFLEET_P2P_KEY)", self.uid,
+                        f"it and send trials (set --key-file or {P2P_KEY_ENV})", self.uid,
                         self.node.bound)
         self.node.start()
         if c.seed_uid is not None:

@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import logging
 import os
-import stat
 import pickle
 import secrets
 import selectors
@@ -34,10 +33,10 @@ import struct
 import threading
 import time
 from typing import Any, Optional
-from urllib.parse import urlparse
 
 from tunefleet.errors import CoordinatorGone, UsageError
 from tunefleet.transport._base import Channel, Link, Listener
+from tunefleet.transport._security import parse_address
 
 _logger = logging.getLogger("tunefleet.transport._tcp")
 MAGIC = b"TFHUB1"
@@ -58,63 +57,6 @@ ACCEPT_PAUSE = 0.5
 _RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _LEN = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``tcp://HOST:PORT`` (or ``HOST:PORT``) -> (host, port); ``*`` means every interface.
-    A malformed address is a ``UsageError`` (one line, exit 2), never a traceback."""
-    shape = f"address {address!r} must look like tcp://HOST:PORT"
-    try:
-        url = urlparse(address if "://" in address else f"tcp://{address}")
-        port = url.port
-    except ValueError as exc:  # "Port out of range 0-65535", "Port could not be cast ..."
-        raise UsageError(f"{shape} ({exc})") from None
-    if url.scheme != "tcp" or port is None or url.path not in ("", "/"):
-        raise UsageError(shape)
-    host = url.hostname or "127.0.0.1"
-    return ("0.0.0.0" if host == "*" else host), port
-
-
-def _check_key_mode(key_file: str, mode: int) -> None:
-    """Refuse, as ssh does for private keys (and ``tunefleet peer`` for its key), a key file
-    its group or others may read or change: anyone who reads it can join the study, have the
-    coordinator run trials they forge, and receive pickled objectives."""
-    if mode & 0o077:
-        raise UsageError(f"key file {key_file} is accessible by others (mode "
-                         f"{stat.S_IMODE(mode):o}): refused; run chmod 600 {key_file}")
-
-
-def load_key(key_file: str | None = None, *, create: bool = False) -> bytes:
-    """The shared secret: the contents of ``key_file``, else ``$TUNEFLEET_KEY``. With
-    ``create``, a missing key file is made with a fresh random key (readable by its owner).
-    Every problem with the file, a mode that lets others read it included, is a
-    ``UsageError`` that names it."""
-    if key_file:
-        try:
-            if not os.path.lexists(key_file):
-                if not create:
-                    raise UsageError(f"key file {key_file} does not exist")
-                fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(secrets.token_hex(32) + "\n")
-            with open(key_file, "rb") as f:
-                info = os.fstat(f.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise UsageError(f"key file {key_file} is not a regular file")
-                _check_key_mode(key_file, info.st_mode)
-                key = f.read(1 << 16).strip()
-        except IsADirectoryError:
-            raise UsageError(f"key file {key_file} is a directory, not a file") from None
-        except OSError as exc:
-            raise UsageError(f"cannot read key file {key_file}: "
-                             f"{exc.strerror or exc}") from None
-        if not key:
-            raise UsageError(f"key file {key_file} is empty")
-        return key
-    env = os.environ.get("TUNEFLEET_KEY", "").strip()
-    if env:
-        return env.encode()
-    raise UsageError("no key: pass --key-file FILE or set TUNEFLEET_KEY")
 
 
 def _mac(key: bytes, *parts: bytes) -> bytes:
