@@ -13,9 +13,9 @@ from tunefleet import _attrs as attrs
 from tunefleet.errors import UsageError
 from tunefleet.p2p import Peer, PeerConfig
 from tunefleet.p2p import _wire as wire
-from tunefleet.p2p._config import resolve_addresses
+from tunefleet.p2p._config import check_address, resolve_addresses
 from tunefleet.p2p._options import parse_peer_argv
-from tunefleet.transport import P2P_KEY_ENV, load_key, read_key
+from tunefleet.transport import P2P_KEY_ENV, Address, load_key, parse_address, read_key
 from tunefleet._studies import open_storage
 from tunefleet.p2p._membership import FAILED, FINISHED, LEFT, RUNNING, Membership
 
@@ -198,6 +198,25 @@ def test_default_addresses_stay_on_loopback_unless_told():
     assert resolve_addresses("tcp://*:5556", "tcp://localhost:5556")[0] == "tcp://*:5556"
     with pytest.raises(UsageError, match="must look like"):
         resolve_addresses("5555", None)
+
+
+def test_peers_and_the_hub_check_addresses_with_one_checker():
+    """A peer hands its address to ZeroMQ as written (port * too); the hub's sockets take the
+    parts, so it accepts a few more spellings. IPv6 in brackets in both."""
+    assert check_address("tcp://[::1]:5556", "-b/--bind") == Address("[::1]", "5556")
+    assert check_address("tcp://*:*", "-b/--bind") == Address("*", "*")
+    assert parse_address("tcp://[::1]:5556") == ("::1", 5556)
+    assert parse_address("127.0.0.1:5555") == ("127.0.0.1", 5555)
+    assert parse_address("tcp://:0/") == ("127.0.0.1", 0)
+    assert parse_address("tcp://*:5555") == ("0.0.0.0", 5555)
+    for bad in ("127.0.0.1:5555", "tcp://:5555", "tcp://h:5555/", "udp://h:1"):
+        with pytest.raises(UsageError, match=f"^-b/--bind '{re.escape(bad)}' must look like "
+                                             r"tcp://HOST:PORT$"):
+            check_address(bad, "-b/--bind")
+    with pytest.raises(UsageError, match=r"\(Port could not be cast to integer value as '\*'\)"):
+        parse_address("tcp://h:*")
+    with pytest.raises(UsageError, match="other peers cannot connect to"):
+        check_address("tcp://h:0", "-d/--seed-address", connect=True)
 
 
 def test_peer_needs_one_objective():
