@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
+import numpy as np
 import optuna
 import pytest
 
@@ -110,6 +111,9 @@ def test_private_attributes(owner, tmp_path):
             lambda: optuna.samplers.PartialFixedSampler({}, optuna.samplers.RandomSampler()),
         "distributions.BaseDistribution": lambda: optuna.distributions.FloatDistribution(0, 1),
         "samplers.TPESampler": optuna.samplers.TPESampler,
+        "storages.journal._storage.JournalStorageReplayResult":
+            lambda: optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+                str(tmp_path / "replay.log")))._replay_result,
     }[owner]()
     missing = [name for name in O.ATTRIBUTES[owner]
                if not hasattr(cls, name) and not hasattr(instance, name)]
@@ -155,13 +159,17 @@ def test_fast_tpe_names():
         assert hasattr(O.tpe_truncnorm, name), f"optuna.samplers._tpe._truncnorm.{name}"
     assert _params(O.ParzenEstimator.__init__) == ["self", "observations", "search_space",
                                                    "parameters", "predetermined_weights"]
-    for name in ("_calculate_distributions", "_calculate_numerical_distributions"):
+    for name in ("_calculate_distributions", "_calculate_numerical_distributions", "_transform"):
         assert hasattr(O.ParzenEstimator, name), f"_ParzenEstimator.{name}"
     sampler = optuna.samplers.TPESampler(seed=0)
     for name in ("_compare", "_compute_acquisition_func", "_constant_liar", "_gamma",
                  "_get_params", "_n_ei_candidates", "_n_startup_trials", "_parzen_estimator_cls",
                  "_parzen_estimator_parameters", "_random_sampler", "_rng", "_sample"):
         assert hasattr(sampler, name), f"TPESampler.{name}"
+    mpe = O.ParzenEstimator({"x": np.array([0.5])},
+                            {"x": optuna.distributions.FloatDistribution(0, 1)},
+                            sampler._parzen_estimator_parameters)
+    assert hasattr(mpe, "_mixture_distribution"), "_ParzenEstimator._mixture_distribution"
 
 
 def test_positional_load_study_with_tunefleet(tmp_path):

@@ -50,6 +50,10 @@ from optuna.storages._cached_storage import _StudyInfo as CachedStudyInfo  # noq
 # The log record codes of JournalStorage: the hub's mirror writes a round of them in one append.
 from optuna.storages.journal._storage import JournalOperation  # noqa: E402
 
+# The cache Optuna wraps an RDBStorage in (``optuna.storages.RDBStorage`` URLs given to
+# ``create_study``): the hub's mirror writes to the storage inside it.
+from optuna.storages._cached_storage import _CachedStorage as CachedStorage  # noqa: E402
+
 # What ``BaseStorage.get_all_studies`` returns (not exported by optuna.study in 4.x or 5.x).
 from optuna.study._frozen import FrozenStudy  # noqa: E402
 
@@ -292,15 +296,16 @@ except ImportError:  # Optuna 4.x
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "study.Study": ("_storage", "_study_id", "_thread_local", "_get_trials",
                     "_log_completed_trial", "_directions", "_stop_flag",
-                    "_pop_waiting_trial_id"),
+                    "_pop_waiting_trial_id", "_is_multi_objective"),
     "trial.Trial": ("_trial_id", "_cached_frozen_trial", "_relative_params", "_fixed_params",
                     "_get_latest_trial", "_is_relative_param", "_suggest"),
-    "trial.FrozenTrial": ("_trial_id", "_system_attrs"),
+    "trial.FrozenTrial": ("_trial_id", "_system_attrs", "_user_attrs", "_distributions"),
     "storages.RDBStorage": ("engine", "_get_stale_trial_ids"),
     "storages._cached_storage._CachedStorage": ("_backend", "_lock", "_studies",
                                                 "_add_trials_to_cache"),
     "storages.JournalStorage": ("_backend", "_thread_lock", "_replay_result",
                                 "_sync_with_backend"),
+    "storages.journal._storage.JournalStorageReplayResult": ("_study_id_to_trial_ids",),
     "storages.InMemoryStorage": ("_get_trial",),
     "samplers.PartialFixedSampler": ("_base_sampler",),
     "samplers.TPESampler": ("_group", "_n_startup_trials", "_random_sampler",
