@@ -4,7 +4,7 @@ workers), chosen by name with ``make_backend``."""
 
 from __future__ import annotations
 
-from tunefleet.hub._fleet import Fleet
+from tunefleet.hub import Fleet
 
 
 class Backend(Fleet):

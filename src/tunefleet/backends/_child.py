@@ -18,7 +18,7 @@ def main() -> int:
     fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     from tunefleet.backends._processes import THREADS_VAR
-    from tunefleet.hub._worker import limit_threads, serve
+    from tunefleet.hub import limit_threads, serve
     from tunefleet.transport import PipeChannel
 
     if THREADS_VAR in os.environ:

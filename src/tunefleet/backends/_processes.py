@@ -14,7 +14,7 @@ inherits the executor without its manager thread and hangs in its first ``joblib
 Each worker's OpenMP and BLAS pools are capped at ``threads_per_worker`` threads (default: the
 CPUs this process may use, divided by the number of workers, at least 1), unless the user has
 set ``OMP_NUM_THREADS`` already; ``threads_per_worker=0`` leaves them alone. See
-``tunefleet.hub._worker.limit_threads``.
+``tunefleet.hub.limit_threads``.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from typing import Sequence
 from tunefleet.backends._base import Backend
 from tunefleet.errors import UsageError
 from tunefleet._gpus import worker_env
-from tunefleet.hub._worker import THREAD_VARS
+from tunefleet.hub import THREAD_VARS
 from tunefleet.transport import Link, PipeChannel, PipeLink, PipeListener
 
 
 def _process_main(conn: Connection, parent_pid: int, env: dict[str, str]) -> None:
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
-    from tunefleet.hub._worker import forget_parent_pools, limit_threads, serve
+    from tunefleet.hub import forget_parent_pools, limit_threads, serve
 
     # The parent's atexit handlers are not this worker's (multiprocessing never runs them in a
     # forked child); those the objective's libraries register here are, as in any process:

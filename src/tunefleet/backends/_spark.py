@@ -36,7 +36,7 @@ def _spark_worker(address: str, key: bytes, token: str, broadcast: Any,
         gpus = ctx.resources().get("gpu")
         if gpus is not None and gpus.addresses:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses)
-    from tunefleet.hub._worker import set_worker_data
+    from tunefleet.hub import set_worker_data
 
     if broadcast is not None:
         set_worker_data(broadcast.value)

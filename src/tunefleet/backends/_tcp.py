@@ -41,7 +41,7 @@ def token_of(link: Link) -> str:
 
 def engine_worker(address: str, key: bytes, token: str) -> int:
     """What one engine task runs: a hub worker, until the study is done."""
-    from tunefleet.hub._remote import run_engine_worker
+    from tunefleet.hub import run_engine_worker
 
     return run_engine_worker(address, key, token)
 
