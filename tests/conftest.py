@@ -1,4 +1,5 @@
-"""Shared fixtures. Each mode's own fixtures live in its own tests/<mode>/conftest.py."""
+"""Shared fixtures. Each mode's own fixtures live in its own tests/<mode>/conftest.py; the
+engines (Dask, Spark, Ray) are here because tests of several folders run on them."""
 
 from __future__ import annotations
 
@@ -64,3 +65,49 @@ def storage_url(request, tmp_path):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def dask_client():
+    """A client of a real Dask LocalCluster (2 worker processes), for the module's tests."""
+    import distributed  # tunefleet[dask], installed by scripts/test
+
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def spark():
+    """A Spark session in local[2] mode, for the module's tests."""
+    from pyspark.sql import SparkSession
+
+    # Python workers run the interpreter where tunefleet is installed (local mode reads the
+    # environment variable, not spark.pyspark.python).
+    old = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = (SparkSession.builder.master("local[2]").appName("tunefleet-tests")
+               .config("spark.ui.enabled", "false")
+               .config("spark.driver.host", "127.0.0.1")
+               .config("spark.python.worker.reuse", "true")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+    if old is None:
+        os.environ.pop("PYSPARK_PYTHON", None)
+    else:
+        os.environ["PYSPARK_PYTHON"] = old
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs) started for the module's tests; tunefleet finds it running."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -4,7 +4,6 @@ joblib-spark (Spark in local mode)."""
 from __future__ import annotations
 
 import os
-import sys
 
 import cloudpickle
 import joblib
@@ -67,25 +66,6 @@ def test_unknown_joblib_backend_is_one_line():
     with pytest.raises(UsageError, match="not registered.*registered: .*loky"):
         tunefleet.optimize(optuna.create_study(), objectives.where, n_trials=1,
                            backend="joblib", joblib_backend="nope")
-
-
-@pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    old = os.environ.get("PYSPARK_PYTHON")
-    os.environ["PYSPARK_PYTHON"] = sys.executable  # local mode's Python workers: this venv
-    session = (SparkSession.builder.master("local[2]").appName("tunefleet-joblib-tests")
-               .config("spark.ui.enabled", "false")
-               .config("spark.driver.host", "127.0.0.1")
-               .getOrCreate())
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-    if old is None:
-        os.environ.pop("PYSPARK_PYTHON", None)
-    else:
-        os.environ["PYSPARK_PYTHON"] = old
 
 
 @pytest.mark.timeout(300)

@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 import tunefleet
+from tests.helpers import wait_until
 from tunefleet import _attrs as attrs
 from tunefleet.errors import WorkerStartError
 
@@ -26,11 +27,12 @@ def by_state(study):
     return out
 
 
-def no_worker_left():
-    deadline = time.monotonic() + 5
-    while multiprocessing.active_children() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not multiprocessing.active_children()
+def no_worker_left() -> bool:
+    """Every worker process has exited (within 5 s of the run's end)."""
+    wait_until(lambda: not multiprocessing.active_children(), 5,
+               lambda: f"the worker processes to exit: {multiprocessing.active_children()}",
+               interval=0.05)
+    return True
 
 
 def raises_on_5(trial):
@@ -90,7 +92,9 @@ class DiesOnce:
         trial.report(x, 0)
         if trial.number == self.number and not os.path.exists(self.marker):
             Path(self.marker).write_text(repr((x, y)))
-            time.sleep(0.05)  # let the report reach the coordinator
+            # the report has reached the coordinator (reading the study is a round trip)
+            wait_until(lambda: trial.study.trials[trial.number].intermediate_values, 30,
+                       "the report to reach the coordinator")
             if self.how == "sigkill":
                 os.kill(os.getpid(), signal.SIGKILL)
             elif self.how == "exit":

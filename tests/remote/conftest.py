@@ -3,37 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
+import select
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cloudpickle
 import pytest
 
+from tests.helpers import wait_until
 from tests.remote import objectives
 
 # Engine workers (Dask, Ray, Spark) cannot import the tests package: ship it by value.
 cloudpickle.register_pickle_by_value(objectives)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Procs:
@@ -60,6 +46,44 @@ class Procs:
         return self.tunefleet("serve", target, "--listen", f"tcp://127.0.0.1:{port}",
                               "--key-file", "hub.key", "--storage", "sqlite:///hub.db",
                               "--no-progress", "--json", *args)
+
+    def said(self, proc: subprocess.Popen, pattern: str, timeout: float = 120) -> re.Match:
+        """Read PROC's stderr up to the first line that matches PATTERN; the match.
+
+        The lines are read from the pipe unbuffered, so that ``communicate()`` later gets the
+        rest; those read here are added to ``proc.stderr_head`` (for failure messages)."""
+        fd = proc.stderr.fileno()
+        line = bytearray()
+
+        def read() -> str:
+            return proc.stderr_head + line.decode(errors="replace")
+
+        def next_line() -> str | None:
+            while select.select([fd], [], [], 0.1)[0]:
+                byte = os.read(fd, 1)
+                if not byte:
+                    raise AssertionError(f"exited ({proc.wait()}) before a line matching "
+                                         f"{pattern!r}:\n{read()}")
+                line.extend(byte)
+                if byte == b"\n":
+                    text = line.decode(errors="replace")
+                    proc.stderr_head += text
+                    line.clear()
+                    return text
+            return None
+
+        def matched() -> re.Match | None:
+            text = next_line()
+            return re.search(pattern, text) if text is not None else None
+
+        if not hasattr(proc, "stderr_head"):
+            proc.stderr_head = ""  # type: ignore[attr-defined]
+        return wait_until(matched, timeout, lambda: f"a line matching {pattern!r}:\n{read()}",
+                          interval=0)
+
+    def port_of(self, serve: subprocess.Popen) -> int:
+        """The port a `tunefleet serve --listen tcp://127.0.0.1:0` bound (its first line)."""
+        return int(self.said(serve, r" on tcp://127\.0\.0\.1:(\d+);").group(1))
 
     def worker(self, port: int, key_file: str = "hub.key", *args: str) -> subprocess.Popen:
         return self.tunefleet("worker", "--connect", f"tcp://127.0.0.1:{port}",

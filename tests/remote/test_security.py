@@ -23,7 +23,8 @@ import tunefleet
 from optuna.trial import TrialState
 
 from tests.remote import objectives
-from tests.remote.conftest import ROOT, free_port, wait_for
+from tests.helpers import free_port, wait_until
+from tests.remote.conftest import ROOT
 from tunefleet import _attrs as attrs
 from tunefleet.hub import _protocol as P
 from tunefleet.transport._tcp import HANDSHAKE_SIZE, MAX_PENDING, TcpChannel
@@ -53,29 +54,24 @@ def closed_by_peer(sock: socket.socket) -> bool:
 def coordinator(procs, tmp_path, caplog):
     """A coordinator (optimize with backend="tcp") in a thread, waiting for workers."""
     write_key(tmp_path / "hub.key")
-    port = free_port()
     study = optuna.create_study()
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
             tunefleet.optimize(study, objectives.quadratic, n_trials=50, backend="tcp",
-                               listen=f"tcp://127.0.0.1:{port}", key=KEY)
+                               listen="tcp://127.0.0.1:0", key=KEY)
         except BaseException as exc:
             errors.append(exc)
 
     caplog.set_level(logging.WARNING, logger="tunefleet.transport._tcp")
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    wait_for(lambda: _listening(port), 30, "the listener")
-    yield port, study, thread, errors
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+    said = wait_until(lambda: errors or re.search(
+        r"waiting for workers on tcp://127\.0\.0\.1:(\d+)", caplog.text), 30,
+        "the listener on port 0 to say its port")
+    assert not errors, errors
+    yield int(said.group(1)), study, thread, errors
 
 def rejections(caplog, why: str) -> int:
     return sum("rejected" in r.getMessage() and why in r.getMessage() for r in caplog.records)
@@ -170,10 +166,10 @@ class Serve:
             cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
             stdout=open(tmp_path / "serve.out", "w"), stderr=open(self.err_path, "w"))
         procs.started.append(self.proc)
-        wait_for(self._started, 120, "serve's coordinator to wait for workers")
+        wait_until(self._started, 120, "serve's coordinator to wait for workers")
         # and for its first group commit (the study's mode) to be in the storage: from then on
         # serve holds what it will hold while it waits, so its memory can be measured
-        wait_for(self._first_round_written, 120, "serve's first write to its storage")
+        wait_until(self._first_round_written, 120, "serve's first write to its storage")
         self.port = int(re.search(r" on tcp://127\.0\.0\.1:(\d+);", self.stderr()).group(1))
         self.pid = self.proc.pid
 
@@ -272,7 +268,7 @@ def test_serve_survives_running_out_of_file_descriptors(procs, tmp_path):
     hard = resource.prlimit(serve.pid, resource.RLIMIT_NOFILE)[1]
     resource.prlimit(serve.pid, resource.RLIMIT_NOFILE, (in_use + 6, hard))
     idle = [socket.create_connection(("127.0.0.1", serve.port), timeout=60) for _ in range(30)]
-    wait_for(lambda: "too many open files" in serve.stderr(), 120, "serve to run out")
+    wait_until(lambda: "too many open files" in serve.stderr(), 120, "serve to run out")
     assert serve.proc.poll() is None, serve.stderr()[-3000:]
     assert serve.count("accept: too many open files; dropped the oldest unauthenticated "
                        "connection to make room") == 1

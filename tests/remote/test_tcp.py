@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 import tunefleet
 from tunefleet import _attrs as attrs
 from tests.remote import objectives
-from tests.remote.conftest import free_port, wait_for
+from tests.helpers import free_port, wait_until
 
 TARGET = str(Path(objectives.__file__))
 
@@ -37,14 +37,14 @@ def count(tmp_path: Path, state: TrialState) -> int:
 
 def finish(proc, timeout: float = 180) -> tuple[str, str]:
     out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, (getattr(proc, "stderr_head", "") + err)[-3000:]
     return out, err
 
 
 def test_serve_and_two_workers_run_60_trials(procs, tmp_path):
-    port = free_port()
-    serve = procs.serve(f"{TARGET}:quadratic_when_two_joined", port, "--n-trials", "60",
+    serve = procs.serve(f"{TARGET}:quadratic_when_two_joined", 0, "--n-trials", "60",
                         "--sampler", "random", "--seed", "1")
+    port = procs.port_of(serve)
     workers = [procs.worker(port) for _ in range(2)]
     out, err = finish(serve)
     summary = json.loads(out.strip().splitlines()[-1])
@@ -59,11 +59,11 @@ def test_serve_and_two_workers_run_60_trials(procs, tmp_path):
 
 
 def test_worker_killed_mid_trial_fails_its_trial_and_the_study_finishes(procs, tmp_path):
-    port = free_port()
-    serve = procs.serve(f"{TARGET}:hangs_at_5", port, "--n-trials", "50", "--sampler", "random")
+    serve = procs.serve(f"{TARGET}:hangs_at_5", 0, "--n-trials", "50", "--sampler", "random")
+    port = procs.port_of(serve)
     victim_and_other = [procs.worker(port) for _ in range(2)]
-    wait_for(lambda: (tmp_path / "hung.pid").exists(), 120, "trial 5 to start")
-    wait_for(lambda: " " in (tmp_path / "hung.pid").read_text(), 10, "the pid")
+    wait_until(lambda: (tmp_path / "hung.pid").exists(), 120, "trial 5 to start")
+    wait_until(lambda: " " in (tmp_path / "hung.pid").read_text(), 10, "the pid")
     pid, x = (tmp_path / "hung.pid").read_text().split()
     pid = int(pid)
     assert pid in [w.pid for w in victim_and_other]
@@ -81,10 +81,10 @@ def test_worker_killed_mid_trial_fails_its_trial_and_the_study_finishes(procs, t
 
 
 def test_workers_exit_when_the_coordinator_is_killed(procs, tmp_path):
-    port = free_port()
-    serve = procs.serve(f"{TARGET}:sleepy", port, "--n-trials", "1000")
+    serve = procs.serve(f"{TARGET}:sleepy", 0, "--n-trials", "1000")
+    port = procs.port_of(serve)
     workers = [procs.worker(port, "hub.key", "--reconnect-timeout", "0") for _ in range(2)]
-    wait_for(lambda: count(tmp_path, TrialState.COMPLETE) >= 4, 120, "some trials")
+    wait_until(lambda: count(tmp_path, TrialState.COMPLETE) >= 4, 120, "some trials")
     serve.send_signal(signal.SIGKILL)
     serve.wait(10)
     deadline = time.monotonic() + 30
@@ -97,11 +97,11 @@ def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_
     """Workers outlive their coordinator: they finish their trials, join the coordinator
     started again on the same study, and hand the results over; nothing finished is lost and
     the budget ends exact."""
-    port = free_port()
     args = ("--n-trials", "40", "--sampler", "random")
-    serve = procs.serve(f"{TARGET}:sleepy", port, *args)
+    serve = procs.serve(f"{TARGET}:sleepy", 0, *args)
+    port = procs.port_of(serve)  # the one started again listens there too
     workers = [procs.worker(port, "hub.key", "--reconnect-timeout", "300") for _ in range(2)]
-    wait_for(lambda: count(tmp_path, TrialState.COMPLETE) >= 6, 120, "some trials")
+    wait_until(lambda: count(tmp_path, TrialState.COMPLETE) >= 6, 120, "some trials")
     serve.send_signal(signal.SIGKILL)
     serve.wait(10)
     left_running = count(tmp_path, TrialState.RUNNING)
@@ -120,16 +120,18 @@ def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_
 
 
 def test_elastic_workers_join_and_leave_and_serve_waits_for_them(procs, tmp_path):
-    port = free_port()
-    serve = procs.serve(f"{TARGET}:sleepy", port, "--n-trials", "24", "--sampler", "random")
-    time.sleep(4)  # no worker yet: the coordinator waits
+    serve = procs.serve(f"{TARGET}:sleepy", 0, "--n-trials", "24", "--sampler", "random")
+    port = procs.port_of(serve)
+    procs.said(serve, "tunefleet: waiting for workers on")  # no worker yet: the coordinator waits
     assert serve.poll() is None
     assert count(tmp_path, TrialState.COMPLETE) == 0
     first = procs.worker(port)
-    wait_for(lambda: count(tmp_path, TrialState.COMPLETE) >= 3, 120, "the first worker's trials")
+    wait_until(lambda: count(tmp_path, TrialState.COMPLETE) >= 3, 120, "the first worker's trials")
     first.send_signal(signal.SIGTERM)  # leaves (mid-trial, most likely)
     first.wait(30)
-    time.sleep(1.5)  # none again for a while
+    # none again: the coordinator has dealt with the trial the first worker left
+    wait_until(lambda: count(tmp_path, TrialState.RUNNING) == 0, 60,
+               "the coordinator to close the trial of the worker that left")
     assert serve.poll() is None
     second = procs.worker(port)
     third = procs.worker(port)
@@ -181,9 +183,9 @@ def test_setup_runs_once_per_tcp_worker(procs, tmp_path):
 
 
 def test_one_worker_command_forks_several_workers_that_share_the_study(procs, tmp_path):
-    port = free_port()
-    serve = procs.serve(f"{TARGET}:slow_quadratic_when_four_joined", port, "--n-trials", "40",
+    serve = procs.serve(f"{TARGET}:slow_quadratic_when_four_joined", 0, "--n-trials", "40",
                         "--sampler", "random")
+    port = procs.port_of(serve)
     worker = procs.worker(port, "hub.key", "--processes", "4")
     out, err = finish(serve)
     assert json.loads(out.strip().splitlines()[-1])["states"]["complete"] == 40

@@ -12,17 +12,6 @@ from tests.trainer.toy import ToyTuner
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-def dask_client():
-    import distributed  # tunefleet[dask], installed by scripts/test
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
-    client = distributed.Client(cluster)
-    yield client
-    client.close()
-    cluster.close()
-
-
 def test_tuner_runs_its_trials_in_dask_workers(dask_client, tmp_path):
     given = [{"lr": 0.5, "hidden": 16}, {"lr": 0.3, "hidden": 8}]
     tuner = ToyTuner("dask", "valid_acc", n_trials=3, client=dask_client, n_workers=2,
