@@ -19,6 +19,11 @@ class CoordinatorGone(TunefleetError):
     """A worker lost its coordinator: the study is over for this worker."""
 
 
+class MirrorError(TunefleetError, RuntimeError):
+    """The hub's durable storage did not accept the mirror's writes: it no longer matches the
+    study in memory. A ``RuntimeError`` too, as it was before it moved here."""
+
+
 class Interrupted(KeyboardInterrupt):
     """The run was stopped by SIGINT or SIGTERM after a clean shutdown: no trial was handed out
     after the signal, running trials had their grace period, and the storage holds every trial

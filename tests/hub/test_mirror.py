@@ -5,15 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 
 import optuna
 import pytest
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from tunefleet.hub._mirror import MirroredStorage, MirrorError, mirrored_study
+from tunefleet.errors import MirrorError
+from tunefleet.hub._mirror import MirroredStorage, mirrored_study
 from tunefleet._studies import open_storage
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,7 +69,7 @@ def assert_same(memory: list, durable: list) -> None:
 def test_optimize_leaves_the_same_trials_in_memory_and_durable(tmp_path, monkeypatch, make_url,
                                                                n_jobs, chunk):
     if chunk is not None:  # multi-row INSERTs split into many statements
-        from tunefleet.hub._mirror import _RDBWriter
+        from tunefleet.hub._mirror._rdb import _RDBWriter
 
         monkeypatch.setattr(_RDBWriter, "MAX_VARIABLES", chunk)
     url = make_url(tmp_path)
@@ -185,7 +186,7 @@ def test_sqlite_rounds_take_the_direct_path(tmp_path):
     """On SQLite the writer runs its statements compiled once on the DBAPI cursor (fewer
     hand-offs of the GIL with the sampler); a SQLAlchemy without the compiled parts it reads would
     silently fall back to the slower path, so check it is taken."""
-    from tunefleet.hub._mirror import _make_writer
+    from tunefleet.hub._mirror._commit import _make_writer
 
     writer = _make_writer(fresh(sqlite_url(tmp_path)))
     assert writer.raw and writer.plans["trials"][0].startswith("INSERT INTO trials")
@@ -290,7 +291,8 @@ def test_heartbeats_fail_stale_trials_in_both(tmp_path):
     assert optuna.storages._heartbeat.is_heartbeat_enabled(mirror)
     alive, dead = mirrored.ask(), mirrored.ask()
     mirror.record_heartbeat(dead._trial_id)
-    time.sleep(1.5)
+    wait_until(lambda: mirror._get_stale_trial_ids(mirrored._study_id) == [dead._trial_id], 30,
+               "the trial whose heartbeat stopped to be stale")
     mirror.record_heartbeat(alive._trial_id)
     optuna.storages.fail_stale_trials(mirrored)
     assert [t.state for t in mirrored.trials] == [TrialState.RUNNING, TrialState.FAIL]
