@@ -131,8 +131,8 @@ def test_a_replayed_message_is_dropped(coordinator, procs, tmp_path, caplog):
 
     channel_sock = channel.sock
     channel.sock = Spy()  # type: ignore[assignment]
-    channel.send((P.HELLO, {"pid": 1, "host": "replayer", "label": "replayer"}))
-    assert channel.recv()[0] == P.CONFIG  # a genuine, authenticated exchange
+    channel.send(P.encode(P.Hello(1, "replayer", "replayer")))
+    assert type(P.decode(channel.recv())) is P.Config  # a genuine, authenticated exchange
     real_sendall(sent[0])  # the same signed bytes again
     assert closed_by_peer(channel_sock)
     assert rejections(caplog, "replayed") == 1
