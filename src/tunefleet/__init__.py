@@ -1,8 +1,10 @@
 """tunefleet: run one Optuna study on a fleet of workers."""
 
 from tunefleet._api import optimize
-from tunefleet.errors import Interrupted, TunefleetError, UsageError
-from tunefleet.hub._worker import worker_data
+from tunefleet.errors import (CoordinatorGone, Interrupted, MirrorError, ObjectiveFailed,
+                              TunefleetError, UsageError, WorkerStartError)
+from tunefleet.hub import worker_data
 
-__all__ = ["optimize", "worker_data", "Interrupted", "TunefleetError", "UsageError"]
+__all__ = ["optimize", "worker_data", "TunefleetError", "UsageError", "WorkerStartError",
+           "CoordinatorGone", "MirrorError", "ObjectiveFailed", "Interrupted"]
 __version__ = "0.1.0"

@@ -11,6 +11,8 @@ import click
 
 from tunefleet.errors import TunefleetError
 
+__all__ = ["main"]
+
 # name -> "module:attribute"; a module that does not exist yet is left out of the listing.
 COMMANDS = {
     "run": "tunefleet.cli._run:run",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tunefleet.cli._options import spec_from_options, study_options
-from tunefleet.storage_mode._db import init_study
+from tunefleet.storage_mode import init_study
 
 
 @click.command()

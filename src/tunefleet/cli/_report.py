@@ -8,6 +8,7 @@ import time
 import click
 
 from tunefleet._studies import load_study
+from tunefleet.report import SLOW_FACTOR
 
 _storage = click.option("--storage", default=None,
                         help="Storage URL (default sqlite:///tunefleet.db).")
@@ -24,7 +25,7 @@ _study = click.option("--study", "study_name", default=None,
               help="Which objective the per-objective plots show (multi-objective studies).")
 def report(storage: str | None, study_name: str | None, output: str, objective: int) -> None:
     """Write one self-contained HTML report of a study (opens offline)."""
-    from tunefleet.report._html import write_report
+    from tunefleet.report import write_report
 
     info = write_report(load_study(storage, study_name), output, objective=objective)
     click.echo(f"wrote {info.path}: {info.n_trials} trials, {info.charts} charts, "
@@ -37,14 +38,15 @@ def report(storage: str | None, study_name: str | None, output: str, objective: 
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
-@click.option("--slow-factor", type=click.FloatRange(min=1.0), default=3.0, show_default=True,
+@click.option("--slow-factor", type=click.FloatRange(min=1.0), default=SLOW_FACTOR,
+              show_default=True,
               help="A running trial is 'longer than expected' past this many times the median "
                    "duration of completed trials.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per refresh.")
 def status(storage: str | None, study_name: str | None, watch: bool, interval: float,
            slow_factor: float, as_json: bool) -> None:
     """Summarise a study: trials by state, best so far, rate, running trials per worker."""
-    from tunefleet.report._status import format_status, status_figures
+    from tunefleet.report import format_status, status_figures
 
     study = load_study(storage, study_name)
     clear = watch and not as_json and click.get_text_stream("stdout").isatty()

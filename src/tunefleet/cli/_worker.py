@@ -10,7 +10,7 @@ import traceback
 import click
 
 from tunefleet.cli._options import spec_from_options, study_options
-from tunefleet.errors import UsageError
+from tunefleet.errors import ObjectiveFailed, UsageError
 
 
 @click.command()
@@ -58,10 +58,8 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="[tunefleet %(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
-    from tunefleet.storage_mode._db import open_worker_storage
-    from tunefleet.storage_mode._backoff import with_backoff
-    from tunefleet.storage_mode._worker import (ObjectiveFailed, WorkerOptions, WorkerStopped,
-                                               run_storage_worker)
+    from tunefleet.storage_mode import (WorkerOptions, WorkerStopped, open_worker_storage,
+                                        run_storage_worker, with_backoff)
     from tunefleet._studies import SPEC_ATTR, StudySpec, create_or_load_study
     from tunefleet._targets import load_target
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from tunefleet.report._status import StatusFigures, format_status, status_figures
+from tunefleet.report._status import SLOW_FACTOR, StatusFigures, format_status, status_figures
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
 
-__all__ = ["StatusFigures", "format_status", "status_figures", "write_report"]
+__all__ = ["SLOW_FACTOR", "StatusFigures", "format_status", "status_figures", "write_report"]
 
 
 def write_report(study: "optuna.Study", path: str, **options: Any) -> "Any":

@@ -229,48 +229,43 @@ def importances(ctx: Context) -> Section:
 
 
 def parallel(ctx: Context) -> Section:
-    sec = Section("parallel", "Parallel coordinates")
-    sec.note = _needs_complete(ctx, "parallel coordinates")
-    if sec.note:
-        return sec
-    sub, sec.note = ctx.subset(PARALLEL_LIMIT)
-    params = ctx.top_params(PLOT_PARAMS)
-    sec.figure = optuna.visualization.plot_parallel_coordinate(
-        sub, params=params, target=ctx.target(), target_name=ctx.target_name)
-    sec.note = _join(sec.note, _params_note(ctx, params))
-    return sec
+    return _top_params_plot(ctx, Section("parallel", "Parallel coordinates"), PARALLEL_LIMIT,
+                            PLOT_PARAMS, optuna.visualization.plot_parallel_coordinate)
 
 
 def slices(ctx: Context) -> Section:
-    sec = Section("slice", "Slice plots")
-    sec.note = _needs_complete(ctx, "slice plots")
-    if sec.note:
-        return sec
-    sub, sec.note = ctx.subset(SLICE_LIMIT)
-    params = ctx.top_params(PLOT_PARAMS)
-    sec.figure = optuna.visualization.plot_slice(
-        sub, params=params, target=ctx.target(), target_name=ctx.target_name)
-    sec.note = _join(sec.note, _params_note(ctx, params))
-    return sec
+    return _top_params_plot(ctx, Section("slice", "Slice plots"), SLICE_LIMIT, PLOT_PARAMS,
+                            optuna.visualization.plot_slice)
 
 
 def contour(ctx: Context) -> Section:
-    sec = Section("contour", "Contour plots")
-    sec.note = _needs_complete(ctx, "contour plots")
-    if sec.note:
-        return sec
+    return _top_params_plot(ctx, Section("contour", "Contour plots"), CONTOUR_LIMIT,
+                            CONTOUR_PARAMS, optuna.visualization.plot_contour, _contour_gap)
+
+
+def _contour_gap(ctx: Context) -> str | None:
+    """Why there is no contour plot, beyond the lack of completed trials; None if there is one."""
     names = ctx.param_names()
     if len(names) < 2:
-        sec.note = (f"No contour plot: it needs two parameters or more, and this study has "
-                    f"one ({names[0]}).")
-        return sec
+        return (f"No contour plot: it needs two parameters or more, and this study has "
+                f"one ({names[0]}).")
     if len(ctx.complete) < 2:
-        sec.note = "No contour plot: it needs two completed trials or more."
+        return "No contour plot: it needs two completed trials or more."
+    return None
+
+
+def _top_params_plot(ctx: Context, sec: Section, limit: int, n_params: int,
+                     plot: Callable[..., Any],
+                     gap: Callable[[Context], str | None] | None = None) -> Section:
+    """SEC with Optuna's PLOT of the N_PARAMS most important parameters, drawn from at most
+    LIMIT completed trials (the parallel-coordinate, slice and contour sections); or with the
+    note saying why not (no completed trial, or what GAP finds missing)."""
+    sec.note = _needs_complete(ctx, sec.title.lower()) or (gap(ctx) if gap else None)
+    if sec.note:
         return sec
-    sub, sec.note = ctx.subset(CONTOUR_LIMIT)
-    params = ctx.top_params(CONTOUR_PARAMS)
-    sec.figure = optuna.visualization.plot_contour(
-        sub, params=params, target=ctx.target(), target_name=ctx.target_name)
+    sub, sec.note = ctx.subset(limit)
+    params = ctx.top_params(n_params)
+    sec.figure = plot(sub, params=params, target=ctx.target(), target_name=ctx.target_name)
     sec.note = _join(sec.note, _params_note(ctx, params))
     return sec
 

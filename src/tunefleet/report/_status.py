@@ -21,6 +21,7 @@ from tunefleet.report._trials import FINISHED_STATES, finished_at, started_at, w
 RATE_WINDOW = 600.0  # seconds: "trials per minute" counts trials finished this recently
 # (before now, or before the last finish when nothing runs)
 MIN_FOR_EXPECTED = 3  # completed trials needed before a running trial can be "too long"
+SLOW_FACTOR = 3.0  # a running trial is "slow" past this many times the median duration
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,7 @@ class StatusFigures:
     per_minute: float | None = None  # finished trials per minute over the recent window
     per_minute_overall: float | None = None
     expected_duration: float | None = None  # median duration of completed trials, seconds
-    slow_factor: float = 3.0
+    slow_factor: float = SLOW_FACTOR
     running: dict[str, list[RunningTrial]] = dataclasses.field(default_factory=dict)
     slow: list[RunningTrial] = dataclasses.field(default_factory=list)
 
@@ -80,7 +81,7 @@ class StatusFigures:
 
 
 def status_figures(study: optuna.Study, *, trials: Sequence[FrozenTrial] | None = None,
-                   now: float | None = None, slow_factor: float = 3.0,
+                   now: float | None = None, slow_factor: float = SLOW_FACTOR,
                    window: float = RATE_WINDOW) -> StatusFigures:
     """Figures of STUDY at NOW; pass TRIALS when you already hold them (saves a storage read)."""
     now = time.time() if now is None else now

@@ -1,9 +1,12 @@
 """Samplers for large fleets: drop-ins for Optuna's whose ask cost does not grow with per-trial
-Python work (see docs/samplers.md)."""
+Python work (see docs/samplers.md); and the per-trial seeding that lets a seeded study resume
+as if never stopped, shared by the hub, storage mode and P2P (``Reseeder``, ``SeededTrial``,
+``random_states``)."""
 
 import optuna
 
 from tunefleet._optuna import FAST_TPE
+from tunefleet.samplers._seeded import Reseeder, SeededTrial, random_states
 
 if FAST_TPE:
     from tunefleet.samplers._tpe import TPESampler
@@ -13,4 +16,4 @@ else:  # Optuna 4.x: its TPE internals differ from the 5.x ones tunefleet's TPE 
         """Optuna's own TPE (this Optuna's TPE internals are not those tunefleet's faster TPE
         reuses; with Optuna 5.x this is the faster one): same arguments, same proposals."""
 
-__all__ = ["TPESampler"]
+__all__ = ["TPESampler", "Reseeder", "SeededTrial", "random_states"]

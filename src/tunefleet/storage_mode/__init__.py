@@ -3,13 +3,18 @@
 There is no coordinator: every worker talks to the storage (SQLite, PostgreSQL, MySQL/MariaDB
 or a journal file) and the storage's own atomic steps keep the workers in line. The pieces:
 
-- :mod:`.db`: open a storage for workers (SQLite busy timeout, heartbeats) and ``init`` a study.
-- :mod:`.backoff`: retry on SQLite's "database is locked" instead of dying.
-- :mod:`.heartbeat`: say "I am alive" for the running trial; find trials of dead workers.
-- :mod:`.budget`: the exact, fleet-wide trial budget.
-- :mod:`.worker`: the loop that ties them together.
+- ``_db``: open a storage for workers (SQLite busy timeout, heartbeats) and ``init`` a study.
+- ``_backoff``: retry on SQLite's "database is locked" instead of dying.
+- ``_heartbeat``: say "I am alive" for the running trial; find trials of dead workers.
+- ``_budget``: the exact, fleet-wide trial budget.
+- ``_atomic``: the steps exactly one worker wins (claiming a waiting trial, failing a dead
+  worker's).
+- ``_worker``: the loop that ties them together.
 """
 
-from tunefleet.storage_mode._worker import WorkerOptions, run_storage_worker
+from tunefleet.storage_mode._backoff import with_backoff
+from tunefleet.storage_mode._db import init_study, open_worker_storage
+from tunefleet.storage_mode._worker import WorkerOptions, WorkerStopped, run_storage_worker
 
-__all__ = ["WorkerOptions", "run_storage_worker"]
+__all__ = ["WorkerOptions", "WorkerStopped", "init_study", "open_worker_storage",
+           "run_storage_worker", "with_backoff"]

@@ -18,7 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import _attrs as attrs
 from tunefleet._optuna import UpdateFinishedTrialError
-from tunefleet.samplers._seeded import Reseeder, SeededTrial
+from tunefleet.errors import ObjectiveFailed
+from tunefleet.samplers import Reseeder, SeededTrial
 from tunefleet.storage_mode._atomic import _rdb, create_within_budget, pop_waiting
 from tunefleet.storage_mode._backoff import is_transient, with_backoff
 from tunefleet.storage_mode._budget import Census, census, has_room, within_budget
@@ -29,15 +30,6 @@ _log = logging.getLogger("tunefleet.storage")
 
 class WorkerStopped(BaseException):
     """Raised from a signal handler (SIGTERM, SIGINT) to end the running trial and leave."""
-
-
-class ObjectiveFailed(Exception):
-    """The objective raised and the worker was told not to catch it."""
-
-    def __init__(self, number: int, exc: BaseException) -> None:
-        super().__init__(f"trial {number} failed: {type(exc).__name__}: {exc}")
-        self.number = number
-        self.original = exc
 
 
 def default_worker_id() -> str:

@@ -23,12 +23,10 @@ class WandbTracker(Tracker):
     def __init__(self, project: str | None = None, entity: str | None = None,
                  dir: str | None = None, mode: str | None = None, tags: list[str] | None = None,
                  **init_kwargs: Any) -> None:
-        self.project = project
-        self.entity = entity
-        self.dir = dir
-        self.mode = mode
-        self.tags = tags
-        self.init_kwargs = init_kwargs
+        self.project = project  # else WANDB_PROJECT, else the study's name
+        self.dir = dir  # else WANDB_DIR
+        # The rest goes to wandb.init as given.
+        self.init_kwargs = {"entity": entity, "mode": mode, "tags": tags, **init_kwargs}
 
     def open(self, study_name: str, trial_number: int, config: Mapping[str, Any]) -> TrackerRun:
         try:
@@ -40,14 +38,11 @@ class WandbTracker(Tracker):
             os.makedirs(folder, exist_ok=True)
         run = wandb.init(
             project=self.project or os.environ.get("WANDB_PROJECT") or study_name,
-            entity=self.entity,
             group=study_name,
             job_type="trial",
             name=f"{study_name}-trial-{trial_number}",
             config={**config, "trial_number": trial_number, "study": study_name},
             dir=folder,
-            mode=self.mode,
-            tags=self.tags,
             reinit="create_new",  # several trials (threads) may share a worker process
             **{"settings": wandb.Settings(console="off", quiet=True), **self.init_kwargs},
         )

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from tunefleet.errors import UsageError
 from tunefleet.trainer._history import MetricHistory
 from tunefleet.trainer._hooks import HookBase
 
@@ -45,9 +46,9 @@ class Trainer:
                  max_epoch: int = 1, valid_freq: int = 1, *, out_dir: str = "runs",
                  log_freq: int = 10, log: bool = True, hooks: Iterable[HookBase] = ()) -> None:
         if max_epoch < 1:
-            raise ValueError(f"max_epoch must be at least 1, not {max_epoch}")
+            raise UsageError(f"max_epoch must be at least 1, not {max_epoch}")
         if valid_freq < 0:
-            raise ValueError(f"valid_freq must be 0 (off) or more, not {valid_freq}")
+            raise UsageError(f"valid_freq must be 0 (off) or more, not {valid_freq}")
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
         self.opt = opt
