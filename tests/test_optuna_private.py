@@ -68,7 +68,7 @@ def test_classes():
             "SET_STUDY_USER_ATTR", "SET_STUDY_SYSTEM_ATTR"} <= set(O.JournalOperation.__members__)
     O.CachedStudyInfo()  # atomic.py makes one with no arguments
     assert {"study_name", "direction", "user_attrs", "system_attrs", "study_id"} <= set(
-        _params(O.FrozenStudy.__init__)), "FrozenStudy's constructor (hub/_mirror.py)"
+        _params(O.FrozenStudy.__init__)), "FrozenStudy's constructor (hub/_mirror/)"
     rng = O.LazyRandomState(1)
     assert hasattr(rng, "rng")
 

@@ -19,6 +19,16 @@ class CoordinatorGone(TunefleetError):
     """A worker lost its coordinator: the study is over for this worker."""
 
 
+class ObjectiveFailed(TunefleetError):
+    """A storage-mode worker's objective raised and the worker was told not to catch it;
+    ``original`` is what it raised."""
+
+    def __init__(self, number: int, exc: BaseException) -> None:
+        super().__init__(f"trial {number} failed: {type(exc).__name__}: {exc}")
+        self.number = number
+        self.original = exc
+
+
 class MirrorError(TunefleetError, RuntimeError):
     """The hub's durable storage did not accept the mirror's writes: it no longer matches the
     study in memory. A ``RuntimeError`` too, as it was before it moved here."""

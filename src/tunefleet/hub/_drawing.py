@@ -22,7 +22,7 @@ from tunefleet._optuna import (FAST_TPE, filter_study, pop_waiting_trial_id, tpe
                                wrapped_sampler)
 from tunefleet.hub._ordered import HistoryView
 from tunefleet.samplers import TPESampler
-from tunefleet.samplers._seeded import Reseeder
+from tunefleet.samplers import Reseeder
 
 #: Samplers whose ``sample_independent`` may run at ask time for parameters the objective has
 #: not asked for yet (their result depends only on the study and the parameter). Any other

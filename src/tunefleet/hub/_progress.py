@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import optuna
 from optuna.trial import TrialState
 
-SLOW_FACTOR = 3.0  # a running trial is "slow" past this many times the median duration
+from tunefleet.report import SLOW_FACTOR
 
 
 class Progress:

@@ -17,7 +17,7 @@ from tunefleet.hub._fleet import Fleet
 from tunefleet.hub._mirror import mirrored_study
 from tunefleet.hub._ownership import claim, recover_orphans, release
 from tunefleet.hub._progress import Progress
-from tunefleet.samplers._seeded import random_states
+from tunefleet.samplers import random_states
 
 # Under Optuna's logger: optuna.logging.set_verbosity governs it, in Optuna's format.
 _logger = optuna.logging.get_logger("optuna.tunefleet")

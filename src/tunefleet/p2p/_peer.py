@@ -114,7 +114,7 @@ class Peer:
             self._known.add(wire.trial_key(t, self.uid))
             self._n_own += attrs.ORIGIN not in t.system_attrs
         if spec.seed is not None:
-            from tunefleet.samplers._seeded import random_states  # as the hub and storage mode
+            from tunefleet.samplers import random_states  # as the hub and storage mode
 
             self._rngs = random_states(self.study.sampler)
         self.node = Node(c)
