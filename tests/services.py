@@ -8,24 +8,28 @@ machine's own instances (if any) nor another engineer's. The Debian packages com
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.helpers import free_port, wait_until
 
 
 class ServiceError(RuntimeError):
     """A server could not be started; the message says what to install or read."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _need(path: str, package: str) -> str:
@@ -136,12 +140,16 @@ class MariaDB:
              f"--pid-file={self.base / 'pid'}", "--max-connections=300",
              "--innodb-flush-log-at-trx-commit=2"],
             stdout=subprocess.DEVNULL, stderr=open(self.base / "server.log", "w"))
-        deadline = time.monotonic() + 60
-        while not self._sql("SELECT 1", check=False):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise ServiceError("mariadbd did not start: "
-                                   + (self.base / "server.log").read_text()[-800:])
-            time.sleep(0.3)
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"mariadbd exited ({self.proc.returncode})")
+            return self._sql("SELECT 1", check=False)
+
+        try:
+            wait_until(answers, 60, "mariadbd to answer", interval=0.3)
+        except AssertionError as exc:
+            raise ServiceError(f"mariadbd did not start ({exc}): "
+                               + (self.base / "server.log").read_text()[-800:]) from None
         self._sql("CREATE DATABASE tunefleet; CREATE USER 'tf'@'127.0.0.1' IDENTIFIED BY 'tf'; "
                   "GRANT ALL ON *.* TO 'tf'@'127.0.0.1';")
         return self
@@ -256,17 +264,21 @@ class Slurm:
         self.pids["slurmctld"] = self.base / "slurmctld.pid"
         _run([slurmd, "-f", str(self.conf)], "slurmd", env=env)
         self.pids["slurmd"] = self.base / "slurmd.pid"
-        deadline = time.monotonic() + 60
-        while True:
-            proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                                  env=env, timeout=30)
-            state = proc.stdout.strip()
-            if proc.returncode == 0 and state.startswith(("idle", "mixed", "allocated")):
-                return self
-            if time.monotonic() > deadline:
-                raise ServiceError(f"Slurm node not idle after 60 s (sinfo: {state!r} "
-                                   f"{proc.stderr.strip()}); logs in {self.base / 'log'}")
-            time.sleep(0.5)
+        sinfo: list[subprocess.CompletedProcess] = []
+
+        def node_ready() -> bool:
+            sinfo[:] = [subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True,
+                                       text=True, env=env, timeout=30)]
+            state = sinfo[0].stdout.strip()
+            return sinfo[0].returncode == 0 and state.startswith(("idle", "mixed", "allocated"))
+
+        try:
+            wait_until(node_ready, 60, "the Slurm node to be idle", interval=0.5)
+        except AssertionError:
+            raise ServiceError(f"Slurm node not idle after 60 s (sinfo: "
+                               f"{sinfo[0].stdout.strip()!r} {sinfo[0].stderr.strip()}); "
+                               f"logs in {self.base / 'log'}") from None
+        return self
 
     def stop(self) -> None:
         for name in ("slurmd", "slurmctld", "munged"):
@@ -276,9 +288,8 @@ class Slurm:
             try:
                 pid = int(path.read_text().strip())
                 os.kill(pid, 15)
-                for _ in range(100):
-                    os.kill(pid, 0)
-                    time.sleep(0.1)
             except (ValueError, ProcessLookupError):
-                pass
+                continue
+            with contextlib.suppress(AssertionError):  # teardown: a slow daemon is left be
+                wait_until(lambda: not _running(pid), 10, f"{name} to exit")
         shutil.rmtree(self.base, ignore_errors=True)

@@ -8,12 +8,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
 
 from tests.conftest import EXAMPLES, run_cli
+from tests.helpers import wait_until
 
 QUAD = str(EXAMPLES / "quadratic.py")
 
@@ -110,15 +110,14 @@ def test_ctrl_c_closes_running_trials_and_says_how_to_resume(tmp_path):
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True)
     db = tmp_path / "tunefleet.db"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        if db.exists():
-            try:
-                if count_states(db).get("COMPLETE", 0) >= 3:
-                    break
-            except sqlite3.OperationalError:
-                pass
+
+    def some_complete() -> bool:
+        try:
+            return db.exists() and count_states(db).get("COMPLETE", 0) >= 3
+        except sqlite3.OperationalError:  # the tables are not made yet
+            return False
+
+    wait_until(some_complete, 120, "3 complete trials", interval=0.3)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err

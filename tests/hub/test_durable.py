@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.helpers import wait_until
 from tunefleet import _attrs as attrs
 
 HERE = Path(__file__).resolve().parent
@@ -63,14 +63,20 @@ class Run:
         return int(found[-1][0]) if found else 0
 
     def wait_for(self, predicate, what: str, timeout: float = 400) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not predicate(self.err):
-                left = deadline - time.monotonic()
-                if left <= 0 or self.proc.poll() is not None:
-                    raise AssertionError(f"never saw {what}; exit {self.proc.poll()}, "
-                                         f"stderr: {self.err[-2000:]}")
-                self._cond.wait(min(left, 0.5))
+        def seen() -> bool:
+            with self._cond:
+                if predicate(self.err):
+                    return True
+            if self.proc.poll() is not None:
+                self._reader.join(30)  # what it said last is read before deciding
+                with self._cond:
+                    if not predicate(self.err):
+                        raise AssertionError(f"never saw {what}; exit {self.proc.poll()}, "
+                                             f"stderr: {self.err[-2000:]}")
+                return True
+            return False
+
+        wait_until(seen, timeout, lambda: f"{what}; stderr: {self.err[-2000:]}", interval=0.05)
 
     def wait_shown(self, n: int) -> None:
         self.wait_for(lambda err: (lambda f: bool(f) and int(f[-1][0]) >= n)(

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import optuna
 import pytest
@@ -90,18 +91,24 @@ LOKY_SCRIPT = textwrap.dedent("""
 """)
 
 
+def run_loky_script(script: Path, text: str) -> subprocess.CompletedProcess:
+    """Run TEXT as the script SCRIPT (in its folder); it must end well, and in time: the
+    timeout guards against workers that hang in joblib.Parallel."""
+    script.write_text(text)
+    try:
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=150, cwd=script.parent)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"workers hung in joblib.Parallel: {(exc.stderr or b'')[-1000:]!r}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 def test_workers_of_a_parent_that_used_loky_do_not_hang_in_joblib(tmp_path):
     """Forked from a parent whose loky executor exists, a worker's first joblib.Parallel
     waited forever on the parent's executor (its manager thread is not in the child). The
     timeout guards against that hang; the run itself takes seconds."""
-    script = tmp_path / "loky_parent.py"
-    script.write_text(LOKY_SCRIPT)
-    try:
-        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                              timeout=150, cwd=tmp_path)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"workers hung in joblib.Parallel: {(exc.stderr or b'')[-1000:]!r}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_loky_script(tmp_path / "loky_parent.py", LOKY_SCRIPT)
     assert "start method spawn" in proc.stdout
     assert "trials 4 end" in proc.stdout
 
@@ -109,12 +116,6 @@ def test_workers_of_a_parent_that_used_loky_do_not_hang_in_joblib(tmp_path):
 def test_forked_worker_forgets_the_parents_loky_executor(tmp_path):
     """start_method="fork" forced after loky: the worker drops the inherited executor and
     joblib makes its own instead of waiting on the parent's."""
-    script = tmp_path / "loky_fork.py"
-    script.write_text(LOKY_SCRIPT.replace("n_workers=2)", "n_workers=2, start_method='fork')"))
-    try:
-        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                              timeout=150, cwd=tmp_path)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"workers hung in joblib.Parallel: {(exc.stderr or b'')[-1000:]!r}")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_loky_script(tmp_path / "loky_fork.py", LOKY_SCRIPT.replace(
+        "n_workers=2)", "n_workers=2, start_method='fork')"))
     assert "trials 4 end" in proc.stdout

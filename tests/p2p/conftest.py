@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import wait_until
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 OBJECTIVES = str(HERE / "objectives.py")
 FAST = ["--heartbeat", "0.2", "--peer-timeout", "3"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def addr(port: int) -> str:
@@ -56,15 +50,17 @@ class PeerProc:
 
     def wait_for(self, text: str, timeout: float = 30.0) -> None:
         """Wait until TEXT shows up on the peer's stderr."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def said() -> bool:
             if text in self.stderr:
-                return
+                return True
             if self.proc.poll() is not None and text not in self.stderr:
                 raise AssertionError(f"{self.uid} exited ({self.proc.returncode}) before "
                                      f"saying {text!r}:\n{self.stderr}")
-            time.sleep(0.05)
-        raise AssertionError(f"{self.uid} did not say {text!r} in {timeout} s:\n{self.stderr}")
+            return False
+
+        wait_until(said, timeout, lambda: f"{self.uid} to say {text!r}:\n{self.stderr}",
+                   interval=0.05)
 
     def finish(self, timeout: float = 60.0) -> int:
         """Wait for the peer to exit by itself; its exit code."""

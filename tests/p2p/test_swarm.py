@@ -15,7 +15,8 @@ import pytest
 import zmq
 
 from tests.conftest import EXAMPLES, run_cli
-from tests.p2p.conftest import FAST, HERE, ROOT, addr, free_port, key_file
+from tests.helpers import free_port
+from tests.p2p.conftest import FAST, HERE, ROOT, addr, key_file
 from tunefleet import _attrs as attrs
 from tunefleet.p2p import _wire as wire
 from tunefleet._studies import open_storage

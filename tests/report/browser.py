@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import wait_until
+
 # As root, in a machine without network: without these Chromium waits on connection attempts.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -137,15 +139,14 @@ class Browser:
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
         self.send("Page.navigate", url=url)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def loaded() -> bool:
             try:
-                if self.evaluate(ready):
-                    return
+                return bool(self.evaluate(ready))
             except RuntimeError:
-                pass  # the page is still loading
-            time.sleep(0.3)
-        raise TimeoutError(f"{url}: {ready} still false after {timeout} s")
+                return False  # the page is still loading
+
+        wait_until(loaded, timeout, f"{url}: {ready}", interval=0.3)
 
     def console_errors(self) -> list[str]:
         """Uncaught exceptions, console.error calls and browser log errors seen so far."""

@@ -8,13 +8,14 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
+from typing import Callable
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from tunefleet.report._status import format_status, status_figures
+from tests.helpers import wait_until
 from tests.report.studies import fill, new_study
 
 NOW = 1_800_000_000.0
@@ -113,18 +114,22 @@ def test_status_watch_refreshes_until_ctrl_c(db):
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
+    def shown(what) -> Callable[[], bool]:
+        def check() -> bool:
+            assert proc.poll() is None, "".join(lines)  # still refreshing
+            return what()
+        return check
+
     try:
-        deadline = time.monotonic() + 120
-        while sum(line.startswith("--- ") for line in lines) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
+        wait_until(shown(lambda: sum(line.startswith("--- ") for line in lines) >= 2), 120,
+                   lambda: "two refreshes: " + "".join(lines), interval=0.2)
         # a trial ends meanwhile: a later refresh shows it
         study = optuna.load_study(study_name="live", storage=db)
         running = [t for t in study.trials if t.state == TrialState.RUNNING][0]
         study.tell(running.number, 0.5)
-        while not any("3 running, 13 complete" in line for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.2)
+        wait_until(shown(lambda: any("3 running, 13 complete" in line for line in lines)), 120,
+                   lambda: "a refresh that shows the ended trial: " + "".join(lines),
+                   interval=0.2)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:

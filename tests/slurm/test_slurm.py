@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.helpers import wait_until
 from tunefleet import _attrs as attrs
 
 OBJECTIVES = Path(__file__).resolve().parents[1] / "storage_mode" / "objectives.py"
@@ -42,15 +42,30 @@ def submit_and_wait(cli, args: tuple[str, ...], cwd: Path, cluster) -> str:
     assert submitted.returncode == 0, submitted.stderr
     job = re.search(r"submitted job (\d+)", submitted.stdout).group(1)
     assert f"squeue -j {job}" in submitted.stdout
-    deadline = time.monotonic() + 200
-    while time.monotonic() < deadline:
+
+    def left_the_queue() -> bool:
         q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True,
                            env=_env(cluster))
-        if q.returncode == 0 and not q.stdout.strip():
-            return job
-        time.sleep(1)
-    subprocess.run(["scancel", job], env=_env(cluster))
-    raise AssertionError(f"job {job} still queued or running after 200 s")
+        return q.returncode == 0 and not q.stdout.strip()
+
+    try:
+        wait_until(left_the_queue, 200, f"job {job} to leave the queue", interval=1)
+    except AssertionError:
+        subprocess.run(["scancel", job], env=_env(cluster))
+        raise
+    return job
+
+
+def run_job(cli, args: tuple[str, ...], cwd: Path, cluster, study: str) -> str | None:
+    """Submit the job and wait for it; its log, which says the best value. None (and a note)
+    where Slurm's daemons cannot run on this machine."""
+    if not cluster.running:
+        not_running_note(cluster)
+        return None
+    job = submit_and_wait(cli, args, cwd, cluster)
+    log = (cwd / f"tunefleet-{study}-{job}.out").read_text()
+    assert "best value" in log, log
+    return log
 
 
 def assert_study_holds(url: str, study: str, total: int, log: str) -> list:
@@ -84,12 +99,9 @@ def test_storage_mode_script_runs_to_completion(slurm_cluster, cli, tmp_path):
     assert " init --storage " in text and "--sampler random" in text
     assert re.search(r'srun --ntasks="\$SLURM_NTASKS".* worker .*objectives.py:slow', text)
     sbatch_parses(script, slurm_cluster)
-    if not slurm_cluster.running:
-        not_running_note(slurm_cluster)
+    log = run_job(cli, args, tmp_path, slurm_cluster, "sl")
+    if log is None:
         return
-    job = submit_and_wait(cli, args, tmp_path, slurm_cluster)
-    log = (tmp_path / f"tunefleet-sl-{job}.out").read_text()
-    assert "best value" in log, log
     done = assert_study_holds(url, "sl", 12, log)
     assert len({t.system_attrs[attrs.WORKER] for t in done}) == 2  # one worker per task
 
@@ -119,12 +131,9 @@ def test_hub_mode_script(slurm_cluster, cli, tmp_path):
     assert "PORT=$((20000 + ${SLURM_JOB_ID:-0} % 20000))" in nogpu.stdout
     assert "gpus-per-task" not in nogpu.stdout
     sbatch_parses(tmp_path / "nogpu.sbatch", slurm_cluster)
-    if not slurm_cluster.running:
-        not_running_note(slurm_cluster)
+    log = run_job(cli, args, tmp_path, slurm_cluster, "h")
+    if log is None:
         return
-    job = submit_and_wait(cli, args, tmp_path, slurm_cluster)
-    log = (tmp_path / f"tunefleet-h-{job}.out").read_text()
-    assert "best value" in log, log
     done = assert_study_holds(f"sqlite:///{tmp_path / 'hub.db'}", "h", 20, log)
     # The hub's workers ran the trials (both tasks), the coordinator wrote them.
     assert len({t.system_attrs.get(attrs.WORKER) for t in done}) == 2, log

@@ -5,12 +5,12 @@ carries on, and no worker leaves a FAIL placeholder, a RUNNING or a WAITING tria
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
+from tests.helpers import wait_until
 from tests.storage_mode.test_fleet import start_workers, trials_of, wait_all
 from tunefleet import _attrs as attrs
 
@@ -64,23 +64,23 @@ def test_a_worker_declared_dead_that_comes_back_carries_on(storage_url, cli, tmp
     procs = start_workers(3, storage_url, "back", total, target=f"{HERE / 'objectives.py'}"
                           ":reporting", sleep="0.1", env=extra)
     by_pid = {p.pid: p for p in procs}
-    victim = None
-    deadline = time.monotonic() + 120
-    while victim is None:  # trial 3 stops its own worker after its first report
-        assert time.monotonic() < deadline, "trial 3 did not stop its worker"
+
+    def stopped_worker():
         if (tmp_path / "stopped").exists():
             t3 = next((t for t in trials_of(storage_url, "back") if t.number == 3), None)
             if t3 is not None and t3.system_attrs.get(attrs.WORKER):
-                victim = by_pid[int(t3.system_attrs[attrs.WORKER].rsplit("/", 1)[1])]
-        time.sleep(0.1)
+                return by_pid[int(t3.system_attrs[attrs.WORKER].rsplit("/", 1)[1])]
+        return None
+
+    # trial 3 stops its own worker after its first report
+    victim = wait_until(stopped_worker, 120, "trial 3 to stop its worker")
 
     def failed_by_others() -> bool:
         t3 = next(t for t in trials_of(storage_url, "back") if t.number == 3)
         return t3.state == TrialState.FAIL
 
-    while not failed_by_others():  # silent past the grace period: the others fail trial 3
-        assert time.monotonic() < deadline + 60, "trial 3 was not failed by the others"
-        time.sleep(0.2)
+    # silent past the grace period: the others fail trial 3
+    wait_until(failed_by_others, 180, "the others to fail trial 3", interval=0.2)
     victim.send_signal(signal.SIGCONT)
     out, err = victim.communicate(timeout=120)
     assert victim.returncode == 0, err

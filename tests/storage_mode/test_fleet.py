@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from tests.helpers import wait_until
 from tunefleet import _attrs as attrs
 from tunefleet.report._trials import finished_at
 from tunefleet._studies import open_storage
@@ -38,11 +39,12 @@ def trials_of(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def kill_one_mid_trial(procs: list[subprocess.Popen], url: str, study: str,
-                       deadline: float) -> tuple[int, optuna.trial.FrozenTrial]:
+                       timeout: float) -> tuple[int, optuna.trial.FrozenTrial]:
     """SIGKILL a worker while it runs a trial that already has its parameters (checked again
     after the kill: a trial that ended just before it does not count)."""
     by_id = {f"{socket.gethostname()}/{p.pid}": p for p in procs}
-    while time.monotonic() < deadline:
+
+    def killed_mid_trial() -> tuple[int, optuna.trial.FrozenTrial] | None:
         trials = trials_of(url, study)
         done = sum(t.state == TrialState.COMPLETE for t in trials)
         for t in trials:
@@ -55,8 +57,9 @@ def kill_one_mid_trial(procs: list[subprocess.Popen], url: str, study: str,
                 if after.state == TrialState.RUNNING:
                     return proc.pid, t
                 break
-        time.sleep(0.05)
-    raise AssertionError("no worker was seen running a trial")
+        return None
+
+    return wait_until(killed_mid_trial, timeout, "a worker seen running a trial", interval=0.05)
 
 
 def wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
@@ -81,7 +84,7 @@ def test_fleet_exact_budget_survives_a_killed_worker(storage_url, n_workers, cli
     assert cli("init", "--storage", storage_url, "--study", "fleet",
                "--sampler", "random").returncode == 0
     procs = start_workers(n_workers, storage_url, "fleet", total, sleep="0.4")
-    killed_pid, victim = kill_one_mid_trial(procs, storage_url, "fleet", time.monotonic() + 120)
+    killed_pid, victim = kill_one_mid_trial(procs, storage_url, "fleet", 120)
     alive = [p for p in procs if p.returncode is None]
     wait_all(alive, timeout=180)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from tests.helpers import wait_until
 
 BLOCK = 32768
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -80,12 +81,12 @@ def read_runs(wandb_dir: Path, timeout: float = 60.0) -> dict[str, dict[str, Any
 
     ``run.finish()`` returns before wandb's service process has written the whole file, so
     this waits (up to ``timeout`` s) until each run holds its closing ``exit`` record."""
-    deadline = time.monotonic() + timeout
-    while True:
-        runs = [read_run(d) for d in sorted(Path(wandb_dir).glob("wandb/offline-run-*"))]
-        if all(r["exit_code"] is not None and "name" in r for r in runs):
-            return {r["name"]: r for r in runs}
-        if time.monotonic() > deadline:
-            raise AssertionError(f"wandb did not finish writing its runs in {timeout} s: "
-                                 f"{[sorted(r) for r in runs]}")
-        time.sleep(0.1)
+    runs: list[dict[str, Any]] = []
+
+    def written() -> bool:
+        runs[:] = [read_run(d) for d in sorted(Path(wandb_dir).glob("wandb/offline-run-*"))]
+        return all(r["exit_code"] is not None and "name" in r for r in runs)
+
+    wait_until(written, timeout,
+               lambda: f"wandb to finish writing its runs: {[sorted(r) for r in runs]}")
+    return {r["name"]: r for r in runs}
