@@ -60,6 +60,15 @@ def test_study_and_sampler_helpers():
     assert isinstance(study._thread_local, O.ThreadLocalStudyAttribute)
 
 
+def test_storage_location(tmp_path):
+    journal = str(tmp_path / "j.log")
+    assert O.storage_location(optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(journal))) == journal
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    assert O.storage_location(optuna.create_study(storage=url)._storage) == url
+    assert O.storage_location(optuna.storages.InMemoryStorage()) is None
+
+
 def test_classes():
     assert inspect.isclass(O.BaseHeartbeat)
     assert issubclass(optuna.storages.RDBStorage, O.BaseHeartbeat)
@@ -111,6 +120,8 @@ def test_private_attributes(owner, tmp_path):
             lambda: optuna.samplers.PartialFixedSampler({}, optuna.samplers.RandomSampler()),
         "distributions.BaseDistribution": lambda: optuna.distributions.FloatDistribution(0, 1),
         "samplers.TPESampler": optuna.samplers.TPESampler,
+        "storages.journal.JournalFileBackend": lambda: optuna.storages.journal.JournalFileBackend(
+            str(tmp_path / "backend.log")),
         "storages.journal._storage.JournalStorageReplayResult":
             lambda: optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
                 str(tmp_path / "replay.log")))._replay_result,

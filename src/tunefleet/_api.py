@@ -26,6 +26,8 @@ def optimize(
     reclaim_window: float | None = None,
     seed: int | None = None,
     deterministic: bool = False,
+    checkpoint_dir: str | None = None,
+    keep_checkpoints: bool = False,
     gc_after_trial: bool = False,
     n_jobs: int | None = None,
     **backend_options: Any,
@@ -69,6 +71,11 @@ def optimize(
         deterministic: with a seed, the same trials and values whatever the workers' timing:
             trial k starts once every trial numbered k - n_workers or lower has ended, and its
             sampler and pruner see only those. Costs idle workers when trial times vary.
+        checkpoint_dir: where ``tunefleet.checkpoint.save`` keeps trials' checkpoints (workers
+            on other hosts stream theirs here through their connection). Default: a folder
+            beside the study's SQLite or journal file (``NAME.db.checkpoints/STUDY``), else a
+            folder of this run's own.
+        keep_checkpoints: keep the checkpoints of trials that finished (default: removed).
 
     A trial counts as finished (callbacks, progress bar, ``n_trials``) only once the study's
     storage holds it: on a database or journal file the coordinator writes by group commit,
@@ -110,4 +117,6 @@ def optimize(
         reclaim_window=reclaim_window,
         seed=seed,
         deterministic=deterministic,
+        checkpoint_dir=checkpoint_dir,
+        keep_checkpoints=keep_checkpoints,
     )

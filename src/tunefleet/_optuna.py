@@ -54,6 +54,18 @@ from optuna.storages.journal._storage import JournalOperation  # noqa: E402
 # ``create_study``): the hub's mirror writes to the storage inside it.
 from optuna.storages._cached_storage import _CachedStorage as CachedStorage  # noqa: E402
 
+def storage_location(storage: Any) -> str | None:
+    """Where a storage keeps its data, as a URL (``sqlite:///x.db``, ``postgresql://...``) or a
+    journal file's path; None for memory or a storage of unknown kind. Sees through Optuna's
+    cache around an RDBStorage."""
+    storage = getattr(storage, "_backend", storage) if isinstance(storage, CachedStorage) else storage
+    if isinstance(storage, optuna.storages.RDBStorage):
+        return storage.url
+    if isinstance(storage, optuna.storages.JournalStorage):
+        return getattr(storage._backend, "_file_path", None)
+    return None
+
+
 # What ``BaseStorage.get_all_studies`` returns (not exported by optuna.study in 4.x or 5.x).
 from optuna.study._frozen import FrozenStudy  # noqa: E402
 
@@ -306,6 +318,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "storages.JournalStorage": ("_backend", "_thread_lock", "_replay_result",
                                 "_sync_with_backend"),
     "storages.journal._storage.JournalStorageReplayResult": ("_study_id_to_trial_ids",),
+    "storages.journal.JournalFileBackend": ("_file_path",),
     "storages.InMemoryStorage": ("_get_trial",),
     "samplers.PartialFixedSampler": ("_base_sampler",),
     "samplers.TPESampler": ("_group", "_n_startup_trials", "_random_sampler",

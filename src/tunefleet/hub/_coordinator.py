@@ -12,10 +12,8 @@ only once the durable storage holds it (``hub/_mirror``).
 from __future__ import annotations
 
 import copy
-import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import cloudpickle
@@ -24,15 +22,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import _attrs as attrs
 from tunefleet._optuna import is_heartbeat_enabled, log_completed_trial, tell_with_warning
-from tunefleet._retry import retry_of
+from tunefleet._retry import lineage, retry_of
 from tunefleet.errors import Interrupted, WorkerStartError
 from tunefleet.hub import _protocol as P
+from tunefleet.hub._checkpoints import CheckpointKeeper
 from tunefleet.hub._drawing import Drawer
 from tunefleet.hub._fleet import Fleet
 from tunefleet.hub._mirror import MirroredStorage
 from tunefleet.hub._ownership import recover_orphans
 from tunefleet.hub._progress import Progress
 from tunefleet.hub._signals import StopSignals
+from tunefleet.hub._state import Limits, _Ended, _Running, _WorkerState, say
 from tunefleet.hub._worker import WorkerConfig
 from tunefleet.transport import Link
 
@@ -40,52 +40,6 @@ from tunefleet.transport import Link
 _logger = optuna.logging.get_logger("optuna.tunefleet")
 
 _STATES = {P.COMPLETE: None, P.PRUNED: TrialState.PRUNED, P.FAIL: TrialState.FAIL}
-
-
-def say(message: str) -> None:
-    """One line for the person at the terminal, below the progress bar if there is one."""
-    from tqdm import tqdm
-
-    tqdm.write(f"tunefleet: {message}", file=sys.stderr)
-
-
-@dataclass
-class _Running:
-    trial: optuna.Trial
-    link: Link
-    presampled: dict[str, Any]
-
-
-@dataclass
-class _WorkerState:
-    trial_id: int | None = None
-    hello: bool = False
-    finished_trials: int = 0
-    space_version: int = -1  # the version of the known search space this worker holds
-    heard: float = field(default_factory=time.monotonic)  # when it last sent anything
-
-
-@dataclass
-class _Ended:
-    """A trial that ended, waiting for the durable storage before it counts."""
-
-    seq: int  # the mirror's change number that ended it
-    trial: optuna.Trial
-    state: TrialState
-    values: Any
-    callbacks: bool
-
-
-@dataclass
-class Limits:
-    """When to stop handing out trials, as ``Study.optimize`` means it."""
-
-    n_trials: int | None
-    timeout: float | None
-    started: float = field(default_factory=time.monotonic)
-
-    def time_left(self) -> bool:
-        return self.timeout is None or time.monotonic() - self.started < self.timeout
 
 
 class Coordinator:
@@ -98,7 +52,8 @@ class Coordinator:
                  mirror: MirroredStorage | None = None, grace: float = 5.0,
                  worker_timeout: float | None = None, orphans: Sequence[int] = (),
                  reclaim_window: float = 0.0, seed: int | None = None,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False,
+                 checkpoints: CheckpointKeeper | None = None) -> None:
         self.study = study
         self.fleet = fleet
         self.n_workers = n_workers
@@ -109,9 +64,11 @@ class Coordinator:
         self.progress = progress or Progress(False, None, None, study.directions)
         self.mirror = mirror
         self.worker_timeout = worker_timeout
+        self.checkpoints = checkpoints
         self._storage = study._storage
-        self._payload = cloudpickle.dumps(
-            WorkerConfig(objective, catch, len(study.directions), setup))
+        self._payload = cloudpickle.dumps(WorkerConfig(
+            objective, catch, len(study.directions), setup, grace,
+            str(checkpoints.root) if checkpoints is not None else None))
         # --deterministic: trial k waits for every trial numbered k - n_workers or lower, and
         # its sampler and pruner see only those (see hub/_ordered.py).
         self.drawer = Drawer(study, seed, n_workers if deterministic else 0)
@@ -283,7 +240,7 @@ class Coordinator:
         if trial_id is None:
             return  # not an orphan (already finished, or failed when the window closed)
         trial = optuna.Trial(self.study, trial_id)
-        self._running[trial_id] = _Running(trial, link, {})
+        self._running[trial_id] = _Running(trial, link, {}, lineage(trial._cached_frozen_trial))
         _logger.info(f"Trial {number}: result reclaimed from worker {link.name}")
         self._finish(link, result._replace(trial_id=trial_id))
 
@@ -341,6 +298,9 @@ class Coordinator:
             self._finish(link, msg.result)
             state.finished_trials += 1
             self._lost_in_a_row = 0
+        if msg.leaving:  # stopped (SIGTERM): no new trial; the fleet replaces it when it exits
+            link.send(P.encode(P.Stop()))
+            return
         self._dispatch(link, state)
 
     def _on_call(self, link: Link, state: _WorkerState, msg: P.Call) -> None:
@@ -394,14 +354,16 @@ class Coordinator:
         # trial's times from datetime_start/complete, which the coordinator sets as it hands
         # the trial out and as the result comes in.
         self._storage.set_trial_system_attr(trial_id, attrs.WORKER, link.name)
-        self._running[trial_id] = _Running(trial, link, presampled)
-        state.trial_id = trial_id
         frozen = trial._cached_frozen_trial
+        first = lineage(frozen)
+        self._running[trial_id] = _Running(trial, link, presampled, first)
+        state.trial_id = trial_id
         space = None
         if presampled and state.space_version != self.drawer.version:
             space, state.space_version = dict(self.drawer.known), self.drawer.version
         link.send(P.encode(P.NewTrial(trial_id, frozen.number, frozen.datetime_start,
-                                      trial._fixed_params, presampled, space, frozen.user_attrs)))
+                                      trial._fixed_params, presampled, space, frozen.user_attrs,
+                                      first)))
 
     def _next_number(self) -> int:
         """The number the next ``study.ask()`` gives: the first queued trial's, or a new one."""
@@ -448,6 +410,9 @@ class Coordinator:
             return getattr(self.study, request.method)(*request.args, **request.kwargs)
         if kind is P.StorageCall:  # trial.storage in a worker (integrations, optuna.artifacts)
             return P.answer_storage(self._storage, request)
+        if self.checkpoints is not None:  # a remote worker's checkpoint, streamed
+            return self.checkpoints.answer(run.trial._trial_id, run.trial.number, run.lineage,
+                                           request)
         raise ValueError(f"unknown request {kind.__name__}")
 
     # -- ends of trials -------------------------------------------------------------------------
@@ -470,6 +435,9 @@ class Coordinator:
 
             state_name, values = P.FAIL, None
             error = P.Error(exc, repr(exc), traceback.format_exc(), isinstance(exc, self.catch))
+        if state_name == P.PREEMPTED:
+            self._hand_back(run, f"worker {link.name} was stopped and handed the trial back")
+            return
         self._tell(run, _STATES[state_name], values, error)
 
     def _tell(self, run: _Running, state: TrialState | None, values: Any,
@@ -499,6 +467,8 @@ class Coordinator:
             _logger.warning(f"Trial {number} failed with parameters: {params} because of the "
                             f"following error: {warning}.")
         stops = updated == TrialState.FAIL and error is not None and not error.caught
+        if self.checkpoints is not None:  # the trial ended for good: its checkpoints go
+            self.checkpoints.trial_ended(trial._trial_id, run.lineage, for_good=True)
         # As in Optuna, an exception that stops the study is not passed to callbacks.
         self._count(trial, updated, out_values, callbacks=not stops)
         if stops:
@@ -543,25 +513,48 @@ class Coordinator:
         if self.fleet.starts_workers and self._may_dispatch():
             self.fleet.replace(link)
 
-    def _fail_lost(self, run: _Running, reason: str) -> None:
-        """Fail a trial whose worker is gone and queue its retry."""
+    def _fail_lost(self, run: _Running, reason: str, *, handed_back: bool = False) -> None:
+        """Fail a trial whose worker is gone and queue its retry, which continues from the
+        trial's last checkpoint. A trial handed back (its worker was stopped: a preemption)
+        uses up no retry and is no failure of the objective."""
         trial = run.trial
-        _logger.warning(f"Trial {trial.number} failed: {reason}.")
+        if handed_back:
+            _logger.info(f"Trial {trial.number} handed back: {reason}.")
+        else:
+            _logger.warning(f"Trial {trial.number} failed: {reason}.")
         self._storage.set_trial_system_attr(trial._trial_id, attrs.FAIL_REASON, reason)
-        retry = retry_of(trial._cached_frozen_trial, self.max_retries, run.presampled)
+        retry = retry_of(trial._cached_frozen_trial, self.max_retries, run.presampled,
+                         handed_back=handed_back)
         self.study.tell(trial, state=TrialState.FAIL)
-        if retry is not None and self._error is None:
+        queued = retry is not None and self._error is None
+        if queued:
             self.study.add_trial(retry)
             self._counted -= 1  # the retry takes this trial's place in the budget
+        if self.checkpoints is not None:
+            self.checkpoints.trial_ended(trial._trial_id, run.lineage, for_good=not queued)
         self._count(trial, TrialState.FAIL, None)
 
+    def _hand_back(self, run: _Running, reason: str) -> None:
+        self._fail_lost(run, reason, handed_back=True)
+
     def _abort(self, reason: str) -> None:
-        """Close every running trial as FAIL, so that nothing is left RUNNING."""
+        """Close every running trial as FAIL, so that nothing is left RUNNING. Stopped by a
+        signal, a trial that saved a checkpoint is queued again: the next run continues it."""
         self._aborted = reason
+        interrupted = self.signals.signum is not None and self._error is None
         for trial_id, run in list(self._running.items()):
             try:
                 self._storage.set_trial_system_attr(trial_id, attrs.FAIL_REASON, reason)
+                if interrupted and self.checkpoints is not None \
+                        and self.checkpoints.has(run.lineage):
+                    retry = retry_of(run.trial._cached_frozen_trial, self.max_retries,
+                                     run.presampled, handed_back=True)
+                    self.study.tell(run.trial, state=TrialState.FAIL)
+                    self.study.add_trial(retry)
+                    continue
                 self.study.tell(run.trial, state=TrialState.FAIL)
+                if self.checkpoints is not None:
+                    self.checkpoints.trial_ended(trial_id, run.lineage, for_good=True)
             except Exception as exc:  # the storage itself may be what failed
                 _logger.warning(f"could not close trial {run.trial.number}: {exc}")
         self._running.clear()

@@ -9,7 +9,10 @@ parameter the coordinator could not foresee, ``should_prune``, ``trial.study`` a
 Worker -> coordinator: :class:`Hello`, :class:`Next`, :class:`Call`, :class:`Ops`,
 :class:`Beat`, :class:`Failed`. Coordinator -> worker: :class:`Config`, :class:`NewTrial`,
 :class:`Reply`, :class:`Stop`. A :class:`Call` carries one request: :class:`Suggest`,
-:class:`Prune`, :class:`StudyGet`, :class:`StudyCall` or :class:`StorageCall`. Trials' effects
+:class:`Prune`, :class:`StudyGet`, :class:`StudyCall`, :class:`StorageCall`, or one of the
+checkpoint requests of a remote worker (:class:`CkptLatest`, :class:`CkptRead`,
+:class:`CkptBegin`, :class:`CkptWrite`, :class:`CkptCommit`: a checkpoint streamed in chunks,
+one round trip each, so that neither side holds it whole). Trials' effects
 travel as ops (:class:`Param`, :class:`Report`, :class:`UserAttr`, :class:`Constraint`),
 applied in order before the request or the result they come with.
 
@@ -30,6 +33,9 @@ from optuna.distributions import BaseDistribution
 COMPLETE = "complete"
 PRUNED = "pruned"
 FAIL = "fail"
+#: The worker was asked to stop (SIGTERM: a preemption) and hands the trial back, to be
+#: continued elsewhere from its last checkpoint; not the objective's failure.
+PREEMPTED = "preempted"
 
 
 class Error(NamedTuple):
@@ -114,7 +120,42 @@ class StorageCall(NamedTuple):
     kwargs: dict
 
 
-Request = Union[Suggest, Prune, StudyGet, StudyCall, StorageCall]
+class CkptLatest(NamedTuple):
+    """The latest checkpoint of the running trial's lineage: ``(version, [(path, size)...])``,
+    or None. Remote workers only: local ones reach the checkpoint folder themselves."""
+
+
+class CkptRead(NamedTuple):
+    """Up to ``size`` bytes of one file of a checkpoint, from ``offset`` (one chunk: the worker
+    asks for the next once it has written this one, so neither side holds a whole file)."""
+
+    version: str
+    path: str
+    offset: int
+    size: int
+
+
+class CkptBegin(NamedTuple):
+    """A new checkpoint of the running trial is coming; the answer is its upload id."""
+
+
+class CkptWrite(NamedTuple):
+    """One chunk of one file of an upload."""
+
+    upload: int
+    path: str
+    offset: int
+    data: bytes
+
+
+class CkptCommit(NamedTuple):
+    """Every file of the upload is written: make it the lineage's latest checkpoint."""
+
+    upload: int
+
+
+Request = Union[Suggest, Prune, StudyGet, StudyCall, StorageCall, CkptLatest, CkptRead,
+                CkptBegin, CkptWrite, CkptCommit]
 
 
 # -- worker -> coordinator ------------------------------------------------------------------------
@@ -129,9 +170,11 @@ class Hello(NamedTuple):
 
 
 class Next(NamedTuple):
-    """The previous trial's result (None for the first) and the request for the next trial."""
+    """The previous trial's result (None for the first) and the request for the next trial;
+    ``leaving``: no next trial, the worker is stopping (SIGTERM)."""
 
     result: Result | None
+    leaving: bool = False
 
 
 class Call(NamedTuple):
@@ -169,7 +212,9 @@ class Config(NamedTuple):
 
 class NewTrial(NamedTuple):
     """A trial to run. ``presampled``: values drawn ahead, by name; ``space``: the known search
-    space they were drawn from, or None when unchanged since this worker's last trial."""
+    space they were drawn from, or None when unchanged since this worker's last trial;
+    ``lineage``: the first trial of the retries this one continues (the key of its
+    checkpoints: its own number for a fresh trial)."""
 
     trial_id: int
     number: int
@@ -178,6 +223,7 @@ class NewTrial(NamedTuple):
     presampled: dict[str, Any]
     space: dict[str, BaseDistribution] | None
     user_attrs: dict[str, Any]
+    lineage: int
 
 
 class Reply(NamedTuple):
@@ -195,7 +241,8 @@ Message = Union[Hello, Next, Call, Ops, Beat, Failed, Config, NewTrial, Reply, S
 
 # -- the wire -------------------------------------------------------------------------------------
 _MESSAGES: tuple[type, ...] = (Hello, Next, Call, Ops, Beat, Failed, Config, NewTrial, Reply, Stop)
-_REQUESTS: tuple[type, ...] = (Suggest, Prune, StudyGet, StudyCall, StorageCall)
+_REQUESTS: tuple[type, ...] = (Suggest, Prune, StudyGet, StudyCall, StorageCall, CkptLatest,
+                               CkptRead, CkptBegin, CkptWrite, CkptCommit)
 _OPS: tuple[type, ...] = (Param, Report, UserAttr, Constraint)
 #: tag -> type, for each family; a tag is the type's name in lower case ("next", "param"...).
 _TYPES = {cls.__name__.lower(): cls for cls in (*_MESSAGES, *_REQUESTS, *_OPS)}
@@ -234,7 +281,7 @@ def encode(msg: Message) -> tuple:
     """``msg`` as the plain tuple that travels."""
     kind = type(msg)
     if kind is Next:
-        return ("next", _result_out(msg.result))
+        return ("next", _result_out(msg.result), msg.leaving)
     if kind is Call:
         return ("call", msg.trial_id, _ops_out(msg.ops), _plain(msg.request))
     if kind is Ops:
@@ -251,7 +298,7 @@ def decode(raw: tuple) -> Message:
     try:
         tag = raw[0]
         if tag == "next":
-            return Next(_result_in(raw[1]))
+            return Next(_result_in(raw[1]), raw[2])
         if tag == "call":
             return Call(raw[1], _ops_in(raw[2]), _TYPES[raw[3][0]]._make(raw[3][1:]))
         if tag == "ops":

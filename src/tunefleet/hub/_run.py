@@ -5,11 +5,15 @@ recovers what a dead coordinator left RUNNING, and runs the coordinator over a f
 from __future__ import annotations
 
 import sys
+import tempfile
 from typing import Any, Callable
 
 import optuna
 
+from tunefleet._optuna import storage_location
+from tunefleet.checkpoint import default_root
 from tunefleet.errors import Interrupted
+from tunefleet.hub._checkpoints import CheckpointKeeper
 from tunefleet.hub._beat import BEAT_INTERVAL
 from tunefleet.hub._coordinator import Coordinator, Limits
 from tunefleet.hub._drawing import spec_seed
@@ -28,7 +32,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
             callbacks: list[Callable], catch: Any, show_progress_bar: bool, max_retries: int,
             setup: Callable[[], Any] | None, grace: float = 5.0,
             worker_timeout: float | None = None, reclaim_window: float | None = None,
-            seed: int | None = None, deterministic: bool = False) -> optuna.Study:
+            seed: int | None = None, deterministic: bool = False,
+            checkpoint_dir: str | None = None, keep_checkpoints: bool = False) -> optuna.Study:
     """What ``tunefleet.optimize`` does; see there. ``make_fleet`` builds the fleet of workers
     (a backend of ``tunefleet.backends``), once the options are known to be good."""
     if isinstance(catch, type):
@@ -75,19 +80,21 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         if mirror is not None:
             mirror.close()
         raise
+    checkpoints = _checkpoint_keeper(study, checkpoint_dir, keep_checkpoints)
     progress = Progress(show_progress_bar, n_trials, timeout, study.directions)
     coordinator = Coordinator(run_study, objective, fleet, n_workers=workers,
                               limits=Limits(n_trials, timeout), callbacks=callbacks, catch=catch,
                               max_retries=max_retries, progress=progress, setup=setup,
                               mirror=mirror, grace=grace, worker_timeout=worker_timeout,
                               orphans=orphans, reclaim_window=reclaim_window, seed=seed,
-                              deterministic=deterministic)
+                              deterministic=deterministic, checkpoints=checkpoints)
     study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = True
     try:
         coordinator.run()
     finally:
         study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = False
         release(run_study)
+        checkpoints.close()
         if mirror is not None:
             if sys.exc_info()[1] is None or isinstance(sys.exc_info()[1], Interrupted):
                 mirror.close()  # waits for the durable storage; raises MirrorError on failure
@@ -97,3 +104,15 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
                 except Exception as exc:  # do not hide the run's own error
                     _logger.warning(f"{exc}")
     return study
+
+
+def _checkpoint_keeper(study: optuna.Study, folder: str | None, keep: bool) -> CheckpointKeeper:
+    """The study's checkpoints: in ``folder``, else beside its storage file (SQLite, journal),
+    else (a server, memory) in a folder of this run's own, removed at its end."""
+    if folder is not None:
+        return CheckpointKeeper(folder, keep=keep)
+    root = default_root(storage_location(study._storage), study.study_name)
+    if root is not None:
+        return CheckpointKeeper(root, keep=keep)
+    return CheckpointKeeper(tempfile.mkdtemp(prefix="tunefleet-checkpoints-"), keep=keep,
+                            temporary=True)

@@ -8,6 +8,7 @@ import dataclasses
 import linecache
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -18,11 +19,14 @@ from typing import Any, Callable
 import cloudpickle
 import optuna
 
+from tunefleet import checkpoint
 from tunefleet.errors import CoordinatorGone
+from tunefleet.hub import _preemption as preemption
 from tunefleet.hub import _protocol as P
 from tunefleet.hub._beat import BeatingChannel
+from tunefleet.hub._checkpoints import RemoteSession
 from tunefleet.hub._proxy import ProxyTrial, StudyInfo
-from tunefleet.transport._base import Channel
+from tunefleet.transport import Channel, PipeChannel
 
 _worker_data: Any = None
 
@@ -49,12 +53,17 @@ class WorkerConfig:
     catch: tuple[type[BaseException], ...]
     n_objectives: int
     setup: Callable[[], Any] | None = None
+    #: Seconds a trial gets to reach its next checkpoint once the worker is stopped (SIGTERM).
+    grace: float = 5.0
+    #: The checkpoint folder, for workers on the coordinator's machine (the others stream).
+    checkpoints: str | None = None
 
     def __reduce__(self) -> tuple:
         # Pickled in the coordinator, loaded in the worker: locks in the objective's closure
         # (MLflowCallback keeps one) become new locks, and the source of functions defined
         # where no file holds it (a notebook cell, ``python -c``) travels for tracebacks.
-        fields = (self.objective, self.catch, self.n_objectives, self.setup)
+        fields = (self.objective, self.catch, self.n_objectives, self.setup, self.grace,
+                  self.checkpoints)
         return (_load_config, (_dumps(fields), _sources(self.objective, self.setup)))
 
 
@@ -153,8 +162,11 @@ def serve(channel: Channel, label: str | None = None,
                             f"worker on {socket.gethostname()} (pid {os.getpid()}) could not "
                             f"load the objective: {type(exc).__name__}: {exc}")))
                         return 1
+                # Workers joined by pipes run on the coordinator's machine and share its disk.
+                local = isinstance(channel, PipeChannel)
                 channel = BeatingChannel(channel)  # liveness for the coordinator's timeout
-                return _trial_loop(channel, config)
+                preemption.install(config.grace)
+                return _trial_loop(channel, config, local)
             except CoordinatorGone as exc:
                 if reconnect is None:
                     return 0
@@ -168,7 +180,7 @@ def serve(channel: Channel, label: str | None = None,
         release_pools()
 
 
-def _trial_loop(channel: Channel, config: WorkerConfig) -> int:
+def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
     def call(trial_id: int, ops: list[P.Op], request: P.Request) -> Any:
         channel.send(P.encode(P.Call(trial_id, ops, request)))
         reply = P.decode(channel.recv())
@@ -186,9 +198,11 @@ def _trial_loop(channel: Channel, config: WorkerConfig) -> int:
     number = -1
     space: dict = {}  # the search space known to the coordinator, sent when it changes
     study_info = StudyInfo()
+    store = checkpoint.FolderStore(config.checkpoints) if local and config.checkpoints else None
     while True:
+        leaving = checkpoint.stop_requested()
         try:
-            channel.send(P.encode(P.Next(result)))
+            channel.send(P.encode(P.Next(result, leaving)))
             msg = P.decode(channel.recv())  # a reply means the coordinator has the result
         except CoordinatorGone as exc:
             raise _Lost(str(exc), (number, result) if result is not None else None) from None
@@ -200,13 +214,20 @@ def _trial_loop(channel: Channel, config: WorkerConfig) -> int:
         trial = ProxyTrial(call, send_ops, config.n_objectives, msg.trial_id, number,
                            msg.datetime_start, msg.fixed_params, msg.presampled, space,
                            msg.user_attrs, study_info)
-        result = run_objective(config, trial)
+        session = (checkpoint.LocalSession(store, number, msg.lineage) if store is not None
+                   else RemoteSession(trial._rpc, number, msg.lineage))
+        with checkpoint.running(session):
+            result = run_objective(config, trial)
 
 
 def run_objective(config: WorkerConfig, trial: ProxyTrial) -> P.Result:
     """Run the objective once and describe the outcome as a protocol ``Result``."""
+    preemption.in_trial(True)
     try:
         value = config.objective(trial)
+    except checkpoint.Preempted as exc:  # stopped (SIGTERM): its work is in its checkpoint
+        return P.Result(trial._trial_id, P.PREEMPTED, None, trial._take_ops(),
+                        P.Error(None, str(exc), None, True))
     except optuna.TrialPruned as exc:
         return P.Result(trial._trial_id, P.PRUNED, None, trial._take_ops(),
                         P.Error(None, str(exc), None, True))
@@ -222,6 +243,10 @@ def run_objective(config: WorkerConfig, trial: ProxyTrial) -> P.Result:
                          f"{socket.gethostname()}:\n" + text.rstrip())
         error = P.Error(_picklable(exc), repr(exc), text, caught)
         return P.Result(trial._trial_id, P.FAIL, None, trial._take_ops(), error)
+    finally:
+        preemption.in_trial(False)
+        if checkpoint.stop_requested():
+            signal.setitimer(signal.ITIMER_REAL, 0)  # the grace period's alarm is not needed
     return P.Result(trial._trial_id, P.COMPLETE, _plain_values(value), trial._take_ops(), None)
 
 

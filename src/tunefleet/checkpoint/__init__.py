@@ -1,0 +1,23 @@
+"""Checkpoints that follow a trial to its retry: a long trial continues where it stopped when
+its worker dies, is stopped, preempted or goes silent.
+
+    ckpt = tunefleet.checkpoint.load(trial)      # a directory, or None for a fresh trial
+    start = read_epoch(ckpt) + 1 if ckpt else 0
+    for epoch in range(start, n_epochs):
+        ...
+        with tunefleet.checkpoint.save(trial) as d:  # a new empty directory, kept whole
+            torch.save(state, d / "state.pt")
+
+See docs/checkpoints.md. ``FolderStore`` is where they live; worker loops open a ``Session``
+per trial (``running``).
+"""
+
+from tunefleet.checkpoint._api import load, save
+from tunefleet.checkpoint._session import (LocalSession, Preempted, Session, current,
+                                           request_stop, reset_stop, running, stop_deadline,
+                                           stop_requested)
+from tunefleet.checkpoint._store import FolderStore, default_root
+
+__all__ = ["load", "save", "FolderStore", "default_root", "Session", "LocalSession",
+           "Preempted", "current", "running", "request_stop", "reset_stop", "stop_deadline",
+           "stop_requested"]

@@ -1,0 +1,210 @@
+"""Checkpoints in hub mode: the coordinator keeps them, workers reach them.
+
+Workers on the coordinator's machine (local processes) read and write the checkpoint folder
+themselves (``tunefleet.checkpoint.LocalSession``). A worker anywhere else has no disk in
+common with the coordinator: its session (:class:`RemoteSession`) streams checkpoints through
+its authenticated connection, one chunk per round trip (back-pressure: nothing is sent before
+the previous chunk is written), and the coordinator's :class:`CheckpointKeeper` writes them
+into the same folder. Checkpoints of a trial that ended for good are removed, unless the user
+keeps them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from tunefleet.checkpoint import FolderStore, Session
+from tunefleet.hub import _protocol as P
+
+#: Bytes per round trip of a streamed checkpoint.
+CHUNK = 4 * 1024 * 1024
+
+
+def _relative(path: str) -> PurePosixPath:
+    """A file's place inside a checkpoint, as sent over the network: never absolute, never
+    above the checkpoint (``..``)."""
+    rel = PurePosixPath(path)
+    if not path or rel.is_absolute() or ".." in rel.parts or "\\" in path:
+        raise ValueError(f"not a path inside a checkpoint: {path!r}")
+    return rel
+
+
+class _Upload:
+    def __init__(self, lineage: int, number: int, trial_id: int, tmp: Path) -> None:
+        self.lineage = lineage
+        self.number = number
+        self.trial_id = trial_id
+        self.tmp = tmp
+        self.files: dict[str, BinaryIO] = {}
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+
+class CheckpointKeeper:
+    """The coordinator's side: answers the checkpoint requests of remote workers, and removes
+    the checkpoints of trials that ended for good.
+
+    Args:
+        root: the folder (created if needed).
+        keep: keep the checkpoints of finished trials.
+        temporary: the folder was made for this run only: removed at :meth:`close`.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], keep: bool = False,
+                 temporary: bool = False) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.store = FolderStore(self.root)
+        self.keep = keep
+        self.temporary = temporary
+        self._uploads: dict[int, _Upload] = {}
+        self._ids = itertools.count(1)
+
+    def answer(self, trial_id: int, number: int, lineage: int, request: Any) -> Any:
+        kind = type(request)
+        if kind is P.CkptWrite:
+            upload = self._upload(request.upload, trial_id)
+            rel = str(_relative(request.path))
+            f = upload.files.get(rel)
+            if f is None:
+                target = upload.tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                f = upload.files[rel] = open(target, "wb")
+            f.seek(request.offset)
+            f.write(request.data)
+            return None
+        if kind is P.CkptRead:
+            name = str(_relative(request.version))
+            path = self.store.root / str(lineage) / name / _relative(request.path)
+            with open(path, "rb") as f:
+                f.seek(request.offset)
+                return f.read(max(0, min(request.size, CHUNK)))
+        if kind is P.CkptLatest:
+            latest = self.store.latest(lineage)
+            if latest is None:
+                return None
+            files = [(p.relative_to(latest).as_posix(), p.stat().st_size)
+                     for p in sorted(latest.rglob("*")) if p.is_file()]
+            return latest.name, files
+        if kind is P.CkptBegin:
+            upload_id = next(self._ids)
+            self._uploads[upload_id] = _Upload(lineage, number, trial_id,
+                                               self.store.begin(lineage))
+            return upload_id
+        if kind is P.CkptCommit:
+            upload = self._upload(request.upload, trial_id)
+            upload.close()
+            del self._uploads[request.upload]
+            self.store.commit(upload.lineage, upload.tmp, upload.number)
+            return None
+        raise ValueError(f"unknown checkpoint request {kind.__name__}")
+
+    def _upload(self, upload_id: int, trial_id: int) -> _Upload:
+        upload = self._uploads.get(upload_id)
+        if upload is None or upload.trial_id != trial_id:
+            raise ValueError(f"no checkpoint upload {upload_id} for this trial")
+        return upload
+
+    def has(self, lineage: int) -> bool:
+        return self.store.latest(lineage) is not None
+
+    def trial_ended(self, trial_id: int, lineage: int, for_good: bool) -> None:
+        """The trial ``trial_id`` ended: its unfinished uploads go, and, when the lineage will
+        not be continued (``for_good``) and the user keeps nothing, its checkpoints."""
+        for upload_id, upload in list(self._uploads.items()):
+            if upload.trial_id == trial_id:
+                upload.close()
+                self.store.abort(upload.tmp)
+                del self._uploads[upload_id]
+        if for_good and not self.keep:
+            self.store.remove(lineage)
+
+    def close(self) -> None:
+        for upload in self._uploads.values():
+            upload.close()
+        self._uploads.clear()
+        if self.temporary and not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class RemoteSession(Session):
+    """A remote worker's session: checkpoints stream to and from the coordinator through the
+    trial's round trips (``ProxyTrial._rpc``); local copies live in a temporary folder for the
+    trial's time."""
+
+    def __init__(self, rpc: Any, number: int, lineage: int) -> None:
+        self._rpc = rpc
+        self.number = number
+        self.lineage = lineage
+        self._made: Path | None = None  # made on first use: most trials never checkpoint
+        self._latest: Path | None = None
+        self._fetched = False
+
+    @property
+    def _folder(self) -> Path:
+        if self._made is None:
+            self._made = Path(tempfile.mkdtemp(prefix=f"tunefleet-checkpoints-{self.number}-"))
+        return self._made
+
+    def latest(self) -> Path | None:
+        if not self._fetched:
+            self._fetched = True
+            found = self._rpc(P.CkptLatest())
+            if found is not None:
+                version, files = found
+                target = self._folder / f"latest-{version}"
+                for path, size in files:
+                    dest = target / _relative(path)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with open(dest, "wb") as f:
+                        offset = 0
+                        while offset < size:
+                            data = self._rpc(P.CkptRead(version, path, offset, CHUNK))
+                            if not data:
+                                raise OSError(f"checkpoint file {path} ended at {offset} of "
+                                              f"{size} bytes")
+                            f.write(data)
+                            offset += len(data)
+                target.mkdir(parents=True, exist_ok=True)  # a checkpoint with no file
+                self._latest = target
+        return self._latest
+
+    def begin(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="save-", dir=self._folder))
+
+    def commit(self, path: Path) -> None:
+        upload = self._rpc(P.CkptBegin())
+        for file in sorted(path.rglob("*")):
+            if not file.is_file():
+                continue
+            rel = file.relative_to(path).as_posix()
+            with open(file, "rb") as f:
+                offset = 0
+                while True:
+                    data = f.read(CHUNK)
+                    if not data and offset:
+                        break
+                    self._rpc(P.CkptWrite(upload, rel, offset, data))
+                    offset += len(data)
+                    if not data:
+                        break
+        self._rpc(P.CkptCommit(upload))
+        # What was just saved is the latest now: no need to fetch it back.
+        if self._latest is not None:
+            shutil.rmtree(self._latest, ignore_errors=True)
+        self._latest, self._fetched = path, True
+
+    def abort(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._made is not None:
+            shutil.rmtree(self._made, ignore_errors=True)

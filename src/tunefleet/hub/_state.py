@@ -1,0 +1,61 @@
+"""The coordinator's bookkeeping: what it knows of each running trial and each worker, the
+trials that ended but are not stored yet, and the limits of the run."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tunefleet.transport import Link
+
+
+def say(message: str) -> None:
+    """One line for the person at the terminal, below the progress bar if there is one."""
+    from tqdm import tqdm
+
+    tqdm.write(f"tunefleet: {message}", file=sys.stderr)
+
+
+@dataclass
+class _Running:
+    trial: optuna.Trial
+    link: Link
+    presampled: dict[str, Any]
+    lineage: int  # the first trial of its retries: the key of its checkpoints
+
+
+@dataclass
+class _WorkerState:
+    trial_id: int | None = None
+    hello: bool = False
+    finished_trials: int = 0
+    space_version: int = -1  # the version of the known search space this worker holds
+    heard: float = field(default_factory=time.monotonic)  # when it last sent anything
+
+
+@dataclass
+class _Ended:
+    """A trial that ended, waiting for the durable storage before it counts."""
+
+    seq: int  # the mirror's change number that ended it
+    trial: optuna.Trial
+    state: TrialState
+    values: Any
+    callbacks: bool
+
+
+@dataclass
+class Limits:
+    """When to stop handing out trials, as ``Study.optimize`` means it."""
+
+    n_trials: int | None
+    timeout: float | None
+    started: float = field(default_factory=time.monotonic)
+
+    def time_left(self) -> bool:
+        return self.timeout is None or time.monotonic() - self.started < self.timeout
