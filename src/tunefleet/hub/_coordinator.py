@@ -276,7 +276,8 @@ class Coordinator:
         durable = self.mirror.durable_seq if self.mirror is not None else None
         while self._unannounced and (durable is None or self._unannounced[0].seq <= durable):
             ended = self._unannounced.popleft()
-            self._after_trial(ended.trial, ended.state, ended.values, ended.callbacks)
+            self._after_trial(ended.trial, ended.state, ended.values, ended.callbacks,
+                              ended.continued)
 
     # -- messages -----------------------------------------------------------------------------
     def _on_message(self, link: Link, raw: tuple) -> None:
@@ -477,21 +478,26 @@ class Coordinator:
                 .rstrip())
 
     def _count(self, trial: optuna.Trial, state: TrialState, values: Any, *,
-               callbacks: bool = True) -> None:
+               callbacks: bool = True, continued: bool = False) -> None:
         """Count ``trial`` as ended once the durable storage holds its end (at once when the
-        study's storage is not mirrored)."""
+        study's storage is not mirrored). A ``continued`` trial (a retry goes on with it) is
+        shown once: by its continuation."""
         if self.mirror is None:
-            self._after_trial(trial, state, values, callbacks)
+            self._after_trial(trial, state, values, callbacks, continued)
         else:
-            self._unannounced.append(_Ended(self.mirror.seq, trial, state, values, callbacks))
+            self._unannounced.append(_Ended(self.mirror.seq, trial, state, values, callbacks,
+                                            continued))
 
     def _after_trial(self, trial: optuna.Trial, state: TrialState, values: Any,
-                     callbacks: bool = True) -> None:
+                     callbacks: bool = True, continued: bool = False) -> None:
         if self.callbacks and callbacks:
             frozen: FrozenTrial = self._storage.get_trial(trial._trial_id)
             for callback in self.callbacks:
                 callback(self.study, copy.deepcopy(frozen))
         if self.progress.enabled:
+            if continued:
+                self.progress.resumed()
+                return
             started = trial._cached_frozen_trial.datetime_start
             self.progress.trial_done(state, values, time.time() - started.timestamp())
 
@@ -532,7 +538,7 @@ class Coordinator:
             self._counted -= 1  # the retry takes this trial's place in the budget
         if self.checkpoints is not None:
             self.checkpoints.trial_ended(trial._trial_id, run.lineage, for_good=not queued)
-        self._count(trial, TrialState.FAIL, None)
+        self._count(trial, TrialState.FAIL, None, continued=queued)
 
     def _hand_back(self, run: _Running, reason: str) -> None:
         self._fail_lost(run, reason, handed_back=True)

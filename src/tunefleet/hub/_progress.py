@@ -59,6 +59,12 @@ class Progress:
                 self.best = v
         self.refresh()
 
+    def resumed(self) -> None:
+        """A trial failed through no fault of its objective and a retry continues it: shown
+        once, by its continuation, and counted here as resumed."""
+        self.states["resumed"] += 1
+        self.refresh()
+
     def running(self, ages: Iterable[float], workers: int) -> None:
         """The ages in seconds of the trials running now, and how many workers are connected."""
         ages = list(ages)

@@ -47,6 +47,7 @@ class _Ended:
     state: TrialState
     values: Any
     callbacks: bool
+    continued: bool = False  # a FAIL whose retry continues it: shown once, as "resumed"
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tunefleet._attrs import RETRY_OF
 from tunefleet.report._trials import FINISHED_STATES, finished_at, started_at, worker_of
 
 RATE_WINDOW = 600.0  # seconds: "trials per minute" counts trials finished this recently
@@ -49,6 +50,11 @@ class StatusFigures:
     slow_factor: float = SLOW_FACTOR
     running: dict[str, list[RunningTrial]] = dataclasses.field(default_factory=dict)
     slow: list[RunningTrial] = dataclasses.field(default_factory=list)
+    #: FAIL trials whose work a retry continued (their worker died, was preempted or fell
+    #: silent): one trial, counted once, in two rows of the storage.
+    continued: int = 0
+    #: Steps reported again by a continuation (work redone since the last checkpoint).
+    redone_steps: int = 0
 
     @property
     def n_running(self) -> int:
@@ -66,8 +72,10 @@ class StatusFigures:
         parts = [f"{self.states.get('complete', 0)} done"]
         if self.states.get("pruned"):
             parts.append(f"{self.states['pruned']} pruned")
-        if self.states.get("fail"):
-            parts.append(f"{self.states['fail']} failed")
+        if self.states.get("fail", 0) > self.continued:
+            parts.append(f"{self.states['fail'] - self.continued} failed")
+        if self.continued:
+            parts.append(f"{self.continued} resumed")
         parts.append(f"{self.n_running} running")
         if self.best_value is not None:
             parts.append(f"best {self.best_value:.6g}")
@@ -78,6 +86,18 @@ class StatusFigures:
         if self.slow:
             parts.append(f"{len(self.slow)} slow")
         return " · ".join(parts)
+
+
+def _fill_lineage(fig: StatusFigures, trials: Sequence[FrozenTrial]) -> None:
+    """Trials continued by a retry, and the steps their continuations reported again."""
+    by_number = {t.number: t for t in trials}
+    for t in trials:
+        before = t.system_attrs.get(RETRY_OF)
+        failed = by_number.get(before) if isinstance(before, int) else None
+        if failed is None or failed.state != TrialState.FAIL:
+            continue
+        fig.continued += 1
+        fig.redone_steps += len(failed.intermediate_values.keys() & t.intermediate_values.keys())
 
 
 def status_figures(study: optuna.Study, *, trials: Sequence[FrozenTrial] | None = None,
@@ -93,6 +113,7 @@ def status_figures(study: optuna.Study, *, trials: Sequence[FrozenTrial] | None 
     fig = StatusFigures(study=study.study_name, directions=[d.name.lower() for d in directions],
                         n_trials=len(trials), states=states, slow_factor=slow_factor)
     _fill_best(fig, trials, directions)
+    _fill_lineage(fig, trials)
     _fill_rates(fig, trials, now, window)
     _fill_running(fig, trials, now, slow_factor)
     return fig
@@ -170,6 +191,9 @@ def format_status(fig: StatusFigures, max_rows: int = 20) -> str:
     """The terminal summary of ``tunefleet status``."""
     states = ", ".join(f"{n} {k}" for k, n in fig.states.items() if n) or "no trial yet"
     lines = [f"study {fig.study} ({' '.join(fig.directions)}): {fig.n_trials} trials - {states}"]
+    if fig.continued:
+        lines.append(f"resumed: {fig.continued} failed trial(s) were continued by a retry (the "
+                     f"same trial, counted once); {fig.redone_steps} step(s) were run again")
     if fig.best_value is not None:
         lines.append(f"best {fig.best_value:.6g} (trial {fig.best_number}) params {fig.best_params}")
     elif fig.n_pareto is not None:
