@@ -33,7 +33,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,15 +41,6 @@ from typing import Any, Sequence
 SUBNET = "10.213.0"
 _PREFIX = "tflab"
 _labs = itertools.count()
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    """Poll PREDICATE until it holds; fail with WHAT after TIMEOUT seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class LabError(RuntimeError):

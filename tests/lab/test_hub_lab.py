@@ -17,7 +17,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.lab.netlab import Lab, wait_until
+from tests.helpers import wait_until
+from tests.lab.netlab import Lab
 from tunefleet import _attrs as attrs
 
 OBJECTIVES = Path(__file__).resolve().parents[1] / "storage_mode" / "objectives.py"

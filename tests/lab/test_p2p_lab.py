@@ -29,7 +29,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.lab.netlab import Host, Lab, wait_until
+from tests.helpers import wait_until
+from tests.lab.netlab import Host, Lab
 from tunefleet import _attrs as attrs
 from tunefleet._studies import open_storage
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.lab.netlab import Lab, wait_until
+from tests.helpers import wait_until
+from tests.lab.netlab import Lab
 from tests.services import Postgres
 from tests.storage_mode.test_fleet import trials_of
 from tunefleet import _attrs as attrs
