@@ -90,6 +90,10 @@ class Coordinator:
         self._aborted: str | None = None
         self._unannounced: deque[_Ended] = deque()
         self._parked: list[Link] = []  # workers waiting for a trial while the storage catches up
+        # Workers waiting for their last trial's callbacks (which run once it is stored)
+        # before their next trial, as a thread of Study.optimize does: a callback that stops
+        # the study (MaxTrialsCallback) stops it before they start another.
+        self._awaiting: list[tuple[int, Link]] = []
         self._held: list[Link] = []  # --deterministic: waiting for the trials before theirs
         self._handlers: dict[type, Callable[[Link, _WorkerState, Any], None]] = {
             P.Next: self._on_next, P.Call: self._on_call, P.Ops: self._on_ops,
@@ -188,7 +192,7 @@ class Coordinator:
         return self.mirror is not None and self.mirror.lag() > 0.1
 
     def _waiting_on_storage(self) -> bool:
-        return bool(self._unannounced or self._parked)
+        return bool(self._unannounced or self._parked or self._awaiting)
 
     def _done(self) -> bool:
         if self._error is not None:
@@ -208,6 +212,8 @@ class Coordinator:
                 if failure is not None:
                     self._error = WorkerStartError(failure)
         self._announce()
+        if self._awaiting:
+            self._release_awaiting()
         if self._parked and not self._storage_behind():
             parked, self._parked = self._parked, []
             self._dispatch_again(parked)
@@ -302,7 +308,19 @@ class Coordinator:
         if msg.leaving:  # stopped (SIGTERM): no new trial; the fleet replaces it when it exits
             link.send(P.encode(P.Stop()))
             return
+        if msg.result is not None and self.callbacks and self._unannounced:
+            self._awaiting.append((self.mirror.seq, link))  # mirror: else nothing is unannounced
+            self.mirror.hurry()
+            return
         self._dispatch(link, state)
+
+    def _release_awaiting(self) -> None:
+        """Workers whose last trial is stored and announced (its callbacks ran) ask again."""
+        durable = self.mirror.durable_seq if self.mirror is not None else None
+        ready = [link for seq, link in self._awaiting if durable is None or seq <= durable]
+        if ready:
+            self._awaiting = [(s, l) for s, l in self._awaiting if l not in ready]
+            self._dispatch_again(ready)
 
     def _on_call(self, link: Link, state: _WorkerState, msg: P.Call) -> None:
         try:
@@ -505,6 +523,7 @@ class Coordinator:
         state = self._workers.pop(link, None)
         if link in self._parked:
             self._parked.remove(link)
+        self._awaiting = [(s, l) for s, l in self._awaiting if l is not link]
         reason = link.exit_reason()
         self.fleet.on_lost(link)
         if state is not None and state.trial_id is not None:

@@ -68,6 +68,7 @@ class _GroupCommit:
         self._closed = False
         self._idle = False  # the writer waits for a change
         self._flushing = 0  # callers of flush() waiting: no gathering window
+        self._hurried = False  # someone waits for the changes made so far: no gathering window
 
     def _start(self, study_name: str) -> None:
         """Start the writer thread (once memory holds the study) and close at exit."""
@@ -136,9 +137,11 @@ class _GroupCommit:
                 # Group commit: let the changes of the next few milliseconds join this round
                 # (one transaction instead of one per trial when trials end one by one, as
                 # with a sampler-bound coordinator), unless someone waits for it.
-                while (not self._stopping and not self._flushing and self._queued_since
-                       is not None and time.monotonic() - self._queued_since < GROUP_WINDOW):
+                while (not self._stopping and not self._flushing and not self._hurried
+                       and self._queued_since is not None
+                       and time.monotonic() - self._queued_since < GROUP_WINDOW):
                     self._cond.wait(GROUP_WINDOW - (time.monotonic() - self._queued_since))
+                self._hurried = False
                 rnd = self._take_round()
             self._write_round(rnd)
             with self._cond:
@@ -169,6 +172,14 @@ class _GroupCommit:
         """Seconds since the oldest change the durable storage does not hold yet was made."""
         since = self._inflight_since if self._inflight_since is not None else self._queued_since
         return 0.0 if since is None else time.monotonic() - since
+
+    def hurry(self) -> None:
+        """Write the changes made so far without waiting for the group window (someone waits
+        for them), and return at once."""
+        with self._cond:
+            if not self._hurried:
+                self._hurried = True
+                self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until the durable storage holds every change made so far; raise
