@@ -8,7 +8,6 @@ import shutil
 
 import optuna
 import pytest
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
 from tunefleet.errors import MirrorError
