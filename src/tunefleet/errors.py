@@ -11,6 +11,16 @@ class UsageError(TunefleetError):
     """Bad input from the user (target, storage URL, option). The CLI prints it and exits 2."""
 
 
+class OptionError(UsageError, ValueError):
+    """An option of ``tunefleet.optimize`` out of its range (``n_trials=-1``...): a
+    ``ValueError``, as Optuna raises for the same misuse of ``Study.optimize``."""
+
+
+class NotInWorker(UsageError, RuntimeError):
+    """A study method a worker's objective cannot call (``trial.study.ask()``): the
+    coordinator owns the study. A ``RuntimeError``, as Optuna's misuse errors are."""
+
+
 class WorkerStartError(TunefleetError):
     """Workers could not start (the objective could not be loaded or unpickled there)."""
 
@@ -32,6 +42,11 @@ class ObjectiveFailed(TunefleetError):
 class MirrorError(TunefleetError, RuntimeError):
     """The hub's durable storage did not accept the mirror's writes: it no longer matches the
     study in memory. A ``RuntimeError`` too, as it was before it moved here."""
+
+
+class CoordinatorUnreachable(TunefleetError, RuntimeError):
+    """An engine's worker task could not reach its coordinator: the engine reports the task as
+    failed, and the backend tells the coordinator that workers cannot start there."""
 
 
 class Interrupted(KeyboardInterrupt):

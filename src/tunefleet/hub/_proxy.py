@@ -25,6 +25,7 @@ import optuna
 from optuna import distributions as D
 
 from tunefleet._optuna import ThreadLocalStudyAttribute, optuna_warn, single_value
+from tunefleet.errors import NotInWorker
 from tunefleet.hub import _protocol as P
 
 FLUSH_EVERY = 0.5  # seconds: buffered reports older than this go out without waiting
@@ -314,11 +315,11 @@ class WorkerStudy(optuna.Study):
         self._call("add_trials", list(trials))
 
     def ask(self, fixed_distributions: Any = None) -> optuna.Trial:
-        raise RuntimeError("trial.study.ask() is not available inside a tunefleet worker: "
+        raise NotInWorker("trial.study.ask() is not available inside a tunefleet worker: "
                            "the coordinator asks for trials")
 
     def tell(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("trial.study.tell() is not available inside a tunefleet worker: "
+        raise NotInWorker("trial.study.tell() is not available inside a tunefleet worker: "
                            "the coordinator tells the study each trial's result")
 
     def __getstate__(self) -> dict[Any, Any]:

@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from tunefleet.errors import CoordinatorGone
+from tunefleet.errors import CoordinatorGone, CoordinatorUnreachable
 from tunefleet.hub._worker import serve
 from tunefleet.transport import TcpChannel, load_key
 
@@ -94,6 +94,6 @@ def run_engine_worker(address: str, key: bytes, token: str) -> int:
     label = f"{token}@{socket.gethostname()}/{os.getpid()}"
     code = run_worker(address, key=key, label=label, connect_timeout=ENGINE_CONNECT_TIMEOUT)
     if code == 2:
-        raise RuntimeError(f"ConnectionError: worker on {socket.gethostname()} cannot reach "
+        raise CoordinatorUnreachable(f"ConnectionError: worker on {socket.gethostname()} cannot reach "
                            f"the coordinator at {address}")
     return code

@@ -12,7 +12,7 @@ import optuna
 
 from tunefleet._optuna import storage_location
 from tunefleet.checkpoint import default_root
-from tunefleet.errors import Interrupted
+from tunefleet.errors import Interrupted, OptionError
 from tunefleet.hub._checkpoints import CheckpointKeeper
 from tunefleet.hub._beat import BEAT_INTERVAL
 from tunefleet.hub._coordinator import Coordinator, Limits
@@ -40,13 +40,13 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         catch = (catch,)
     catch = tuple(catch)
     if n_trials is not None and n_trials < 0:
-        raise ValueError(f"n_trials must be non-negative, got {n_trials}")
+        raise OptionError(f"n_trials must be non-negative, got {n_trials}")
     if max_retries < 0:
-        raise ValueError(f"max_retries must be non-negative, got {max_retries}")
+        raise OptionError(f"max_retries must be non-negative, got {max_retries}")
     if grace < 0:
-        raise ValueError(f"grace must be non-negative, got {grace}")
+        raise OptionError(f"grace must be non-negative, got {grace}")
     if worker_timeout is not None and worker_timeout < 3 * BEAT_INTERVAL:
-        raise ValueError(f"worker_timeout must be at least {3 * BEAT_INTERVAL:g} s (workers "
+        raise OptionError(f"worker_timeout must be at least {3 * BEAT_INTERVAL:g} s (workers "
                          f"beat every {BEAT_INTERVAL:g} s), got {worker_timeout}")
     if study._thread_local.in_optimize_loop:
         raise RuntimeError("Nested invocation of `Study.optimize` method isn't allowed.")
@@ -54,15 +54,15 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         seed = spec_seed(study)
     if deterministic:
         if seed is None:
-            raise ValueError("deterministic=True needs a seed: pass seed=... (or make the "
+            raise OptionError("deterministic=True needs a seed: pass seed=... (or make the "
                              "study with --seed)")
         if not random_states(study.sampler):
-            raise ValueError(f"deterministic=True needs a sampler with a random state to seed "
+            raise OptionError(f"deterministic=True needs a sampler with a random state to seed "
                              f"({type(study.sampler).__name__} has none)")
     fleet = make_fleet()
     workers = n_workers if n_workers is not None else fleet.default_workers()
     if workers < 1:
-        raise ValueError(f"n_workers must be at least 1, got {workers}")
+        raise OptionError(f"n_workers must be at least 1, got {workers}")
     if n_trials is not None:
         workers = max(1, min(workers, n_trials)) if fleet.starts_workers else workers
     # The coordinator is the only writer: it works on an in-memory copy of a database or
