@@ -17,6 +17,7 @@ _EXPORTS = {
     "MetricHistory": "tunefleet.trainer._history",
     "LogHook": "tunefleet.trainer._log_hook",
     "TrialHook": "tunefleet.trainer._trial_hook",
+    "CheckpointHook": "tunefleet.trainer._checkpoint_hook",
     "Tuner": "tunefleet.trainer._tuner",
     "direction_for": "tunefleet.trainer._tuner",
     "seed_everything": "tunefleet.trainer._seeding",

@@ -12,6 +12,10 @@ import torch
 from tunefleet.errors import UsageError
 from tunefleet.trainer._history import MetricHistory
 from tunefleet.trainer._hooks import HookBase
+from tunefleet.trainer._seeding import rng_state, set_rng_state
+
+#: How the run ended, by the exception that ended it; any other exception is "failed".
+_OUTCOMES = {"TrialPruned": "pruned", "Preempted": "preempted"}
 
 
 def default_device() -> torch.device:
@@ -37,14 +41,16 @@ class Trainer:
     ``valid()`` (fill ``self.valid_out``; it runs under ``torch.no_grad`` in eval mode).
 
     A ``LogHook`` is on by default: each run writes ``log.txt`` and metric plots into its own
-    time-stamped folder under ``out_dir``. ``valid_freq=0`` turns validation off.
+    time-stamped folder under ``out_dir``. ``valid_freq=0`` turns validation off. ``scheduler``
+    (a learning-rate scheduler that you step) is kept so that checkpoints include it.
     """
 
     def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer | None,
                  train_loader: Iterable[Any], valid_loader: Iterable[Any] | None = None,
                  test_loader: Iterable[Any] | None = None, device: torch.device | str | None = None,
                  max_epoch: int = 1, valid_freq: int = 1, *, out_dir: str = "runs",
-                 log_freq: int = 10, log: bool = True, hooks: Iterable[HookBase] = ()) -> None:
+                 log_freq: int = 10, log: bool = True, hooks: Iterable[HookBase] = (),
+                 scheduler: Any = None) -> None:
         if max_epoch < 1:
             raise UsageError(f"max_epoch must be at least 1, not {max_epoch}")
         if valid_freq < 0:
@@ -52,6 +58,7 @@ class Trainer:
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
         self.opt = opt
+        self.scheduler = scheduler
         self.train_loader = train_loader
         self.valid_loader = valid_loader
         self.test_loader = test_loader
@@ -62,8 +69,9 @@ class Trainer:
         self.valid_out: dict[str, Any] = {}
         self.current_epoch = 0
         self.current_iter = 0
+        self.start_epoch = 0  # where run() starts: 0, or the epoch after a restored checkpoint
         self.iters_done = 0
-        self.outcome = "not started"  # then "running", "completed", "pruned" or "failed"
+        self.outcome = "not started"  # then running, completed, pruned, preempted or failed
         self.hooks: list[HookBase] = []
         self.log_hook = None
         if log:
@@ -92,15 +100,17 @@ class Trainer:
         return send_to_device(batch, self.device)
 
     def run(self) -> MetricHistory:
-        """Train for ``max_epoch`` epochs and return the metric history. ``after_train`` hooks
-        run also when a hook or the user's code stops the run (pruning, an error)."""
+        """Train up to ``max_epoch`` epochs and return the metric history. ``after_train`` hooks
+        run also when a hook or the user's code stops the run (pruning, an error). A run whose
+        state was restored (``load_state_dict``, which a ``CheckpointHook`` calls in its
+        ``before_train``) continues at ``start_epoch``, counting iterations on."""
         self.outcome = "running"
-        self.iters_done = 0
         self._call("before_train")
         try:
-            step = 0
-            for epoch in range(self.max_epoch):
+            step = self.iters_done
+            for epoch in range(self.start_epoch, self.max_epoch):
                 self.current_epoch = epoch
+                self._call("before_epoch")
                 for batch in self.train_loader:
                     self.current_iter = step
                     self._call("before_iter")
@@ -113,13 +123,59 @@ class Trainer:
                         self.validate()
                     self._call("after_iter")
                     step += 1
+                self._call("after_epoch")
             self.outcome = "completed"
         except BaseException as exc:
-            self.outcome = "pruned" if type(exc).__name__ == "TrialPruned" else "failed"
+            self.outcome = _OUTCOMES.get(type(exc).__name__, "failed")
             self._after_train(quiet=True)
             raise
         self._after_train(quiet=False)
         return self.history
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs, taken at the end of epoch ``current_epoch``: model,
+        optimizer, scheduler, epoch, iteration count, metric history, random states and the
+        state of hooks that keep one."""
+        hooks = {}
+        for key, hook in self._keyed_hooks():
+            state = hook.state_dict()
+            if state is not None:
+                hooks[key] = state
+        return {"epoch": self.current_epoch, "iters_done": self.iters_done,
+                "model": self.model.state_dict(),
+                "opt": self.opt.state_dict() if self.opt is not None else None,
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "history": self.history.state_dict(), "rng": rng_state(), "hooks": hooks}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`: the next ``run()`` starts at the epoch after it, and
+        draws the random numbers that the uninterrupted run would have drawn."""
+        self.model.load_state_dict(state["model"])
+        if self.opt is not None and state["opt"] is not None:
+            self.opt.load_state_dict(state["opt"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history.load_state_dict(state["history"])
+        self.current_epoch = state["epoch"]
+        self.start_epoch = state["epoch"] + 1
+        self.iters_done = state["iters_done"]
+        self.current_iter = self.iters_done - 1
+        for key, hook in self._keyed_hooks():
+            if key in state["hooks"]:
+                hook.load_state_dict(state["hooks"][key])
+        set_rng_state(state["rng"])
+
+    def _keyed_hooks(self) -> list[tuple[str, HookBase]]:
+        """Each hook with a name that the same hooks have in a resumed run (class name, and a
+        count when a class has several)."""
+        seen: dict[str, int] = {}
+        out = []
+        for hook in self.hooks:
+            name = type(hook).__name__
+            seen[name] = seen.get(name, 0) + 1
+            out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", hook))
+        return out
 
     def validate(self) -> None:
         """Run ``valid()`` in eval mode without gradients, record ``valid_out``, call hooks."""

@@ -47,6 +47,14 @@ class MetricHistory:
         """Every metric recorded at iteration ``step``."""
         return {n: pts[-1][1] for n, pts in self.series.items() if pts and pts[-1][0] == step}
 
+    def state_dict(self) -> dict[str, list[tuple[int, float]]]:
+        """Every series, for a checkpoint."""
+        return {name: list(pts) for name, pts in self.series.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the history with one from :meth:`state_dict` (a resumed run)."""
+        self.series = {name: [(int(s), float(v)) for s, v in pts] for name, pts in state.items()}
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.series)
 

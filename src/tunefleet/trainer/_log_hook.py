@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 import time
+from typing import Any
 
 from tunefleet.trainer._hooks import HookBase
 from tunefleet.trainer._plots import plot_metrics
@@ -35,7 +36,11 @@ def _fmt(metrics: dict[str, float]) -> str:
 class LogHook(HookBase):
     """Writes ``log.txt`` (start, train metrics every ``log_freq`` iterations, every validation,
     the outcome) and, at the end, ``train_metrics.png/.pdf`` and ``valid_metrics.png/.pdf``.
-    ``tag`` is appended to the folder name (the tuner puts the trial number there)."""
+    ``tag`` is appended to the folder name (the tuner puts the trial number there).
+
+    A run resumed from a checkpoint (``CheckpointHook``) starts its ``log.txt`` with the lines
+    of the run it continues, then says where it resumed; its plots cover every epoch, since the
+    history came back with the checkpoint."""
 
     priority = 10
 
@@ -47,17 +52,27 @@ class LogHook(HookBase):
         self.logger: logging.Logger | None = None
         self._handler: logging.Handler | None = None
         self._started = 0.0
+        self._earlier: dict[str, Any] | None = None  # the log of the run this one continues
 
     def before_train(self) -> None:
         self.folder = make_run_folder(self.out_dir, self.tag)
         self.logger = logging.getLogger(f"tunefleet.trainer.run{os.getpid()}_{next(_ids)}")
         self.logger.setLevel(logging.INFO)
-        self._handler = logging.FileHandler(os.path.join(self.folder, "log.txt"), encoding="utf-8")
+        path = os.path.join(self.folder, "log.txt")
+        if self._earlier is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(self._earlier["log"])
+        self._handler = logging.FileHandler(path, encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(message)s",
                                                      "%Y-%m-%d %H:%M:%S"))
         self.logger.addHandler(self._handler)
         self._started = time.time()
         t = self.trainer
+        if self._earlier is not None:
+            self.logger.info("resumed at epoch %d (iteration %d) from the checkpoint taken at the "
+                             "end of epoch %d; the lines above are from %s", t.start_epoch,
+                             t.iters_done, t.start_epoch - 1, self._earlier["folder"])
+            return
         n_params = sum(p.numel() for p in t.model.parameters())
         self.logger.info("start: model %s (%d parameters) on %s, %d epochs, validation every %s "
                          "iterations", type(t.model).__name__, n_params, t.device, t.max_epoch,
@@ -77,6 +92,15 @@ class LogHook(HookBase):
             valid = {n: v for n, v in t.history.at(t.current_iter).items() if n.startswith("valid_")}
             self.logger.info("epoch %d iter %d: validation %s", t.current_epoch, t.current_iter,
                              _fmt(valid))
+
+    def state_dict(self) -> dict[str, Any] | None:
+        if self.folder is None:
+            return None
+        with open(os.path.join(self.folder, "log.txt"), encoding="utf-8") as f:
+            return {"log": f.read(), "folder": self.folder}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._earlier = state
 
     def after_train(self) -> None:
         if self.logger is None or self.folder is None:

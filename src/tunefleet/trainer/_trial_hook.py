@@ -14,7 +14,11 @@ class TrialHook(HookBase):
     """After every validation, reports ``metric`` (or the mean of its last ``report_last_n``
     values, which smooths a noisy metric) at step ``current_iter``; raises ``TrialPruned``
     when ``allow_prune`` and the study's pruner says so. ``value`` is the last value reported,
-    which is what the objective returns."""
+    which is what the objective returns.
+
+    A run resumed from a checkpoint reports again, to the trial that continues, what was
+    reported before the checkpoint, so that its intermediate values (and the pruner) see the
+    whole curve."""
 
     priority = 90  # last: a prune must not keep the other hooks from seeing this validation
 
@@ -27,6 +31,21 @@ class TrialHook(HookBase):
         self.report_last_n = report_last_n
         self.allow_prune = allow_prune
         self.value: float | None = None
+        self.reported: dict[int, float] = {}
+        self._restored: dict[int, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reported": dict(self.reported), "value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._restored = dict(state["reported"])
+        self.value = state["value"]
+
+    def before_train(self) -> None:
+        for step, value in sorted(self._restored.items()):
+            self.trial.report(value, step)
+        self.reported.update(self._restored)
+        self._restored = {}
 
     def after_valid(self) -> None:
         history = self.trainer.history
@@ -38,6 +57,7 @@ class TrialHook(HookBase):
         self.value = sum(recent) / len(recent)
         step = self.trainer.current_iter
         self.trial.report(self.value, step)
+        self.reported[step] = self.value
         if self.allow_prune and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at iteration {step} with {self.metric}={self.value:.6g}")
 

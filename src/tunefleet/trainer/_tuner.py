@@ -21,6 +21,22 @@ FIXED_SEED_BASE = 42
 _MINIMIZED = ("loss", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "time", "cost")
 
 
+#: the seed tuner's argument -> tunefleet's (docs/trainer.md, "Coming from the seed tuner")
+RENAMED = {"proj_name": "study_name", "n_search_trials": "n_trials", "n_jobs": "n_workers",
+           "n_gpus": "gpus"}
+
+
+def _refuse_renamed(given: Mapping[str, Any]) -> None:
+    """A seed tuner's argument is one line naming tunefleet's; refused rather than accepted
+    as an alias so that each setting has one name (n_jobs and n_workers would both exist)."""
+    known = [f"{old}= is {RENAMED[old]}=" for old in given if old in RENAMED]
+    if known:
+        raise UsageError(f"Tuner takes tunefleet's names: {', '.join(known)} (the table in "
+                         "docs/trainer.md maps every seed argument)")
+    if given:
+        raise TypeError(f"Tuner() got an unexpected keyword argument {next(iter(given))!r}")
+
+
 def direction_for(metric: str) -> str:
     """Losses and errors are minimized, anything else (accuracy, F1, AUC) maximized."""
     name = metric.lower()
@@ -39,6 +55,9 @@ class Tuner:
     ``n_trials`` trials in all. With ``do_fixed_trial=True`` it instead runs each given set
     ``n_fixed_trials`` times, repeat ``r`` seeded with ``seed + r`` (42 + r by default), with
     pruning off, and prints the mean and spread of each set.
+
+    ``checkpoint_every=N`` saves each trial's training every N epochs (``CheckpointHook``): a
+    trial whose worker dies continues from its last checkpoint instead of from epoch 0.
     """
 
     def __init__(self, study_name: str = "tunefleet", metric: str = "valid_acc", *,
@@ -50,11 +69,16 @@ class Tuner:
                  pruner: str | optuna.pruners.BasePruner | None = None, seed: int | None = 42,
                  trackers: Sequence[Tracker] = (), timeout: float | None = None,
                  max_retries: int = 1, threads_per_worker: int | None = None,
-                 start_method: str | None = None, verbose: bool = True) -> None:
+                 start_method: str | None = None, checkpoint_every: int | None = None,
+                 verbose: bool = True, **renamed: Any) -> None:
+        _refuse_renamed(renamed)
         if n_fixed_trials < 1:
             raise UsageError(f"n_fixed_trials must be at least 1, not {n_fixed_trials}")
         if n_trials < 0:
             raise UsageError(f"n_trials must not be negative, not {n_trials}")
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise UsageError(f"checkpoint_every must be at least 1 epoch (or None: no "
+                             f"checkpoints), not {checkpoint_every}")
         if client is None:
             from tunefleet.backends._processes import default_start_method
 
@@ -83,6 +107,7 @@ class Tuner:
         self.max_retries = max_retries
         self.threads_per_worker = threads_per_worker
         self.start_method = start_method
+        self.checkpoint_every = checkpoint_every
         self.verbose = verbose
         self.study: optuna.Study | None = None
 
@@ -162,7 +187,9 @@ class Tuner:
         return study
 
     def objective(self, trial: optuna.Trial) -> float:
-        """One trial, in the worker: seed, build the trainer, train with the trial hook."""
+        """One trial, in the worker: seed, build the trainer, train with the trial hook (and the
+        checkpoint hook, which restores a continued trial's training before its first epoch)."""
+        from tunefleet.trainer._checkpoint_hook import CheckpointHook
         from tunefleet.trainer._hooks import TrackingHook
         from tunefleet.trainer._seeding import seed_everything
         from tunefleet.trainer._trial_hook import TrialHook
@@ -182,7 +209,10 @@ class Tuner:
             if trainer.log_hook is not None and trainer.log_hook.tag is None:
                 trainer.log_hook.tag = f"{self.study_name}_trial{trial.number}"
             hook = TrialHook(trial, self.metric, self.report_last_n, self.allow_prune)
-            trainer.register_hooks([hook, TrackingHook()] if self.trackers else [hook])
+            hooks: list[Any] = [hook, TrackingHook()] if self.trackers else [hook]
+            if self.checkpoint_every:
+                hooks.append(CheckpointHook(trial, self.checkpoint_every))
+            trainer.register_hooks(hooks)
             trainer.run()
             run.value = hook.final_value()
         return run.value
