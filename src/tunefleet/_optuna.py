@@ -130,6 +130,14 @@ def journal_file_lock(path: str) -> Any:
     return _GraceOpenLock(path)
 
 
+def journal_lock_held(lock: Any) -> Any:
+    """A context manager holding a journal file's lock, as Optuna's writers hold it while they
+    append (``optuna.storages.journal._file.get_lock_file``)."""
+    from optuna.storages.journal._file import get_lock_file
+
+    return get_lock_file(lock)
+
+
 def _grace_open_lock_class() -> type:
     import errno
     import os

@@ -127,11 +127,12 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
             raise UsageError(f"storage {url!r}: no such file {os.path.abspath(path)}")
         from optuna.storages.journal import JournalFileBackend
 
+        from tunefleet._journal import repair_tail
         from tunefleet._optuna import journal_file_lock
 
-        return optuna.storages.JournalStorage(
-            JournalFileBackend(path, lock_obj=journal_file_lock(path))
-        )
+        lock = journal_file_lock(path)
+        repair_tail(path, lock)  # a torn last record would make the next append unreadable
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=lock))
     if "://" not in url:
         raise UsageError(
             f"storage {url!r} is not a URL: use sqlite:///file.db, postgresql://user@host/db, "
@@ -405,7 +406,7 @@ def load_study(storage: str | None, study_name: str | None) -> optuna.Study:
             )
     if study_name not in names:
         raise UsageError(
-            f"no study {study_name!r} in {storage or DEFAULT_STORAGE}; "
+            f"no study {study_name!r} in {shown_url(storage or DEFAULT_STORAGE)}; "
             f"it holds: {', '.join(names) or 'no study'}"
         )
     return optuna.load_study(study_name=study_name, storage=store)
