@@ -128,11 +128,13 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
 
 
 def queue_retry(study: optuna.Study, failed: FrozenTrial, max_retries: int,
-                total: int | None = None) -> bool:
+                total: int | None = None, *, handed_back: bool = False) -> bool:
     """Queue FAILED's retry (the rule of ``tunefleet._retry``) as a WAITING trial, unless it
     was retried enough or, with TOTAL, the study has no room for it (then the budget is made
-    up by trials that are already there, and a retry could only be left WAITING at the end)."""
-    retry = retry_of(failed, max_retries)
+    up by trials that are already there, and a retry could only be left WAITING at the end).
+    ``handed_back``: FAILED was preempted (SIGTERM), not lost: its continuation uses up no
+    retry."""
+    retry = retry_of(failed, max_retries, handed_back=handed_back)
     if retry is None:
         return False
     if total is None:

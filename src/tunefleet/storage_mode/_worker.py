@@ -17,13 +17,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import _attrs as attrs
-from tunefleet._optuna import UpdateFinishedTrialError
+from tunefleet import checkpoint
+from tunefleet._optuna import UpdateFinishedTrialError, storage_location
+from tunefleet._retry import lineage
 from tunefleet.errors import ObjectiveFailed
 from tunefleet.samplers import Reseeder, SeededTrial
 from tunefleet.storage_mode._atomic import _rdb, create_within_budget, pop_waiting
 from tunefleet.storage_mode._backoff import is_transient, with_backoff
 from tunefleet.storage_mode._budget import Census, census, has_room, within_budget
 from tunefleet.storage_mode._heartbeat import Heartbeat, fail_trial, queue_retry
+from tunefleet.storage_mode._preemption import in_trial
 
 _log = logging.getLogger("tunefleet.storage")
 
@@ -101,6 +104,11 @@ class WorkerOptions:
     #: only, so that a run continued later draws what one uninterrupted run would have drawn
     #: (see :mod:`tunefleet.samplers._seeded`); None draws from the sampler's own state.
     seed: int | None = None
+    #: where ``tunefleet.checkpoint.save`` keeps trials' checkpoints, a folder every worker
+    #: reaches; None: beside the storage's file (SQLite, journal), none for a server.
+    checkpoint_dir: str | None = None
+    #: keep the checkpoints of trials that ended for good (default: removed).
+    keep_checkpoints: bool = False
 
 
 @dataclasses.dataclass
@@ -114,6 +122,7 @@ class WorkerResult:
     reaped: int = 0  # trials of dead workers this worker failed
     dropped: int = 0  # own trials others failed while this worker was silent
     retries_queued: int = 0
+    handed_back: int = 0  # trials preempted (SIGTERM) and queued to continue elsewhere
     reason: str = ""
 
 
@@ -134,6 +143,9 @@ class StorageWorker:
         # MariaDB, whose DATETIME columns keep whole seconds: only there is it worth a write.
         rdb = _rdb(self.storage)
         self._record_finish = rdb is not None and rdb.engine.dialect.name in ("mysql", "mariadb")
+        root = options.checkpoint_dir or checkpoint.default_root(
+            storage_location(self.storage), study.study_name)
+        self.checkpoints = checkpoint.FolderStore(root) if root is not None else None
         self._reseed: Reseeder | None = None
         if options.seed is not None:
             self._reseed = Reseeder(study.sampler, options.seed) or None
@@ -160,6 +172,8 @@ class StorageWorker:
                                                     self.opts.n_trials),
                                 what="queue retry"):
                     self.result.retries_queued += 1
+                else:
+                    self._forget(t)
 
     # -- claiming ------------------------------------------------------------------------------
     def _claim(self, last: Census) -> tuple[int, int] | None:
@@ -204,7 +218,10 @@ class StorageWorker:
 
     # -- running -------------------------------------------------------------------------------
     def _finish(self, trial: optuna.Trial, state: TrialState, values: Any = None,
-                reason: str | None = None) -> None:
+                reason: str | None = None, *, ended: bool = True) -> bool:
+        """Tell the trial's end; False when others failed it first (its result is dropped).
+        ``ended``: the trial ended for good (it is counted, its checkpoints go); else a retry
+        continues it."""
         def tell() -> FrozenTrial:
             if reason is not None:
                 self.storage.set_trial_system_attr(trial._trial_id, attrs.FAIL_REASON, reason)
@@ -219,8 +236,11 @@ class StorageWorker:
             if not self._taken_over(trial):
                 raise
             self._dropped(trial, exc)
-            return
+            return False
         final = frozen.state
+        if not ended:
+            return True
+        self._forget(frozen)
         if final == TrialState.COMPLETE:
             self.result.complete += 1
         elif final == TrialState.PRUNED:
@@ -228,6 +248,42 @@ class StorageWorker:
         else:
             self.result.failed += 1
         _log.info("trial %d %s by %s", trial.number, final.name.lower(), self.opts.worker_id)
+        return True
+
+    def _forget(self, trial: FrozenTrial) -> None:
+        """TRIAL ended for good: its lineage's checkpoints go, unless the user keeps them."""
+        if self.checkpoints is not None and not self.opts.keep_checkpoints:
+            self.checkpoints.remove(lineage(trial))
+
+    def _call(self, trial: optuna.Trial) -> Any:
+        """The objective on TRIAL, with the trial's checkpoints (``tunefleet.checkpoint``) and
+        SIGTERM's grace period (``_preemption``)."""
+        session = (checkpoint.LocalSession(self.checkpoints, trial.number,
+                                           lineage(trial._cached_frozen_trial))
+                   if self.checkpoints is not None else None)
+        with checkpoint.running(session):
+            in_trial(True)
+            try:
+                if checkpoint.stop_requested():
+                    raise checkpoint.Preempted("the worker was stopped before the trial began")
+                return self.objective(trial)
+            finally:
+                in_trial(False)
+
+    def _hand_back(self, trial: optuna.Trial, why: str) -> None:
+        """The worker was stopped (SIGTERM): FAIL the trial with the reason and queue its
+        continuation, which uses up no retry and starts from the trial's last checkpoint."""
+        reason = f"preempted: the worker was stopped (SIGTERM) and handed the trial back; {why}"
+        if not self._finish(trial, TrialState.FAIL, reason=reason, ended=False):
+            return
+        frozen = with_backoff(lambda: self.storage.get_trial(trial._trial_id), what="read trial")
+        if with_backoff(lambda: queue_retry(self.study, frozen, self.opts.max_retries,
+                                            self.opts.n_trials, handed_back=True),
+                        what="queue retry"):
+            self.result.handed_back += 1
+            _log.warning("trial %d handed back (%s)", trial.number, why)
+        else:
+            self._forget(frozen)
 
     def _taken_over(self, trial: optuna.Trial) -> bool:
         """Whether another worker failed this trial (we were silent past the grace period:
@@ -258,17 +314,24 @@ class StorageWorker:
         try:
             trial = with_backoff(lambda: self._new_trial(trial_id, number), what="start trial")
             try:
-                value = self.objective(trial)
+                value = self._call(trial)
+            except checkpoint.Preempted as exc:
+                self.heartbeat.stop()
+                self._hand_back(trial, str(exc))
+                return
             except optuna.TrialPruned:
                 self.heartbeat.stop()
                 self._finish(trial, TrialState.PRUNED)
                 return
             except WorkerStopped:
                 self.heartbeat.stop()
-                self._finish(trial, TrialState.FAIL, reason="worker was stopped by a signal")
+                self._finish(trial, TrialState.FAIL, reason="worker was stopped by a signal",
+                             ended=False)
                 frozen = self.storage.get_trial(trial_id)
                 if queue_retry(self.study, frozen, self.opts.max_retries, self.opts.n_trials):
                     self.result.retries_queued += 1
+                else:
+                    self._forget(frozen)
                 raise
             except Exception as exc:
                 self.heartbeat.stop()
@@ -316,6 +379,9 @@ class StorageWorker:
         last: Census | None = None
         claimed = 0  # trials this worker claimed since LAST was read
         while True:
+            if checkpoint.stop_requested():
+                self.result.reason = "stopped by SIGTERM"
+                return self.result
             if self.opts.timeout is not None and time.monotonic() - started > self.opts.timeout:
                 self.result.reason = "timeout"
                 return self.result

@@ -1,0 +1,33 @@
+"""An objective that checkpoints every step (``tunefleet.checkpoint``), for the storage-mode
+and Slurm tests of trials that survive their workers.
+
+Every step it runs is one line ``trial step`` appended to TF_STEP_LOG/<pid> (one write, so the
+files always hold whole lines): the tests count the steps run against the ideal, and wait for
+a worker seen mid-trial before they kill or stop it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import optuna
+
+import tunefleet
+
+
+def stepping(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -10, 10)
+    steps = int(os.environ.get("TF_STEPS", "20"))
+    ckpt = tunefleet.checkpoint.load(trial)
+    start = int((ckpt / "step").read_text()) + 1 if ckpt else 0
+    log = os.path.join(os.environ["TF_STEP_LOG"], str(os.getpid()))
+    for step in range(start, steps):
+        time.sleep(float(os.environ.get("TF_SLEEP", "0.1")))
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            os.write(fd, f"{trial.number} {step}\n".encode())
+        finally:
+            os.close(fd)
+        with tunefleet.checkpoint.save(trial) as d:
+            (d / "step").write_text(str(step))
+    return x * x

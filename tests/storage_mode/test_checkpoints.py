@@ -1,0 +1,141 @@
+"""Storage-mode trials survive their workers: a retry continues from the trial's checkpoint
+(``tunefleet.checkpoint``), and SIGTERM hands the running trial back after its next save,
+using up no retry (issue 19)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from tests.helpers import wait_until
+from tests.storage_mode.test_fleet import start_workers, trials_of, wait_all
+from tunefleet import _attrs as attrs
+
+STEPPING = f"{Path(__file__).parent / 'checkpointed.py'}:stepping"
+TRIALS, STEPS = 9, 20
+
+
+def steps_run(log: Path) -> Counter:
+    """How many times each (trial, step) ran, over every worker's step log."""
+    runs: Counter = Counter()
+    for path in log.iterdir():
+        for line in path.read_text().splitlines():
+            number, step = line.split()
+            runs[int(number), int(step)] += 1
+    return runs
+
+
+def mid_trial(log: Path, procs: list[subprocess.Popen], min_step: int = 5) -> subprocess.Popen:
+    """A live worker whose last step log line says it is at least MIN_STEP steps into a trial
+    that is not near its end."""
+
+    def find() -> subprocess.Popen | None:
+        for proc in procs:
+            path = log / str(proc.pid)
+            lines = path.read_text().splitlines() if path.exists() else []
+            if lines and proc.poll() is None and min_step <= int(lines[-1].split()[1]) < 12:
+                return proc
+        return None
+
+    return wait_until(find, 60, "a worker mid-trial", interval=0.05)
+
+
+def fleet(tmp_path: Path, n: int, extra: tuple[str, ...] = ()):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    log = tmp_path / "steps"
+    log.mkdir()
+    procs = start_workers(n, url, "ck", TRIALS, target=STEPPING, sleep="0.1", extra=extra,
+                          env={"TF_STEP_LOG": str(log), "TF_STEPS": str(STEPS)})
+    return url, log, procs
+
+
+def assert_all_complete(url: str, tmp_path: Path) -> list:
+    trials = trials_of(url, "ck")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == TRIALS
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    # Every trial ended for good: its checkpoints are gone.
+    root = tmp_path / "study.db.checkpoints" / "ck"
+    assert not list(root.iterdir()) if root.exists() else True
+    return trials
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_workers_trial_continues_from_its_checkpoint(cli, tmp_path):
+    assert cli("init", "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--study", "ck",
+               "--sampler", "random").returncode == 0
+    url, log, procs = fleet(tmp_path, 3)
+    victim = mid_trial(log, procs)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    number, killed_at = map(int, (log / str(victim.pid)).read_text().splitlines()[-1].split())
+    wait_all([p for p in procs if p is not victim], timeout=150)
+    trials = assert_all_complete(url, tmp_path)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [number]
+    retry = next(t for t in trials if t.system_attrs.get(attrs.RETRY_OF) == number)
+    assert retry.state == TrialState.COMPLETE and retry.system_attrs[attrs.RETRY_COUNT] == 1
+    assert retry.system_attrs["failed_trial"] == number
+    runs = steps_run(log)
+    # The retry began where the killed trial's last checkpoint left it, not at step 0.
+    assert runs[retry.number, 0] == 0 and runs[retry.number, killed_at + 1] == 1
+    assert runs[number, 0] == 1
+    assert sum(runs.values()) <= 1.1 * TRIALS * STEPS, sum(runs.values())
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_hands_the_trial_back_without_using_a_retry(cli, tmp_path):
+    assert cli("init", "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--study", "ck",
+               "--sampler", "random").returncode == 0
+    # --max-retries 0: a trial handed back is continued all the same.
+    url, log, procs = fleet(tmp_path, 3, extra=("--max-retries", "0", "--grace", "30"))
+    victim = mid_trial(log, procs)
+    victim.send_signal(signal.SIGTERM)
+    out, err = victim.communicate(timeout=30)
+    assert victim.returncode == 143, err
+    assert "stopped by SIGTERM; its trial was handed back" in err
+    number, stopped_at = map(int, (log / str(victim.pid)).read_text().splitlines()[-1].split())
+    wait_all([p for p in procs if p is not victim], timeout=150)
+    trials = assert_all_complete(url, tmp_path)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [number]
+    assert failed[0].system_attrs[attrs.FAIL_REASON].startswith("preempted: ")
+    # No retry used up anywhere: the continuation carries tunefleet:retry 0.
+    assert {t.system_attrs.get(attrs.RETRY_COUNT, 0) for t in trials} == {0}
+    retry = next(t for t in trials if t.system_attrs.get(attrs.RETRY_OF) == number)
+    assert retry.state == TrialState.COMPLETE and retry.params == failed[0].params
+    runs = steps_run(log)
+    # Handed back at the end of a save: the continuation redoes nothing.
+    assert runs[retry.number, stopped_at + 1] == 1 and runs[retry.number, stopped_at] == 0
+    assert sum(runs.values()) == TRIALS * STEPS
+
+
+@pytest.mark.timeout(120)
+def test_the_grace_period_ends_a_trial_that_does_not_save(cli, tmp_path):
+    """A step longer than --grace: the trial is interrupted, handed back all the same, and
+    continues from its last checkpoint."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert cli("init", "--storage", url, "--study", "ck", "--sampler", "random").returncode == 0
+    log = tmp_path / "steps"
+    log.mkdir()
+    env = {"TF_STEP_LOG": str(log), "TF_STEPS": "3"}
+    [proc] = start_workers(1, url, "ck", 1, target=STEPPING, sleep="3", extra=("--grace", "0.5"),
+                           env=env)
+    saved = tmp_path / "study.db.checkpoints" / "ck" / "0"
+    wait_until(lambda: saved.exists() and [n for n in saved.iterdir()
+                                           if not n.name.startswith(".")],
+               60, "the first step's checkpoint")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, err
+    [trial, waiting] = trials_of(url, "ck")
+    assert trial.state == TrialState.FAIL and "grace period (0.5s) ended" in \
+        trial.system_attrs[attrs.FAIL_REASON]
+    assert waiting.state == TrialState.WAITING and waiting.system_attrs[attrs.RETRY_COUNT] == 0
+    wait_all(start_workers(1, url, "ck", 1, target=STEPPING, sleep="0.1", env=env), timeout=60)
+    runs = steps_run(log)
+    assert runs == Counter({(0, 0): 1, (1, 1): 1, (1, 2): 1})
