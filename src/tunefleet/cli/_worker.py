@@ -29,6 +29,17 @@ from tunefleet.errors import ObjectiveFailed, UsageError
 @click.option("--grace-period", type=click.IntRange(min=1), default=None,
               help="Seconds without heartbeat after which a trial is failed by the other "
                    "workers. Default: 3 x the heartbeat interval.")
+@click.option("--grace", "preempt_grace", type=click.FloatRange(min=0), default=20.0,
+              show_default=True,
+              help="After SIGTERM (Slurm's time limit or --signal, a preemption), seconds the "
+                   "running trial gets to reach its next checkpoint.save; then it is handed "
+                   "back, to continue elsewhere from that checkpoint, and the worker exits 143.")
+@click.option("--checkpoint-dir", default=None,
+              help="Where trials' checkpoints live, a folder every worker reaches. Default: "
+                   "beside the SQLite or journal file (STORAGE.checkpoints/STUDY); a database "
+                   "server has none, so give one on a shared disk.")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Keep the checkpoints of trials that ended (default: removed).")
 @click.option("--connect", default=None, help="Hub mode: tcp://HOST:PORT of `tunefleet serve`.")
 @click.option("--key-file", default=None, help="Hub mode: the shared secret of the hub.")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
@@ -43,6 +54,7 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
            directions: tuple[str, ...], sampler: str | None, seed: int | None,
            pruner: str | None, n_trials: int | None, timeout: float | None, catch: bool,
            max_retries: int, heartbeat_interval: int, grace_period: int | None,
+           preempt_grace: float, checkpoint_dir: str | None, keep_checkpoints: bool,
            connect: str | None, key_file: str | None, processes: int, reconnect_timeout: float,
            quiet: bool) -> None:
     """Run TARGET (path/file.py:objective or pkg.module:objective) on the study in --storage
@@ -58,8 +70,8 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="[tunefleet %(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
-    from tunefleet.storage_mode import (WorkerOptions, WorkerStopped, open_worker_storage,
-                                        run_storage_worker, with_backoff)
+    from tunefleet.storage_mode import (WorkerOptions, WorkerStopped, install_preemption,
+                                        open_worker_storage, run_storage_worker, with_backoff)
     from tunefleet._studies import SPEC_ATTR, StudySpec, create_or_load_study
     from tunefleet._targets import load_target
 
@@ -89,12 +101,13 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     # uninterrupted run would have drawn (tunefleet.samplers._seeded).
     opts = WorkerOptions(n_trials=n_trials, timeout=timeout, catch=catch,
                          max_retries=max_retries, heartbeat_interval=heartbeat_interval,
-                         grace_period=grace, seed=used.seed)
+                         grace_period=grace, seed=used.seed, checkpoint_dir=checkpoint_dir,
+                         keep_checkpoints=keep_checkpoints)
 
     def stop(signum: int, frame: object) -> None:
         raise WorkerStopped(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, stop)
+    install_preemption(preempt_grace)  # SIGTERM: hand the trial back after its next save
     signal.signal(signal.SIGINT, stop)
     try:
         result = run_storage_worker(study, objective, opts)
@@ -105,6 +118,10 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
         traceback.print_exception(exc.original)
         click.echo(f"tunefleet: worker {opts.worker_id}: {exc} (pass --catch to go on)", err=True)
         sys.exit(1)
+    if result.reason == "stopped by SIGTERM":
+        back = "; its trial was handed back" if result.handed_back else ""
+        click.echo(f"worker {opts.worker_id}: stopped by SIGTERM{back}", err=True)
+        sys.exit(143)
     done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.get_trials(deepcopy=False))
     dropped = (f", {result.dropped} dropped (failed by others while this worker was silent)"
                if result.dropped else "")
