@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import pytest
 
+from tests.trainer.test_checkpoint_state import valid_iters
 from tests.trainer.toy import ToyTrainer, ToyTuner
 from tunefleet import UsageError
 from tunefleet.trainer import HookBase
@@ -103,7 +104,7 @@ def test_a_killed_trial_resumes_at_its_saved_epoch_with_history_and_plots_whole(
     assert {"train_metrics.png", "valid_metrics.png"} <= {p.name for p in folder.iterdir()}
     log = (folder / "log.txt").read_text()
     assert log.count("start: model Sequential") == 1
-    assert [int(i) for i in _valid_iters(log)] == valid_steps, "every validation once"
+    assert valid_iters(log) == valid_steps, "every validation once"
     assert "end: completed after 24 iterations" in log
     resumed = "resumed at epoch 2 (iteration 12) from the checkpoint taken at the end of epoch 1"
     assert (resumed in log) == bool(every)
@@ -113,9 +114,3 @@ def test_a_killed_trial_resumes_at_its_saved_epoch_with_history_and_plots_whole(
 def test_checkpoint_every_is_at_least_one_epoch():
     with pytest.raises(UsageError, match="checkpoint_every must be at least 1"):
         ToyTuner("x", storage=":memory:", checkpoint_every=0)
-
-
-def _valid_iters(log: str) -> list[str]:
-    import re
-
-    return re.findall(r"iter (\d+): validation", log)

@@ -6,6 +6,7 @@ run's trial reports, log and plots are whole."""
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -180,12 +181,27 @@ def test_a_resumed_trial_reports_logs_and_plots_every_epoch(tmp_path, monkeypatc
     assert log.count("start: model Sequential") == 1
     assert f"resumed at epoch 2 (iteration 12) from the checkpoint taken at the end of epoch 1; " \
            f"the lines above are from {first}" in log
-    assert [int(s) for s in _valid_iters(log)] == valid_steps
+    assert valid_iters(log) == valid_steps
     assert "end: completed after 24 iterations" in log
     assert {"train_metrics.png", "valid_metrics.png"} <= {p.name for p in second.iterdir()}
 
 
-def _valid_iters(log: str) -> list[str]:
-    import re
+def valid_iters(log: str) -> list[int]:
+    """The iterations after which a log says it validated."""
+    return [int(i) for i in re.findall(r"iter (\d+): validation", log)]
 
-    return re.findall(r"iter (\d+): validation", log)
+
+def test_a_trial_killed_after_its_last_epoch_saved_returns_its_value_without_training(tmp_path):
+    store = checkpoint.FolderStore(tmp_path / "ckpt")
+    study = optuna.create_study(direction="maximize")
+    lost = study.ask()
+    with checkpoint.running(checkpoint.LocalSession(store, lost.number, lost.number)):
+        with pytest.raises(KeyboardInterrupt):
+            noisy_trainer(0, hooks=[CheckpointHook(lost), TrialHook(lost), Stop(EPOCHS - 1)]).run()
+    retry = study.ask()
+    hook = TrialHook(retry)
+    resumed = noisy_trainer(0, hooks=[CheckpointHook(retry), hook])
+    with checkpoint.running(checkpoint.LocalSession(store, retry.number, lost.number)):
+        resumed.run()
+    assert resumed.start_epoch == EPOCHS and resumed.outcome == "completed"
+    assert hook.final_value() == resumed.history.values("valid_acc")[-1]
