@@ -24,10 +24,11 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
+import psutil
 
 import tunefleet
 
@@ -148,7 +149,7 @@ class Killer(threading.Thread):
                 os.kill(pid, signal.SIGKILL)
                 self.killed.append((pid, number, step))
                 next_at += self.every
-        except BaseException as exc:  # seen by the test through result()
+        except BaseException as exc:  # noqa: BLE001 (seen by the test through result())
             self.error = exc
 
     def result(self) -> list[tuple[int, int, int]]:
@@ -156,6 +157,30 @@ class Killer(threading.Thread):
         if self.error is not None:
             raise self.error
         return self.killed
+
+
+class RssWatch(threading.Thread):
+    """Samples the resident memory of some processes (and their children) until stopped;
+    ``peak``: the largest seen per name."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.pids: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.samples = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.02):
+            for name, pid in list(self.pids.items()):
+                try:
+                    proc = psutil.Process(pid)
+                    rss = sum(p.memory_info().rss
+                              for p in [proc, *proc.children(recursive=True)])
+                except psutil.Error:  # exited
+                    continue
+                self.peak[name] = max(self.peak.get(name, 0), rss)
+            self.samples += 1
 
 
 # -- a big checkpoint ------------------------------------------------------------------------
