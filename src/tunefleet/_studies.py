@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import optuna
 
+from tunefleet._filelock import file_mutex
 from tunefleet.errors import UsageError
 
 DEFAULT_STORAGE = "sqlite:///tunefleet.db"
@@ -153,7 +154,13 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
         kwargs["heartbeat_interval"] = heartbeat_interval
         kwargs["grace_period"] = grace_period
     try:
-        storage = optuna.storages.RDBStorage(engine_url, **kwargs)
+        if sqlite_file is not None and create:
+            # Two processes that create a new file's tables at once fail ("UNIQUE constraint
+            # failed: alembic_version"): one at a time.
+            with file_mutex(sqlite_file, f"creating the tables of {sqlite_file}"):
+                storage = optuna.storages.RDBStorage(engine_url, **kwargs)
+        else:
+            storage = optuna.storages.RDBStorage(engine_url, **kwargs)
         if sqlite_wal and url.startswith("sqlite:"):
             _sqlite_wal(storage)
         return storage

@@ -16,6 +16,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tunefleet import _attrs as attrs
+from tunefleet._filelock import file_mutex
+from tunefleet._optuna import storage_location
 from tunefleet._retry import retry_of
 from tunefleet.errors import UsageError
 
@@ -28,7 +30,28 @@ OWNER = "tunefleet:coordinator"
 
 def claim(study: optuna.Study) -> None:
     """Refuse to run a study that a live coordinator on this host is running (two writers
-    would corrupt it); a dead one's claim is taken over."""
+    would corrupt it); a dead one's claim is taken over. ``study`` is the durable one: on a
+    SQLite or journal file the check and the claim are one step for every coordinator (a lock
+    on the file), so two runs started together never both start."""
+    location = storage_location(study._storage)
+    path = _file_of(location)
+    if path is None:
+        _claim(study)
+        return
+    with file_mutex(path, f"claiming study {study.study_name!r}"):
+        _claim(study)
+
+
+def _file_of(location: str | None) -> str | None:
+    if location is None:
+        return None
+    if location.startswith("sqlite:///"):
+        path = location[len("sqlite:///"):].split("?", 1)[0]
+        return path if path and path != ":memory:" else None
+    return location if "://" not in location else None
+
+
+def _claim(study: optuna.Study) -> None:
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     owner = study._storage.get_study_system_attrs(study._study_id).get(OWNER)
     if isinstance(owner, dict) and owner.get("host") == me["host"] and owner.get("pid") not in (

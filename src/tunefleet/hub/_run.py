@@ -67,9 +67,13 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         workers = max(1, min(workers, n_trials)) if fleet.starts_workers else workers
     # The coordinator is the only writer: it works on an in-memory copy of a database or
     # journal study, and a background thread writes every change through by group commit.
-    run_study, mirror = mirrored_study(study)
+    claim(study)
     try:
-        claim(run_study)
+        run_study, mirror = mirrored_study(study)
+    except BaseException:
+        release(study)
+        raise
+    try:
         if reclaim_window is None:  # workers that outlive a coordinator only join by network
             reclaim_window = 0.0 if fleet.starts_workers else 10.0
         orphans = list(mirror.orphans) if mirror is not None else []
