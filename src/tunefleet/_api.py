@@ -18,6 +18,8 @@ def optimize(
     catch: Iterable[type[Exception]] | type[Exception] = (),
     show_progress_bar: bool = False,
     gpus: int | Sequence[int | str] | None = None,
+    trials_per_gpu: int | None = None,
+    gpus_per_trial: int | None = None,
     max_retries: int = 1,
     backend: str = "processes",
     setup: Callable[[], Any] | None = None,
@@ -40,10 +42,15 @@ def optimize(
     what they mean in ``Study.optimize``.
 
     Args:
-        n_workers: how many workers (default: ``len(gpus)`` or the number of CPUs).
+        n_workers: how many workers (default: one per GPU slot, see ``gpus``, or the number
+            of CPUs).
         gpus: a count N (the first N visible GPUs) or GPU indices, handed out one per worker
             as ``CUDA_VISIBLE_DEVICES``; indices count within an inherited
             ``CUDA_VISIBLE_DEVICES`` (see ``tunefleet._gpus``).
+        trials_per_gpu: K workers share each GPU of ``gpus`` (0,1 with 2: workers see 0, 0,
+            1, 1). On Dask and Ray (no ``gpus``), each worker task asks for 1/K GPU.
+        gpus_per_trial: each worker gets K GPUs of ``gpus`` (0,1,2,3 with 2: workers see
+            "0,1" and "2,3"). On Dask and Ray, each worker task asks for K GPUs.
         max_retries: how many times the parameters of a trial whose worker died are run again.
         backend: "processes" (local), "dask", "ray", "spark" or "tcp" (workers join by hand).
         setup: run once in each worker before its first trial; its result is returned by
@@ -82,7 +89,7 @@ def optimize(
     so a crash loses no trial that was counted. Trials a crashed coordinator left RUNNING are
     failed, and their parameters queued again, by the next run on the study.
     """
-    from tunefleet._gpus import resolve_gpus
+    from tunefleet._gpus import check_packing, gpu_layout
     from tunefleet.backends import make_backend
     from tunefleet.hub import run_hub
 
@@ -96,9 +103,14 @@ def optimize(
 
         objective = GcAfterTrial(objective)
     options = dict(backend_options)
-    gpu_ids = resolve_gpus(gpus)
-    if gpu_ids is not None:
-        options["gpus"] = gpu_ids
+    if backend in ("dask", "ray") and gpus is None:  # the engine hands out its GPUs
+        check_packing(trials_per_gpu, gpus_per_trial)
+        if trials_per_gpu is not None or gpus_per_trial is not None:
+            options.update(trials_per_gpu=trials_per_gpu, gpus_per_trial=gpus_per_trial)
+    else:
+        gpu_ids = gpu_layout(gpus, trials_per_gpu, gpus_per_trial)
+        if gpu_ids is not None:
+            options["gpus"] = gpu_ids
 
     return run_hub(
         study,

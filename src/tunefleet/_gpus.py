@@ -1,5 +1,6 @@
-"""One GPU per worker: which GPUs a fleet may use, and the environment a worker in a given slot
-starts with.
+"""Which GPUs a fleet may use, how they are packed into worker slots (one GPU per worker,
+several trials per GPU, or several GPUs per trial: ``gpu_layout``, used by every launcher), and
+the environment a worker in a given slot starts with.
 
 GPU ids given to tunefleet are indices into the GPUs this process can see: when a scheduler
 (Slurm, a container runtime, a shell) already set ``CUDA_VISIBLE_DEVICES=5,6``, GPU 0 is the
@@ -15,6 +16,9 @@ from typing import Mapping, Sequence
 from tunefleet.errors import UsageError
 
 GpuSpec = int | Sequence[int | str] | None
+
+#: How CUDA_VISIBLE_DEVICES names a GPU or a MIG slice by UUID instead of by index.
+_UUID_PREFIXES = ("GPU-", "MIG-")
 
 
 def visible_gpus(env: Mapping[str, str] | None = None) -> list[str] | None:
@@ -64,6 +68,10 @@ def resolve_gpus(gpus: GpuSpec, env: Mapping[str, str] | None = None) -> list[st
     out: list[str] = []
     for g in gpus:
         text = str(g).strip()
+        if not text.isdigit() and not text.startswith(_UUID_PREFIXES) \
+                and (visible is None or text not in visible):
+            raise UsageError(f"GPU {text!r} is neither an index (0, 1, ...) nor a GPU UUID "
+                             f"(GPU-...){' (' + shown + ')' if shown else ''}")
         if visible is None:
             out.append(text)
             continue
@@ -83,10 +91,64 @@ def resolve_gpus(gpus: GpuSpec, env: Mapping[str, str] | None = None) -> list[st
 
 
 def worker_env(slot: int, gpus: Sequence[int | str] | None) -> dict[str, str]:
-    """``CUDA_VISIBLE_DEVICES`` for worker ``slot``: the slot's GPU, round robin over ``gpus``
-    (already resolved, see ``resolve_gpus``); the objective then sees its GPU as device 0.
-    No ``gpus``: the environment is unchanged."""
+    """``CUDA_VISIBLE_DEVICES`` for worker ``slot``: the slot's value of the layout ``gpus``
+    (see ``gpu_layout``), round robin when there are more workers than slots; the objective
+    then sees its first GPU as device 0. No ``gpus``: the environment is unchanged."""
     env = {"TUNEFLEET_WORKER_SLOT": str(slot)}
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(gpus[slot % len(gpus)])
     return env
+
+
+def check_packing(trials_per_gpu: int | None, gpus_per_trial: int | None) -> None:
+    """Several trials on one GPU or several GPUs for one trial, not both; whole counts >= 1."""
+    if trials_per_gpu is not None and gpus_per_trial is not None:
+        raise UsageError("give trials_per_gpu (--trials-per-gpu: several trials on one GPU) or "
+                         "gpus_per_trial (--gpus-per-trial: several GPUs for one trial), "
+                         "not both")
+    for name, value in (("trials_per_gpu", trials_per_gpu), ("gpus_per_trial", gpus_per_trial)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise UsageError(f"{name}={value!r}: give a whole number, at least 1")
+
+
+def gpu_share(trials_per_gpu: int | None = None, gpus_per_trial: int | None = None) -> float:
+    """The GPUs one worker asks an engine for (Dask resources, Ray's ``num_gpus``):
+    ``1 / trials_per_gpu`` or ``gpus_per_trial``; 1 when neither is given."""
+    check_packing(trials_per_gpu, gpus_per_trial)
+    if trials_per_gpu is not None:
+        return 1 / trials_per_gpu
+    return float(gpus_per_trial or 1)
+
+
+def pack(ids: Sequence[str], trials_per_gpu: int | None = None,
+         gpus_per_trial: int | None = None) -> list[str]:
+    """The layout: one ``CUDA_VISIBLE_DEVICES`` value per worker slot, from GPU ids already
+    resolved. ``trials_per_gpu=2`` on 0,1 gives 0, 0, 1, 1; ``gpus_per_trial=2`` on 0,1,2,3
+    gives "0,1", "2,3"; neither gives one GPU per slot."""
+    check_packing(trials_per_gpu, gpus_per_trial)
+    ids = [str(g) for g in ids]
+    if trials_per_gpu is not None:
+        return [g for g in ids for _ in range(trials_per_gpu)]
+    per = gpus_per_trial or 1
+    if len(ids) % per:
+        raise UsageError(f"gpus_per_trial={per} does not divide the {len(ids)} GPU(s) "
+                         f"{','.join(ids)}: give a multiple of {per} GPUs")
+    return [",".join(ids[i:i + per]) for i in range(0, len(ids), per)]
+
+
+def gpu_layout(gpus: GpuSpec, trials_per_gpu: int | None = None,
+               gpus_per_trial: int | None = None,
+               env: Mapping[str, str] | None = None) -> list[str] | None:
+    """What every launcher hands its workers: ``gpus`` resolved against the visible GPUs
+    (``resolve_gpus``), then packed (``pack``); None when no GPU is asked for."""
+    check_packing(trials_per_gpu, gpus_per_trial)
+    if gpus is None:
+        if trials_per_gpu is not None or gpus_per_trial is not None:
+            given = "trials_per_gpu" if trials_per_gpu is not None else "gpus_per_trial"
+            raise UsageError(f"{given} packs the GPUs of gpus= (--gpus): give them too, "
+                             "e.g. gpus=2 or --gpus 0,1")
+        return None
+    ids = resolve_gpus(gpus, env)
+    assert ids is not None
+    return pack(ids, trials_per_gpu, gpus_per_trial)

@@ -12,7 +12,9 @@ import threading
 import time
 from typing import Any, Sequence
 
+from tunefleet._gpus import gpu_share
 from tunefleet.backends._tcp import EngineBackend, engine_worker, error_line, token_of
+from tunefleet.errors import UsageError
 from tunefleet.transport import Link
 
 _logger = logging.getLogger("tunefleet")
@@ -25,18 +27,28 @@ class RayBackend(EngineBackend):
     Args:
         num_cpus, num_gpus: what each worker task reserves (Ray sets ``CUDA_VISIBLE_DEVICES``
             for a task that reserves GPUs).
+        trials_per_gpu, gpus_per_trial: GPU packing, instead of ``num_gpus``: each task
+            reserves ``1 / trials_per_gpu`` GPU (Ray puts that many on one GPU) or
+            ``gpus_per_trial`` GPUs.
         ray_options: more ``ray.remote`` options for the worker tasks (``resources=``, ...).
         listen, advertise, key: see ``TcpBackend``.
     """
 
     engine = "ray"
     module = "ray"
-    gpus_instead = "pass num_gpus=1 and Ray gives each worker its own GPU"
+    gpus_instead = ("Ray hands out its GPUs: pass trials_per_gpu= or gpus_per_trial= (or "
+                    "num_gpus=) and each worker task reserves its share")
 
     def __init__(self, num_cpus: float = 1, num_gpus: float = 0,
                  ray_options: dict[str, Any] | None = None,
-                 gpus: Sequence[int | str] | None = None, **tcp: Any) -> None:
+                 gpus: Sequence[int | str] | None = None, trials_per_gpu: int | None = None,
+                 gpus_per_trial: int | None = None, **tcp: Any) -> None:
         ray = self._engine_module(gpus)
+        if trials_per_gpu is not None or gpus_per_trial is not None:
+            if num_gpus:
+                raise UsageError(f"num_gpus={num_gpus} and GPU packing: give num_gpus, or "
+                                 "trials_per_gpu / gpus_per_trial, not both")
+            num_gpus = gpu_share(trials_per_gpu, gpus_per_trial)
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             _logger.info("tunefleet: starting a local Ray")
@@ -80,7 +92,10 @@ class RayBackend(EngineBackend):
         total = ray.cluster_resources()
         kind, each = ("GPU", self._per_worker["num_gpus"]) if self._per_worker["num_gpus"] \
             else ("CPU", self._per_worker["num_cpus"] or 1)
-        return max(1, int(total.get(kind, 1) // each))
+        if kind == "GPU" and not total.get("GPU"):
+            raise UsageError(f"each worker task reserves num_gpus={each:g}, but the Ray cluster "
+                             "has no GPU (ray.init(num_gpus=N) declares them)")
+        return max(1, int(total.get(kind, 1) / each + 1e-9))  # 2 / (1/3) is 6, not 5
 
     def _launch(self, token: str) -> None:
         self._tasks[token] = self._remote.remote(self.address, self.key, token)
