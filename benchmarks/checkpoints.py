@@ -32,10 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import optuna  # noqa: E402
+import optuna
 
-from tests.hub import checkpoint_objectives as co  # noqa: E402
-from tests.remote.conftest import Procs  # noqa: E402
+from tests.hub import checkpoint_objectives as co
+from tests.remote.conftest import Procs
 
 
 def kills(every: float) -> None:
