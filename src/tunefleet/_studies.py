@@ -11,7 +11,9 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import optuna
@@ -158,7 +160,7 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
             # Two processes that create a new file's tables at once fail ("UNIQUE constraint
             # failed: alembic_version"): one at a time.
             with file_mutex(sqlite_file, f"creating the tables of {sqlite_file}"):
-                storage = optuna.storages.RDBStorage(engine_url, **kwargs)
+                storage = _new_or_existing_sqlite(sqlite_file, engine_url, kwargs)
         else:
             storage = optuna.storages.RDBStorage(engine_url, **kwargs)
         if sqlite_wal and url.startswith("sqlite:"):
@@ -172,6 +174,36 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
     except Exception as exc:  # sqlalchemy's ArgumentError, OperationalError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"storage {shown_url(url)} cannot be opened: {first}") from None
+
+
+def _schema_template() -> Path:
+    """Where a SQLite file holding only Optuna's tables (this Optuna version's) is kept: a new
+    study file starts as a copy of it instead of creating its tables and stamping their
+    version (0.6-0.9 s of Optuna's ``create_study`` on a fresh file, against milliseconds)."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tunefleet"
+    return cache / f"optuna-{optuna.__version__}-tables.db"
+
+
+def _new_or_existing_sqlite(path: str, engine_url: str,
+                            kwargs: dict[str, Any]) -> optuna.storages.RDBStorage:
+    """The RDBStorage of a SQLite file; a new (empty) one starts from the tables' template when
+    there is one, and the first one made on this machine becomes the template."""
+    template = _schema_template()
+    if os.path.getsize(path) == 0 and template.is_file():
+        shutil.copyfile(template, path)
+        return optuna.storages.RDBStorage(engine_url, skip_table_creation=True,
+                                          skip_compatibility_check=True, **kwargs)
+    new = os.path.getsize(path) == 0
+    storage = optuna.storages.RDBStorage(engine_url, **kwargs)
+    if new:
+        try:
+            template.parent.mkdir(parents=True, exist_ok=True)
+            tmp = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+            shutil.copyfile(path, tmp)  # the tables only: no study was written yet
+            os.replace(tmp, template)
+        except OSError:
+            pass  # no cache folder to write: new files make their tables as Optuna does
+    return storage
 
 
 def _sqlite_wal(storage: optuna.storages.RDBStorage) -> None:
