@@ -78,12 +78,19 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
                   qos: str | None = None, mem: str | None = None, gres: str | None = None,
                   constraint: str | None = None, extra_sbatch: tuple[str, ...] = (),
                   output: str | None = None, error: str | None = None,
-                  binds: tuple[str, ...] = ()) -> str:
+                  binds: tuple[str, ...] = (), signal: int | None = None,
+                  requeue: bool = False, worker_args: tuple[str, ...] = ()) -> str:
     """The sbatch script text; every value is shell-quoted.
 
     ``output``/``error`` are Slurm file patterns: the workers' ``srun`` writes one file per task
     when they hold ``%t``, the batch step (init, coordinator, best) writes its own (see
-    ``_batch_log``). ``extra_sbatch`` lines come last, so that they can override ours."""
+    ``_batch_log``). ``extra_sbatch`` lines come last, so that they can override ours.
+
+    ``signal``: Slurm sends SIGTERM to the workers (the ``srun`` tasks, not the batch shell)
+    this many seconds before the time limit; they hand their trials back after the next
+    ``checkpoint.save`` and exit 143. ``requeue``: the script then requeues its own job, which
+    continues the study's unfinished trials from their checkpoints. ``worker_args``: more
+    options of ``tunefleet worker`` (storage mode)."""
     sbatch = [f"--job-name={job_name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}"]
     if gpus_per_task:
         sbatch.append(f"--gpus-per-task={gpus_per_task}")
@@ -95,6 +102,10 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
                         ("mem", mem), ("gres", gres), ("constraint", constraint)):
         if value:
             sbatch.append(f"--{name}={value}")
+    if signal is not None:
+        sbatch.append(f"--signal=TERM@{signal}")
+    if requeue:  # every run of the job logs into the same file
+        sbatch += ["--requeue", "--open-mode=append"]
     sbatch += [f"--chdir={workdir}", f"--output={_batch_log(output or '%x-%j.out')}"]
     if error:
         sbatch.append(f"--error={_batch_log(error)}")
@@ -138,9 +149,25 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
             "# Create the study once (harmless when it exists); the workers read its sampler.",
             f'"${{TUNEFLEET[@]}}" init --storage "$STORAGE" --study "$STUDY"{spec}',
             "# One worker per task; together they stop when the study holds N_TRIALS trials.",
+            "# A worker stopped by SIGTERM hands its trial back and exits 143.",
+            "set +e",
             f'{srun} {gpu}"${{TUNEFLEET[@]}}" worker {_q(target)} --storage "$STORAGE" '
-            '--study "$STUDY" --n-trials "$N_TRIALS"',
+            '--study "$STUDY" --n-trials "$N_TRIALS"'
+            + "".join(f" {_q(a)}" for a in worker_args),
+            "STATUS=$?",
+            "set -e",
         ]
+        if requeue:
+            lines += [
+                "# Stopped before the time limit (--signal): run again, continuing the",
+                "# unfinished trials from their checkpoints. After scancel the job ends.",
+                'if [ "$STATUS" -eq 143 ]; then',
+                '    echo "tunefleet: job $SLURM_JOB_ID: workers stopped before the time limit; '
+                'requeued"',
+                '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
+                "fi",
+            ]
+        lines.append('if [ "$STATUS" -ne 0 ]; then exit "$STATUS"; fi')
     else:
         lines += [
             f"KEY_FILE={_q(key_file)}",
@@ -163,6 +190,32 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
         ]
     lines += ['"${TUNEFLEET[@]}" best --storage "$STORAGE" --study "$STUDY"', ""]
     return "\n".join(lines)
+
+
+def _worker_args(mode: str, signal_at: int | None, requeue: bool, grace: float | None,
+                 checkpoint_dir: str | None, keep_checkpoints: bool) -> tuple[str, ...]:
+    """The checkpoint and preemption options of the storage-mode workers, checked."""
+    given = [name for name, value in (("--signal", signal_at), ("--requeue", requeue),
+                                      ("--grace", grace), ("--checkpoint-dir", checkpoint_dir),
+                                      ("--keep-checkpoints", keep_checkpoints))
+             if value not in (None, False)]
+    if mode != "storage" and given:
+        raise UsageError(f"{' '.join(given)}: storage mode only (drop --mode {mode})")
+    if requeue and signal_at is None:
+        raise UsageError("--requeue needs --signal SECONDS: the workers must be stopped before "
+                         "the time limit for the job to requeue itself")
+    given_grace = f"--grace {grace:g}" if grace is not None else "the workers' --grace 20"
+    if signal_at is not None and (20.0 if grace is None else grace) >= signal_at:
+        raise UsageError(f"{given_grace} must be shorter than --signal {signal_at}: the trials "
+                         "must be handed back before the time limit")
+    args: list[str] = []
+    if grace is not None:
+        args += ["--grace", f"{grace:g}"]
+    if checkpoint_dir is not None:
+        args += ["--checkpoint-dir", os.path.abspath(checkpoint_dir)]
+    if keep_checkpoints:
+        args.append("--keep-checkpoints")
+    return tuple(args)
 
 
 @click.command()
@@ -203,6 +256,23 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
 @click.option("--script", "script_path", default=None,
               help="Where to write the script (default tunefleet-STUDY.sbatch).")
 @click.option("--submit", is_flag=True, help="Submit it with sbatch instead of printing it.")
+@click.option("--signal", "signal_at", type=click.IntRange(1, 65535), default=None,
+              help="Storage mode: SIGTERM to the workers this many seconds before the time limit "
+                   "(#SBATCH --signal=TERM@N; Slurm may send it up to a minute early): each "
+                   "hands its trial back after the trial's next checkpoint.save.")
+@click.option("--requeue", is_flag=True,
+              help="Storage mode: when the workers were stopped by --signal, requeue the job "
+                   "(#SBATCH --requeue); the next run continues the trials from their "
+                   "checkpoints.")
+@click.option("--grace", type=click.FloatRange(min=0), default=None,
+              help="Storage mode: seconds a worker's trial gets after SIGTERM to reach its next "
+                   "checkpoint.save (tunefleet worker --grace; default 20). Keep it under "
+                   "--signal and Slurm's KillWait.")
+@click.option("--checkpoint-dir", default=None,
+              help="Storage mode: where trials' checkpoints live, on a disk every node reaches "
+                   "(default: beside the SQLite or journal file).")
+@click.option("--keep-checkpoints", is_flag=True,
+              help="Storage mode: keep the checkpoints of trials that ended.")
 def slurm(target: str, storage: str | None, study_name: str | None,
           directions: tuple[str, ...], sampler: str | None, seed: int | None,
           pruner: str | None, nodes: int, tasks_per_node: int, gpus_per_task: int | None,
@@ -211,7 +281,9 @@ def slurm(target: str, storage: str | None, study_name: str | None,
           constraint: str | None, extra_sbatch: tuple[str, ...], output: str | None,
           error: str | None, container: str | None, binds: tuple[str, ...], n_trials: int,
           mode: str, port: int | None, key_file: str | None,
-          job_name: str | None, script_path: str | None, submit: bool) -> None:
+          job_name: str | None, script_path: str | None, submit: bool,
+          signal_at: int | None = None, requeue: bool = False, grace: float | None = None,
+          checkpoint_dir: str | None = None, keep_checkpoints: bool = False) -> None:
     """Write the sbatch script that runs TARGET on NODES x TASKS-PER-NODE workers of one study;
     print it, or --submit it and say how to follow it."""
     from tunefleet._studies import DEFAULT_STORAGE, DEFAULT_STUDY
@@ -229,6 +301,8 @@ def slurm(target: str, storage: str | None, study_name: str | None,
         raise UsageError(f"--mem {mem!r}: use a size such as 16G, 4000M or 0 (all of the node)")
     for pattern in (output, error):
         _make_log_folder(pattern)
+    worker_args = _worker_args(mode, signal_at, requeue, grace, checkpoint_dir,
+                               keep_checkpoints)
     spec_from_options(directions, sampler, seed, pruner)  # checks the sampler before sbatch
     study = study_name or DEFAULT_STUDY
     storage = storage or DEFAULT_STORAGE
@@ -242,7 +316,7 @@ def slurm(target: str, storage: str | None, study_name: str | None,
         workdir=workdir, job_name=job_name or f"tunefleet-{safe}", port=port,
         key_file=key_file or f".tunefleet-{safe}.key", account=account, qos=qos, mem=mem,
         gres=gres, constraint=constraint, extra_sbatch=extra_sbatch, output=output, error=error,
-        binds=binds)
+        binds=binds, signal=signal_at, requeue=requeue, worker_args=worker_args)
     path = script_path or f"tunefleet-{safe}.sbatch"
     with open(path, "w") as f:
         f.write(text)
