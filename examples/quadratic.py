@@ -2,6 +2,9 @@
 
     tunefleet run examples/quadratic.py:objective --n-trials 200 --workers 4
     tunefleet run examples/quadratic.py:Quadratic --n-trials 200 --workers 4
+    python examples/quadratic.py --n-trials 200 --workers 4
+
+The peer-to-peer hello world (flags -u, -r, -s, -d) is examples/p2p/quadratic.py.
 """
 
 import optuna
@@ -25,9 +28,32 @@ class Quadratic:
         return (x - self.offset) ** 2 + y
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """``python examples/quadratic.py [--n-trials N] [--workers N]``: hub mode, one study.
+    Any other flag (the P2P hello world's -u/-r/-s/-d...) is refused: run silently as a hub,
+    it would look like a swarm that ignored its settings."""
+    import argparse
+    import sys
+
     import tunefleet
 
+    parser = argparse.ArgumentParser(
+        prog="examples/quadratic.py", allow_abbrev=False,
+        description="The quadratic hello world in hub mode (one study, local workers).",
+        epilog="The peer-to-peer version (-u, -r, -s, -d ...) is examples/p2p/quadratic.py.")
+    parser.add_argument("--n-trials", type=int, default=200, help="default: 200")
+    parser.add_argument("--workers", type=int, default=4, help="default: 4")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(f"examples/quadratic.py: error: {' '.join(unknown)}: not options of this hub "
+              "example (it takes --n-trials and --workers); the peer-to-peer one takes them: "
+              f"python examples/p2p/quadratic.py {' '.join(unknown)}", file=sys.stderr)
+        sys.exit(2)
     study = optuna.create_study(direction="minimize")
-    tunefleet.optimize(study, Quadratic(offset=3.0), n_trials=200, n_workers=4)
+    tunefleet.optimize(study, Quadratic(offset=3.0), n_trials=args.n_trials,
+                       n_workers=args.workers)
     print(study.best_value, study.best_params)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,10 @@ from tunefleet.errors import TunefleetError
 
 __all__ = ["main"]
 
+#: every option of every command can come from the environment: TUNEFLEET_<COMMAND>_<OPTION>
+#: (``tunefleet run --n-trials 50`` is TUNEFLEET_RUN_N_TRIALS=50); see ``envvar_name``.
+ENV_PREFIX = "TUNEFLEET"
+
 # name -> "module:attribute"; a module that does not exist yet is left out of the listing.
 COMMANDS = {
     "run": "tunefleet.cli._run:run",
@@ -47,15 +51,37 @@ class _LazyGroup(click.Group):
             if exc.name == module_name:
                 return None
             raise
-        return getattr(module, attr)
+        return with_envvars(getattr(module, attr), f"{ENV_PREFIX}_{name.upper()}")
+
+
+def envvar_name(prefix: str, param: click.Option) -> str:
+    """PREFIX_OPTION: the option's long name in capitals, dashes as underscores
+    (``--n-trials`` -> ``TUNEFLEET_RUN_N_TRIALS``, ``--json`` -> ``TUNEFLEET_RUN_JSON``),
+    whatever name the function's parameter has."""
+    longs = [o for o in param.opts if o.startswith("--")] or [param.name or ""]
+    return f"{prefix}_{max(longs, key=len).lstrip('-').replace('-', '_').upper()}"
+
+
+def with_envvars(command: click.Command, prefix: str) -> click.Command:
+    """Let every option of COMMAND come from its variable (see ``envvar_name``), listed in
+    ``--help``; the command line wins over the variable."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar is None and param.name != "help":
+            param.envvar = envvar_name(prefix, param)
+            param.show_envvar = True
+    return command
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tunefleet")
-@click.option("-v", "--verbose", is_flag=True,
+@click.option("-v", "--verbose", is_flag=True, envvar=f"{ENV_PREFIX}_VERBOSE",
               help="Let Optuna log at INFO level (one line per trial on stderr).")
 def cli(verbose: bool) -> None:
-    """Run one Optuna study on a fleet of workers."""
+    """Run one Optuna study on a fleet of workers.
+
+    Every option may also come from a variable TUNEFLEET_<COMMAND>_<OPTION>, e.g.
+    TUNEFLEET_RUN_N_TRIALS=50 or TUNEFLEET_WORKER_STORAGE=sqlite:///s.db; the command line wins.
+    """
     # Optuna logs every finished trial at INFO: with hundreds of trials (or --no-progress, where
     # no bar hides them) that buries tunefleet's own messages. Every command imports Optuna
     # anyway, so this costs nothing; `tunefleet --help` alone never gets here.

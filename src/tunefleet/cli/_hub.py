@@ -3,17 +3,20 @@ was interrupted or failed ends (one line that says what is saved and how to resu
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shlex
 import sys
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Iterator
 
 import click
 import optuna
 from optuna.trial import TrialState
 
 from tunefleet.cli._options import best_summary, echo_summary
-from tunefleet.errors import Interrupted
-from tunefleet._studies import DEFAULT_STORAGE
+from tunefleet.errors import Interrupted, UsageError
+from tunefleet._studies import DEFAULT_STORAGE, shown_url
 
 
 def hub_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -66,20 +69,76 @@ def remaining_budget(study: optuna.Study, n_trials: int | None) -> int | None:
     return left
 
 
-def run_hub_command(study: optuna.Study, storage: str | None, as_json: bool,
-                    optimize: Callable[[], Any]) -> None:
-    """Run ``optimize`` and end as a person expects: the summary and where the study is, or
-    (Ctrl-C, SIGTERM) what was saved and the exact command to continue, exit 128 + signal."""
-    where = storage or DEFAULT_STORAGE
+#: in Optuna's error when BruteForceSampler meets a parameter without a finite set of values
+_BRUTEFORCE = "BruteForceSampler"
+
+
+class _DropBruteForceFailure(logging.Filter):
+    """The coordinator logs a trial failed by BruteForceSampler's refusal of a continuous
+    parameter with its traceback; the run ends with one line that says it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _BRUTEFORCE not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _space_errors_in_one_line(study: optuna.Study) -> Iterator[None]:
+    if not isinstance(study.sampler, optuna.samplers.BruteForceSampler):
+        yield
+        return
+    logger, drop = logging.getLogger("optuna.tunefleet"), _DropBruteForceFailure()
+    logger.addFilter(drop)
     try:
-        optimize()
+        yield
+    except ValueError as exc:
+        if _BRUTEFORCE not in str(exc):
+            raise
+        raise UsageError(
+            "--sampler bruteforce needs a finite search space, and the objective suggests a "
+            "continuous parameter: give suggest_float a step= (or use suggest_int or "
+            "suggest_categorical), or choose another sampler") from None
+    finally:
+        logger.removeFilter(drop)
+
+
+def _exhausted(study: optuna.Study, n_trials: int | None, timeout: float | None,
+               seconds: float) -> str | None:
+    """The line saying that grid or brute force ran out of points before ``--n-trials``."""
+    sampler = study.sampler
+    if n_trials is None or not isinstance(
+            sampler, (optuna.samplers.GridSampler, optuna.samplers.BruteForceSampler)):
+        return None
+    done = counted(study)
+    if done >= n_trials or (timeout is not None and seconds >= timeout):
+        return None
+    if isinstance(sampler, optuna.samplers.GridSampler) and not sampler.is_exhausted(study):
+        return None
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    points = len({tuple(sorted((k, repr(v)) for k, v in t.params.items())) for t in trials})
+    return (f"the search space is exhausted: all {points} of its points were tried "
+            f"({done} trials), so the run ended before --n-trials {n_trials}")
+
+
+def run_hub_command(study: optuna.Study, storage: str | None, as_json: bool,
+                    optimize: Callable[[], Any], n_trials: int | None = None,
+                    timeout: float | None = None) -> None:
+    """Run ``optimize`` and end as a person expects: the summary and where the study is, or
+    (Ctrl-C, SIGTERM) what was saved and the exact command to continue, exit 128 + signal.
+    ``n_trials`` (the study's budget) and ``timeout`` tell an exhausted grid from the end of
+    the budget."""
+    where = shown_url(storage or DEFAULT_STORAGE)  # no message shows a password
+    again = shlex.join(shown_url(arg) for arg in sys.argv[1:])
+    started = time.monotonic()
+    try:
+        with _space_errors_in_one_line(study):
+            optimize()
     except KeyboardInterrupt as exc:
         code = exc.exit_code if isinstance(exc, Interrupted) else 130
         fresh = optuna.load_study(study_name=study.study_name, storage=study._storage)
         click.echo(
             f"interrupted: study {study.study_name!r} in {where} holds {counted(fresh)} "
             f"finished trials ({len(fresh.trials)} in all); running trials were closed as FAIL. "
-            f"Run the same command again to continue: tunefleet {shlex.join(sys.argv[1:])}",
+            f"Run the same command again to continue: tunefleet {again}",
             err=True)
         sys.exit(code)
     except (KeyError, ValueError, TypeError, RuntimeError, ArithmeticError, AttributeError,
@@ -92,6 +151,11 @@ def run_hub_command(study: optuna.Study, storage: str | None, as_json: bool,
             "fail such trials and go on, and run the same command again to continue.", err=True)
         sys.exit(1)
     echo_summary(best_summary(study), as_json)
+    exhausted = _exhausted(study, n_trials, timeout, time.monotonic() - started)
+    if exhausted:
+        click.echo(exhausted, err=True)
     if not as_json and where not in (":memory:", "memory", "inmemory"):
+        hidden = " (*** is the password)" if where != (storage or DEFAULT_STORAGE) else ""
         click.echo(f"saved in {where} (study {study.study_name!r}); see it with: tunefleet best "
-                   f"--storage {where} --study {study.study_name}", err=True)
+                   f"--storage {shlex.quote(where)} --study {shlex.quote(study.study_name)}"
+                   f"{hidden}", err=True)

@@ -61,4 +61,5 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
         study, objective, n_trials=remaining, timeout=timeout, backend="tcp", listen=listen,
         key=key, listener=listener, max_retries=max_retries, grace=grace,
         worker_timeout=worker_timeout, reclaim_window=reclaim_window,
-        catch=(Exception,) if keep_going else (), show_progress_bar=progress))
+        catch=(Exception,) if keep_going else (), show_progress_bar=progress),
+        n_trials=n_trials, timeout=timeout)

@@ -36,6 +36,7 @@ class PeerConfig:
     directions: Sequence[str] = ("minimize",)
     sampler: str | None = None
     sampler_seed: int | None = None
+    search_space: dict | None = None  # the grid of sampler "grid" (--search-space FILE)
     share: str = "best"
     explore_rounds: int | None = None  # None: a third of the rounds, on own trials only
     top_k: int = 5

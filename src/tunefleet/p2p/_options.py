@@ -15,7 +15,7 @@ import click
 
 from tunefleet.errors import TunefleetError, UsageError
 from tunefleet.p2p._config import ALONE_WAIT, DEFAULT_ADVERTISE, DOCUMENT_ADVERTISE, JOIN_TIMEOUT
-from tunefleet._studies import SAMPLERS
+from tunefleet._studies import SAMPLERS, load_search_space
 from tunefleet.transport import P2P_KEY_ENV, read_key
 
 
@@ -43,7 +43,12 @@ def peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      type=click.Choice(["minimize", "maximize"], case_sensitive=False),
                      help="Repeat for several objectives. Default: minimize."),
         click.option("--sampler", type=click.Choice(SAMPLERS, case_sensitive=False), default=None,
-                     help="Default: tpe (nsga2 for several objectives)."),
+                     help="Default: tpe (nsga2 for several objectives); grid needs "
+                          "--search-space."),
+        click.option("--search-space", type=click.Path(dir_okay=False), default=None,
+                     help="JSON or YAML file of the grid for --sampler grid, as for tunefleet "
+                          'run: each parameter name mapped to its values, e.g. {"x": [0, 1, 2]}. '
+                          "Each peer walks the grid in its own order."),
         click.option("--seed", "sampler_seed", type=int, default=None,
                      help="Sampler seed, mixed with the UID so that peers still differ. With "
                           "--storage, a peer run again later goes on drawing as one "
@@ -100,7 +105,17 @@ def config_kwargs(params: dict[str, Any]) -> tuple[dict[str, Any], bool, bool]:
     p["key"] = read_key(p.pop("key_file"), P2P_KEY_ENV)
     p["directions"] = [d.lower() for d in p["directions"]] or ["minimize"]
     p["catch"] = (Exception,) if p.pop("catch") else ()
+    p["search_space"] = _grid(p.pop("search_space"), p["sampler"])
     return p, as_json, quiet
+
+
+def _grid(path: str | None, sampler: str | None) -> dict[str, list[Any]] | None:
+    """The grid of ``--search-space FILE``, read as ``tunefleet run`` reads it."""
+    if path is None:
+        return None
+    if (sampler or "").lower() != "grid":
+        raise UsageError("--search-space is the grid of --sampler grid: add --sampler grid")
+    return load_search_space(path)
 
 
 def parse_peer_argv(argv: Sequence[str] | None) -> tuple[dict[str, Any], bool, bool]:

@@ -107,7 +107,7 @@ class Peer:
         c = self.config
         storage = c.storage or optuna.storages.InMemoryStorage()
         spec = StudySpec(directions=list(c.directions), sampler=c.sampler,
-                         seed=peer_seed(c.sampler_seed, c.uid))
+                         seed=peer_seed(c.sampler_seed, c.uid), search_space=c.search_space)
         self.study = create_or_load_study(storage, c.study_name, spec)
         self.study._storage.set_study_system_attr(self.study._study_id, attrs.MODE, "p2p")
         for t in self.study.get_trials(deepcopy=False):
