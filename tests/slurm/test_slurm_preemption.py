@@ -45,9 +45,12 @@ def _wait_gone(job: str, cluster, timeout: float) -> int:
     """Wait until JOB left the queue, releasing Slurm's two-minute hold of a requeued job on
     the way; how many times it was released."""
     released: list[str] = []
+    seen: list[str] = []
 
     def gone() -> bool:
         state = _squeue(job, cluster)
+        if not seen or seen[-1] != state:
+            seen.append(state)
         if state.startswith("PENDING") and "BeginTime" in state:
             subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"],
                            check=True, env=_env(cluster))
@@ -59,6 +62,9 @@ def _wait_gone(job: str, cluster, timeout: float) -> int:
     except AssertionError:
         subprocess.run(["scancel", job], env=_env(cluster))
         raise
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True,
+                           env=_env(cluster))
+    print(f"job {job}: states {seen}; {shown.stdout}")
     return len(released)
 
 
