@@ -17,13 +17,18 @@ from multiprocessing.connection import Connection
 def main() -> int:
     fd, parent_pid = int(sys.argv[1]), int(sys.argv[2])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
-    from tunefleet.backends._processes import THREADS_VAR
+    from tunefleet._children import end_children, own_children
+    from tunefleet.backends._processes import THREADS_VAR, _own_group
     from tunefleet.hub import limit_threads, serve
     from tunefleet.transport import PipeChannel
 
+    _own_group()
+    own_children()
     if THREADS_VAR in os.environ:
         limit_threads(int(os.environ[THREADS_VAR]))
-    return serve(PipeChannel(Connection(fd), parent_pid))
+    code = serve(PipeChannel(Connection(fd), parent_pid))
+    end_children()  # what the objective left running
+    return code
 
 
 if __name__ == "__main__":

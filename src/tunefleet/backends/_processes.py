@@ -30,6 +30,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Sequence
 
+from tunefleet._children import end_children, kill_tree, own_children
 from tunefleet.backends._base import Backend
 from tunefleet.errors import UsageError
 from tunefleet._gpus import worker_env
@@ -40,6 +41,8 @@ from tunefleet.transport import Link, PipeChannel, PipeLink, PipeListener
 def _process_main(conn: Connection, parent_pid: int, env: dict[str, str]) -> None:
     os.environ.update(env)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
+    _own_group()
+    own_children()  # SIGTERM's default (not the coordinator's handler); the objective's processes
     from tunefleet.hub import forget_parent_pools, limit_threads, serve
 
     # The parent's atexit handlers are not this worker's (multiprocessing never runs them in a
@@ -53,8 +56,20 @@ def _process_main(conn: Connection, parent_pid: int, env: dict[str, str]) -> Non
     # serve() shuts down the pools the objective started; then this worker's atexit handlers,
     # and multiprocessing's own clean-up, which waits for threads the objective left running.
     code = serve(PipeChannel(conn, parent_pid))
+    end_children()  # what the objective left running (before multiprocessing's own clean-up)
     atexit._run_exitfuncs()
     sys.exit(code)
+
+
+def _own_group() -> None:
+    """Make this worker the leader of a process group of its own, which the processes its
+    objective starts join: the backend ends the whole group when the worker must go (silent,
+    lost, or still there at shutdown), even what a worker that crashed left behind. Ctrl-C
+    (the terminal's SIGINT to its foreground group) is the coordinator's to handle anyway."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
 
 
 #: The environment variable that tells a worker how many threads its pools may use.
@@ -77,7 +92,8 @@ def threads_per_worker(n_workers: int, requested: int | None) -> int | None:
 
 
 class ProcessBackend(Backend):
-    """Local worker processes; ``gpus`` are handed out one per slot."""
+    """Local worker processes; ``gpus`` is the layout (``tunefleet._gpus.gpu_layout``): worker
+    slot i starts with ``CUDA_VISIBLE_DEVICES=gpus[i]``, one worker per slot by default."""
 
     def __init__(self, gpus: Sequence[int | str] | None = None,
                  start_method: str | None = None, threads_per_worker: int | None = None) -> None:
@@ -103,6 +119,16 @@ class ProcessBackend(Backend):
         for slot in range(n_workers):
             self._spawn(slot)
 
+    def kill(self, link: Link) -> None:
+        """SIGKILL the silent worker and every process below it (a stopped process too), and
+        forget its pipe: the coordinator does not wait for its end of file, which a process
+        that cannot be reaped (stuck in the kernel) would never send."""
+        entry = self._procs.get(link)  # type: ignore[call-overload]
+        if entry is not None:
+            _kill(entry[1])
+            entry[1].join(0.0)  # reaped now if it is gone already; never waits
+        self.listener.drop(link)
+
     def replace(self, link: Link) -> None:
         slot, _ = self._procs.pop(link, (0, None))  # type: ignore[arg-type]
         self._spawn(slot)
@@ -117,6 +143,7 @@ class ProcessBackend(Backend):
             mp_proc = self._fork.Process(target=_process_main, name=f"tunefleet-worker-{slot}",
                                          args=(child_conn, os.getpid(), env))
             mp_proc.start()
+            _set_group(mp_proc.pid)
             child_conn.close()
             proc: _Proc = _ForkedProc(mp_proc)
         else:
@@ -126,16 +153,72 @@ class ProcessBackend(Backend):
         self.listener.add(link)
 
     def shutdown(self, grace: float = 2.0) -> None:
+        """Close the pipes (workers exit), wait up to ``grace`` seconds, then SIGKILL each
+        worker still there with every process below it, stopped ones included; wait at most
+        ``KILL_WAIT`` seconds more for them to be reaped (a process stuck in the kernel may
+        never be: it is left, and the run ends anyway). Last, the workers' process groups
+        are ended: nothing a worker started outlives the run."""
         self.listener.close()
         deadline = time.monotonic() + grace
         procs = [p for _, p in self._procs.values()]
         for p in procs:
             p.join(max(0.0, deadline - time.monotonic()))
+        killed = [p for p in procs if p.is_alive()]
+        for p in killed:
+            _kill(p)
+        deadline = time.monotonic() + KILL_WAIT
+        for p in killed:
+            p.join(max(0.0, deadline - time.monotonic()))
         for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join(1.0)
+            _end_group(p.pid)
         self._procs.clear()
+
+
+#: Seconds shutdown waits for killed workers to be reaped before it gives up on them.
+KILL_WAIT = 2.0
+
+
+def _kill(proc: "_Proc") -> None:
+    """SIGKILL a worker, everything below it, and its process group."""
+    kill_tree(proc.pid)
+    _end_group(proc.pid)
+
+
+def _set_group(pid: int) -> None:
+    """The new worker leads its own process group (it does so itself too: whichever comes
+    first, the group exists before the worker's objective can start anything)."""
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # done already, or it has exited
+
+
+def _exited(pid: int) -> bool:
+    """Whether the worker ``pid`` has exited, without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # reaped already
+    except (AttributeError, OSError):
+        return False
+
+
+def _end_group(pgid: int) -> None:
+    """SIGKILL what is left in the process group of the worker ``pgid`` (it is the group's
+    leader, see ``_own_group``); nothing when the group is empty or is not the worker's."""
+    try:
+        if os.getpgid(pgid) != pgid:
+            return  # the worker had not made its group yet, or the pid is another's now
+    except ProcessLookupError:
+        pass  # the leader is gone (reaped); its group may still hold the processes it left
+    except OSError:
+        return
+    if pgid == os.getpgrp():
+        return  # never the coordinator's own group
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 _NOT_FORK_SAFE = ("torch", "jax", "tensorflow")
@@ -220,12 +303,16 @@ def _start_fresh_interpreter(env: dict[str, str]) -> tuple[Connection, _Proc]:
                  "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     popen = subprocess.Popen(
         [sys.executable, "-m", "tunefleet.backends._child", str(child_sock.fileno()),
-         str(os.getpid())], pass_fds=[child_sock.fileno()], env=child_env)
+         str(os.getpid())], pass_fds=[child_sock.fileno()], env=child_env,
+        stdin=subprocess.DEVNULL)  # as a forked worker's: no read of the terminal
+    _set_group(popen.pid)
     child_sock.close()
     return Connection(parent_sock.detach()), _FreshProc(popen)
 
 
 def _describe_exit(proc: _Proc) -> str:
+    if _exited(proc.pid):
+        _end_group(proc.pid)  # what a worker that died left running (its pid is still held)
     proc.join(1.0)
     code = proc.exitcode
     who = f"worker process {proc.pid}"

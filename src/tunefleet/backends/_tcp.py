@@ -126,6 +126,12 @@ class TcpBackend(Backend):
     def _resubmit(self) -> None:
         """Start one more worker in place of one that never came (engines override)."""
 
+    def kill(self, link: Link) -> None:
+        """A silent worker on another host cannot be signalled from here: its connection is
+        dropped, and nothing waits for it. Woken up, it finds the connection closed; with
+        ``--reconnect-timeout`` it joins again and its late result is refused."""
+        self.listener.drop(link)
+
     def shutdown(self, grace: float = 2.0) -> None:
         self.listener.close()
 

@@ -4,7 +4,8 @@ The coordinator knows no engine: it is handed a ``Fleet`` (a backend of
 :mod:`tunefleet.backends`, or any object that implements this) and talks to it through these
 calls only. Engine events reach the coordinator here too: a worker that said hello
 (``on_hello``), one that is gone (``on_lost``), and a fleet that cannot start workers at all
-(``failure``), so no backend makes up protocol messages. The arrow points one way:
+(``failure``), so no backend makes up protocol messages; a worker that fell silent is ended
+through ``kill``. The arrow points one way:
 ``backends`` implements this interface, ``hub`` never imports ``backends``.
 """
 
@@ -35,6 +36,13 @@ class Fleet(abc.ABC):
 
     def on_lost(self, link: Link) -> None:
         """The worker behind ``link`` is gone (called before ``replace``)."""
+
+    def kill(self, link: Link) -> None:
+        """End the worker behind ``link`` at once, without waiting for it: it stopped
+        answering (SIGSTOP, a hang, a host cut off). The listener reports nothing more from
+        ``link``; the coordinator counts the worker lost itself (``on_lost``, then
+        ``replace``). Default: drop the connection (a worker that wakes up finds it closed)."""
+        self.listener.drop(link)
 
     def replace(self, link: Link) -> None:
         """Start a worker in place of the one behind ``link``, which is gone."""

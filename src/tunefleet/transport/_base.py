@@ -39,6 +39,11 @@ class Listener(abc.ABC):
     def links(self) -> list[Link]:
         """The workers connected now."""
 
+    def drop(self, link: Link) -> None:
+        """Forget the worker behind ``link`` and close its connection: nothing more from it is
+        reported, not even its loss (the caller has counted it lost)."""
+        link.close()
+
     def close(self) -> None:
         """Stop listening; called once when the study is over."""
 

@@ -83,6 +83,9 @@ class PipeListener(Listener):
                 out.append((link, None))
         return out
 
+    def drop(self, link: Link) -> None:
+        self._forget(link)  # type: ignore[arg-type]
+
     def _forget(self, link: PipeLink) -> None:
         fd = link.fileno()
         if self._links.pop(fd, None) is not None:

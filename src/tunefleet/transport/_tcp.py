@@ -354,6 +354,9 @@ class TcpListener(Listener):
         if authenticated and out is not None:
             out.append((conn, None))
 
+    def drop(self, link: Link) -> None:
+        self._drop(link, None)  # type: ignore[arg-type]
+
     def close(self) -> None:
         for conn in list(self._conns.values()):
             conn.close()

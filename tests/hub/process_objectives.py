@@ -1,0 +1,71 @@
+"""Objectives that start processes of their own, as objectives under plain Optuna do; the
+tests of ``test_child_processes.py`` and ``test_hung_workers.py`` run them through the CLI
+(``tests.hub.process_objectives:NAME``), so that spawned processes can import them."""
+
+from __future__ import annotations
+
+import multiprocessing
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import optuna
+
+
+def square(v: float) -> float:
+    return v * v
+
+
+def slow(trial: optuna.Trial) -> float:
+    """0.3 s per trial."""
+    x = trial.suggest_float("x", 0, 1)
+    time.sleep(0.3)
+    return x
+
+
+def _pool(method: str, trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -1, 1)
+    with multiprocessing.get_context(method).Pool(2) as pool:  # __exit__: Pool.terminate()
+        return sum(pool.map(square, [x, x / 2]))
+
+
+def pool_fork(trial: optuna.Trial) -> float:
+    return _pool("fork", trial)
+
+
+def pool_spawn(trial: optuna.Trial) -> float:
+    return _pool("spawn", trial)
+
+
+def executor(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -1, 1)
+    with ProcessPoolExecutor(2) as ex:
+        return sum(ex.map(square, [x, x / 2]))
+
+
+def joblib_parallel(trial: optuna.Trial) -> float:
+    from joblib import Parallel, delayed
+
+    x = trial.suggest_float("x", -1, 1)
+    return sum(Parallel(n_jobs=2)(delayed(square)(v) for v in (x, x / 2)))
+
+
+def leaves_sleep(trial: optuna.Trial) -> float:
+    """Leaves a ``sleep 600`` running, and an orphan of a shell that exited."""
+    x = trial.suggest_float("x", -1, 1)
+    subprocess.Popen(["sleep", "600"])
+    subprocess.run(["sh", "-c", "sleep 600 &"])
+    return x * x
+
+
+_KEPT: ProcessPoolExecutor | None = None
+
+
+def kept_executor(trial: optuna.Trial) -> float:
+    """Keeps one executor for all its trials (not shut down): it must survive from one trial
+    to the next (a killed one raises BrokenProcessPool), and end with the worker."""
+    global _KEPT
+    if _KEPT is None:
+        _KEPT = ProcessPoolExecutor(2)
+    x = trial.suggest_float("x", -1, 1)
+    return sum(_KEPT.map(square, [x, x / 2]))
