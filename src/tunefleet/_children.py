@@ -40,9 +40,22 @@ def own_children() -> None:
     caller set it (ignored in hub workers: Ctrl-C is the coordinator's)."""
     if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not _state["owned"] and hasattr(os, "register_at_fork"):
+        os.register_at_fork(after_in_child=_tunefleets_handlers_off)
     _become_subreaper()
     _state["owned"] = True
     _state["kept"] = None
+
+
+def _tunefleets_handlers_off() -> None:
+    """In a process forked from a worker (a pool's): the signals tunefleet handles in the
+    worker (SIGTERM's preemption, its SIGALRM) get their default action at once, before the
+    child runs anything. A handler in Python runs only when the child runs Python code: one
+    blocked in C (a lock taken at the fork) would never die of ``Pool.terminate()``."""
+    for signum in (signal.SIGTERM, signal.SIGALRM):
+        handler = signal.getsignal(signum)
+        if getattr(handler, "__module__", "").startswith("tunefleet"):
+            signal.signal(signum, signal.SIG_DFL)
 
 
 def _become_subreaper() -> None:

@@ -6,6 +6,7 @@ import click
 
 from tunefleet.cli._hub import hub_options, remaining_budget, run_hub_command
 from tunefleet.cli._options import parse_gpus, spec_from_options, study_options
+from tunefleet._gpus import gpu_layout
 from tunefleet._studies import create_or_load_study, open_storage
 from tunefleet._targets import load_target
 
@@ -18,13 +19,19 @@ from tunefleet._targets import load_target
                    "finishes the budget (tunefleet.optimize's n_trials means 'this many more', "
                    "as in Optuna).")
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes (default: one per GPU of --gpus, else one per CPU).")
+              help="Worker processes (default: one per GPU slot of --gpus, else one per CPU).")
 @click.option("--timeout", type=click.FloatRange(min=0), default=None,
               help="Stop starting trials after this many seconds.")
 @study_options
 @click.option("--gpus", default=None,
               help="GPUs, one per worker: indices into the visible GPUs (CUDA_VISIBLE_DEVICES "
                    "if set), e.g. 0,1 or 3, for one; or a count, e.g. 4 for the first four.")
+@click.option("--trials-per-gpu", type=int, default=None,
+              help="Workers sharing each GPU of --gpus: --gpus 0,1 --trials-per-gpu 2 gives "
+                   "four workers, seeing 0, 0, 1, 1.")
+@click.option("--gpus-per-trial", type=int, default=None,
+              help="GPUs of --gpus each worker sees: --gpus 0,1,2,3 --gpus-per-trial 2 gives "
+                   "two workers, seeing 0,1 and 2,3.")
 @click.option("--deterministic", is_flag=True,
               help="With --seed: the same trials and values whatever the workers' timing "
                    "(trial k starts once trials up to k - workers have ended, and sees only "
@@ -33,7 +40,8 @@ from tunefleet._targets import load_target
 def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float | None,
         storage: str | None, study_name: str | None, directions: tuple[str, ...],
         sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
-        deterministic: bool, max_retries: int, grace: float, worker_timeout: float,
+        trials_per_gpu: int | None, gpus_per_trial: int | None, deterministic: bool,
+        max_retries: int, grace: float, worker_timeout: float,
         keep_going: bool, progress: bool, as_json: bool) -> None:
     """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
 
@@ -46,6 +54,8 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
         raise click.UsageError("give --n-trials or --timeout (or both)")
     if deterministic and seed is None:
         raise click.UsageError("--deterministic needs --seed")
+    gpu_spec = parse_gpus(gpus)
+    gpu_layout(gpu_spec, trials_per_gpu, gpus_per_trial)  # one line, before the storage opens
     objective = load_target(target)
     spec = spec_from_options(directions, sampler, seed, pruner)
     store = open_storage(storage, sqlite_wal=True)  # the coordinator is the only writer
@@ -53,6 +63,8 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
     remaining = remaining_budget(study, n_trials)
     run_hub_command(study, storage, as_json, lambda: tunefleet.optimize(
         study, objective, n_trials=remaining, n_workers=n_workers, timeout=timeout,
-        gpus=parse_gpus(gpus), max_retries=max_retries, grace=grace,
+        gpus=gpu_spec, trials_per_gpu=trials_per_gpu, gpus_per_trial=gpus_per_trial,
+        max_retries=max_retries, grace=grace,
         worker_timeout=worker_timeout, deterministic=deterministic,
-        catch=(Exception,) if keep_going else (), show_progress_bar=progress))
+        catch=(Exception,) if keep_going else (), show_progress_bar=progress),
+        n_trials=n_trials, timeout=timeout)

@@ -19,7 +19,9 @@ import sys
 import click
 
 from tunefleet.cli._options import search_space_file, spec_from_options, study_options
+from tunefleet._gpus import check_packing, pack
 from tunefleet.errors import UsageError
+from tunefleet._studies import shown_url
 
 _TIME = re.compile(r"^(\d+-)?\d{1,3}(:\d{2}){0,2}$")
 _MEM = re.compile(r"^\d+[KMGT]?$", re.I)
@@ -70,6 +72,34 @@ def _sbatch_line(value: str) -> str:
     return text
 
 
+def _gpu_lines(nodes: int, tasks_per_node: int, gpus_per_task: int | None,
+               trials_per_gpu: int | None) -> tuple[list[str], str]:
+    """The #SBATCH lines of the tasks (and their GPUs), and the prefix of the workers' command
+    that gives a task its GPUs where the site binds none: the task's slot (``SLURM_LOCALID``)
+    of the node's layout (``tunefleet._gpus.pack``), as ``tunefleet run`` hands them out.
+    Slurm binds them itself for ``--gpus-per-task`` and ``--ntasks-per-gpu``."""
+    per_trial = gpus_per_task or None
+    check_packing(trials_per_gpu, per_trial)
+    if per_trial is None and trials_per_gpu is None:
+        return [f"--ntasks-per-node={tasks_per_node}"], ""
+    if trials_per_gpu is not None:
+        if tasks_per_node % trials_per_gpu:
+            raise UsageError(f"--tasks-per-node {tasks_per_node} is not a multiple of "
+                             f"--trials-per-gpu {trials_per_gpu}: every GPU runs "
+                             f"{trials_per_gpu} workers")
+        gpus = tasks_per_node // trials_per_gpu
+        # --ntasks-per-gpu excludes --ntasks-per-node: the tasks are counted for the job.
+        lines = [f"--ntasks={nodes * tasks_per_node}", f"--gpus-per-node={gpus}",
+                 f"--ntasks-per-gpu={trials_per_gpu}"]
+    else:
+        gpus = tasks_per_node * (per_trial or 1)
+        lines = [f"--ntasks-per-node={tasks_per_node}", f"--gpus-per-task={per_trial}"]
+    layout = " ".join(pack([str(i) for i in range(gpus)], trials_per_gpu, per_trial))
+    return lines, ("bash -c 'L=(" + layout + "); export CUDA_VISIBLE_DEVICES="
+                   "\"${CUDA_VISIBLE_DEVICES:-${L[$SLURM_LOCALID]}}\"; exec \"$@\"' "
+                   "tunefleet-task ")
+
+
 def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task: int | None,
                   cpus_per_task: int | None, time_limit: str | None, partition: str | None,
                   container: str | None, storage: str, study: str, n_trials: int, mode: str,
@@ -78,8 +108,9 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
                   qos: str | None = None, mem: str | None = None, gres: str | None = None,
                   constraint: str | None = None, extra_sbatch: tuple[str, ...] = (),
                   output: str | None = None, error: str | None = None,
-                  binds: tuple[str, ...] = (), signal: int | None = None,
-                  requeue: bool = False, worker_args: tuple[str, ...] = ()) -> str:
+                  binds: tuple[str, ...] = (), trials_per_gpu: int | None = None,
+                  signal: int | None = None, requeue: bool = False,
+                  worker_args: tuple[str, ...] = ()) -> str:
     """The sbatch script text; every value is shell-quoted.
 
     ``output``/``error`` are Slurm file patterns: the workers' ``srun`` writes one file per task
@@ -91,9 +122,8 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
     ``checkpoint.save`` and exit 143. ``requeue``: the script then requeues its own job, which
     continues the study's unfinished trials from their checkpoints. ``worker_args``: more
     options of ``tunefleet worker`` (storage mode)."""
-    sbatch = [f"--job-name={job_name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks_per_node}"]
-    if gpus_per_task:
-        sbatch.append(f"--gpus-per-task={gpus_per_task}")
+    gpu_lines, gpu = _gpu_lines(nodes, tasks_per_node, gpus_per_task, trials_per_gpu)
+    sbatch = [f"--job-name={job_name}", f"--nodes={nodes}", *gpu_lines]
     if cpus_per_task:
         sbatch.append(f"--cpus-per-task={cpus_per_task}")
     if time_limit:
@@ -114,7 +144,7 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
         bind_args: list[str] = []
         for bind in (workdir, *binds):
             bind_args += ["--bind", bind]
-        launcher = ["apptainer", "exec"] + (["--nv"] if gpus_per_task else []) + \
+        launcher = ["apptainer", "exec"] + (["--nv"] if gpu else []) + \
                    [*bind_args, container, "python3", "-m", "tunefleet"]
     else:
         launcher = [python, "-m", "tunefleet"]
@@ -130,14 +160,10 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
         f"STUDY={_q(study)}",
         f"N_TRIALS={n_trials}",
         'echo "tunefleet: job ${SLURM_JOB_ID:-?}: ${SLURM_NTASKS:-?} workers on '
-        '${SLURM_JOB_NODELIST:-?}, study $STUDY in $STORAGE"',
+        f'${{SLURM_JOB_NODELIST:-?}}, study $STUDY in "{_q(shown_url(storage))}',
     ]
     spec = " ".join(_q(a) for a in spec_args)
     spec = f" {spec}" if spec else ""
-    # One GPU per task: Slurm's --gpus-per-task sets CUDA_VISIBLE_DEVICES itself; where a site
-    # hands out GPUs per node only, fall back to the task's local rank.
-    gpu = ("bash -c 'export CUDA_VISIBLE_DEVICES=\"${CUDA_VISIBLE_DEVICES:-$SLURM_LOCALID}\"; "
-           "exec \"$@\"' tunefleet-task " if gpus_per_task else "")
     srun = 'srun --ntasks="$SLURM_NTASKS" --kill-on-bad-exit=0'
     if output:
         srun += f" --output={_q(output)}"
@@ -188,8 +214,33 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
             '--key-file "$KEY_FILE"',
             'wait "$HUB_PID"',
         ]
-    lines += ['"${TUNEFLEET[@]}" best --storage "$STORAGE" --study "$STUDY"', ""]
-    return "\n".join(lines)
+    if mode == "storage":  # in hub mode the coordinator has printed the best already
+        lines.append('"${TUNEFLEET[@]}" best --storage "$STORAGE" --study "$STUDY"')
+    return "\n".join(lines + [""])
+
+
+def expand_log(pattern: str, job_name: str, job: str | None = None) -> tuple[str, list[str]]:
+    """The batch step's log file for a Slurm filename PATTERN (``--output``), as Slurm
+    expands it: the job id (%j %A; %J is id.batch), the job name (%x), the user (%u), the
+    array index (%a: 4294967294 outside a job array), %% and zero padding (%4j). Without
+    ``job`` (not submitted yet) the id stays JOB. Returns the name and the placeholders
+    left (%N: the node, known when the job runs)."""
+    import getpass
+
+    left: list[str] = []
+    ids = {"j": job or "JOB", "A": job or "JOB", "J": f"{job or 'JOB'}.batch", "x": job_name,
+           "u": getpass.getuser(), "a": "4294967294", "s": "batch", "t": "batch", "n": "0",
+           "%": "%"}
+
+    def one(match: re.Match[str]) -> str:
+        width, code = match.group(1), match.group(2)
+        value = ids.get(code)
+        if value is None:
+            left.append(f"%{code}")
+            return match.group(0)
+        return value.zfill(int(width)) if width and value.isdigit() else value
+
+    return re.sub(r"%(\d*)([A-Za-z%])", one, _batch_log(pattern)), left
 
 
 def _worker_args(mode: str, signal_at: int | None, requeue: bool, grace: float | None,
@@ -224,7 +275,11 @@ def _worker_args(mode: str, signal_at: int | None, requeue: bool, grace: float |
 @click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--tasks-per-node", type=click.IntRange(min=1), default=1, show_default=True,
               help="Workers per node (one per GPU, typically).")
-@click.option("--gpus-per-task", type=click.IntRange(min=0), default=None)
+@click.option("--gpus-per-trial", "--gpus-per-task", "gpus_per_task", type=click.IntRange(min=0),
+              default=None, help="GPUs of each worker task (#SBATCH --gpus-per-task).")
+@click.option("--trials-per-gpu", type=int, default=None,
+              help="Worker tasks sharing each GPU (#SBATCH --ntasks-per-gpu): "
+                   "--tasks-per-node 4 --trials-per-gpu 2 asks for 2 GPUs per node.")
 @click.option("--cpus-per-task", type=click.IntRange(min=1), default=None)
 @click.option("--time", "time_limit", default=None, help="Slurm time limit, e.g. 02:00:00.")
 @click.option("--partition", default=None, help="Slurm partition (queue).")
@@ -282,8 +337,9 @@ def slurm(target: str, storage: str | None, study_name: str | None,
           error: str | None, container: str | None, binds: tuple[str, ...], n_trials: int,
           mode: str, port: int | None, key_file: str | None,
           job_name: str | None, script_path: str | None, submit: bool,
-          signal_at: int | None = None, requeue: bool = False, grace: float | None = None,
-          checkpoint_dir: str | None = None, keep_checkpoints: bool = False) -> None:
+          trials_per_gpu: int | None, signal_at: int | None = None, requeue: bool = False,
+          grace: float | None = None, checkpoint_dir: str | None = None,
+          keep_checkpoints: bool = False) -> None:
     """Write the sbatch script that runs TARGET on NODES x TASKS-PER-NODE workers of one study;
     print it, or --submit it and say how to follow it."""
     from tunefleet._studies import DEFAULT_STORAGE, DEFAULT_STUDY
@@ -316,18 +372,27 @@ def slurm(target: str, storage: str | None, study_name: str | None,
         workdir=workdir, job_name=job_name or f"tunefleet-{safe}", port=port,
         key_file=key_file or f".tunefleet-{safe}.key", account=account, qos=qos, mem=mem,
         gres=gres, constraint=constraint, extra_sbatch=extra_sbatch, output=output, error=error,
-        binds=binds, signal=signal_at, requeue=requeue, worker_args=worker_args)
+        binds=binds, trials_per_gpu=trials_per_gpu, signal=signal_at, requeue=requeue,
+        worker_args=worker_args)
     path = script_path or f"tunefleet-{safe}.sbatch"
     with open(path, "w") as f:
         f.write(text)
     os.chmod(path, 0o755)
-    log = _batch_log(output or "%x-%j.out").replace("%x", job_name or f"tunefleet-{safe}")
-    follow = (f"follow it: squeue -j JOB; tail -f {log.replace('%j', 'JOB')}; "
-              f"results: tunefleet best --storage {_q(storage)} --study {_q(study)}")
+    name = job_name or f"tunefleet-{safe}"
+    pattern = _batch_log(output or "%x-%j.out")
+
+    def follow(job: str | None) -> str:
+        log, left = expand_log(pattern, name, job)
+        note = f" ({' '.join(left)}: filled in by Slurm when the job runs)" if left else ""
+        if job is None and "JOB" in log:
+            note += f" (JOB: the job id sbatch prints; the pattern is {pattern})"
+        return (f"follow it: squeue -j {job or 'JOB'}; tail -f {log}{note}; results: tunefleet "
+                f"best --storage {_q(shown_url(storage))} --study {_q(study)}")
+
     if not submit:
         click.echo(text, nl=False)
         click.echo(f"# written to {path}; submit it with: sbatch {path}", err=True)
-        click.echo(f"# {follow}", err=True)
+        click.echo(f"# {follow(None)}", err=True)
         return
     if shutil.which("sbatch") is None:
         raise UsageError(f"sbatch not found: run this on a Slurm login node (script kept in {path})")
@@ -337,4 +402,4 @@ def slurm(target: str, storage: str | None, study_name: str | None,
         raise UsageError(f"sbatch refused {path}: {first[0] if first else proc.returncode}")
     match = re.search(r"(\d+)", proc.stdout)
     job = match.group(1) if match else "?"
-    click.echo(f"submitted job {job} ({path}); {follow.replace('JOB', job)}")
+    click.echo(f"submitted job {job} ({path}); {follow(job if match else None)}")

@@ -70,8 +70,10 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format="[tunefleet %(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
-    from tunefleet.storage_mode import (WorkerOptions, WorkerStopped, install_preemption,
-                                        open_worker_storage, run_storage_worker, with_backoff)
+    from tunefleet.checkpoint import install_preemption
+    from tunefleet.storage_mode import (WorkerOptions, WorkerStopped, open_worker_storage,
+                                        run_storage_worker, with_backoff)
+    from tunefleet._children import end_children, own_children
     from tunefleet._studies import SPEC_ATTR, StudySpec, create_or_load_study
     from tunefleet._targets import load_target
 
@@ -107,6 +109,7 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     def stop(signum: int, frame: object) -> None:
         raise WorkerStopped(signal.Signals(signum).name)
 
+    own_children()  # what the objective starts ends with its trial, or with this worker
     install_preemption(preempt_grace)  # SIGTERM: hand the trial back after its next save
     signal.signal(signal.SIGINT, stop)
     try:
@@ -118,6 +121,8 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
         traceback.print_exception(exc.original)
         click.echo(f"tunefleet: worker {opts.worker_id}: {exc} (pass --catch to go on)", err=True)
         sys.exit(1)
+    finally:
+        end_children()
     if result.reason == "stopped by SIGTERM":
         back = "; its trial was handed back" if result.handed_back else ""
         click.echo(f"worker {opts.worker_id}: stopped by SIGTERM{back}", err=True)
@@ -136,10 +141,18 @@ def _join_hub(target: str | None, address: str, key_file: str | None, processes:
         raise UsageError("--connect joins a hub, which sends the objective: drop TARGET")
     if not address.startswith("tcp://"):
         raise UsageError(f"--connect {address!r} must look like tcp://HOST:PORT")
+    from tunefleet._children import end_children, own_children
     from tunefleet.hub._remote import run_workers
     from tunefleet.transport import parse_address
 
     parse_address(address)  # a malformed address is one line and exit 2, before any fork
 
-    sys.exit(run_workers(address, processes, key_file=key_file,
-                         reconnect_timeout=reconnect_timeout))
+    # This process and the workers it forks own what their objectives start: it ends with
+    # their trials, or with this command (a subreaper here finds what a worker left behind).
+    own_children()
+    try:
+        code = run_workers(address, processes, key_file=key_file,
+                           reconnect_timeout=reconnect_timeout)
+    finally:
+        end_children()
+    sys.exit(code)

@@ -32,7 +32,7 @@ from tunefleet.hub._mirror import MirroredStorage
 from tunefleet.hub._ownership import recover_orphans
 from tunefleet.hub._progress import Progress
 from tunefleet.hub._signals import StopSignals
-from tunefleet.hub._state import Limits, _Ended, _Running, _WorkerState, say
+from tunefleet.hub._state import Limits, _Ended, _Running, _WorkerState, drain, say
 from tunefleet.hub._worker import WorkerConfig
 from tunefleet.transport import Link
 
@@ -95,6 +95,9 @@ class Coordinator:
         # the study (MaxTrialsCallback) stops it before they start another.
         self._awaiting: list[tuple[int, Link]] = []
         self._held: list[Link] = []  # --deterministic: waiting for the trials before theirs
+        # Workers that joined by themselves, kept (not told to stop) while trials still run:
+        # a retry may come, and no fleet would start a worker for it.
+        self._idle: list[Link] = []
         self._handlers: dict[type, Callable[[Link, _WorkerState, Any], None]] = {
             P.Next: self._on_next, P.Call: self._on_call, P.Ops: self._on_ops,
             P.Beat: lambda link, state, msg: None, P.Hello: self._on_hello,
@@ -155,27 +158,10 @@ class Coordinator:
                "(Ctrl-C again to stop them now)" if n else "stopping"))
 
     def _drain(self) -> None:
-        """Wait until the durable storage holds everything, saying so if it takes a while;
-        then count what it holds. Signals here change nothing: what was counted is stored."""
-        if self.mirror is None:
-            self._announce()
-            return
-        shown = False
-        t0 = time.monotonic()
-        while True:
-            try:
-                self.mirror.flush(timeout=0.5)
-                break
-            except TimeoutError:
-                if not shown:
-                    say(f"saving {self.mirror.pending} change(s) to the storage...")
-                    shown = True
-                self._announce()
-            except Exception:
-                break  # a failed durable write: raised by run_hub's close()
+        """Wait until the durable storage holds everything, then count what it holds."""
+        if self.mirror is not None:
+            drain(self.mirror, self._announce)
         self._announce()
-        if shown:
-            say(f"saved in {time.monotonic() - t0:.1f} s")
 
     def _may_dispatch(self) -> bool:
         return (self._error is None and not self.study._stop_flag and self.signals.signum is None
@@ -220,6 +206,9 @@ class Coordinator:
         if self._held and (self._history_ready() or not self._may_dispatch()):
             held, self._held = self._held, []
             self._dispatch_again(held)
+        if self._idle and (self._may_dispatch() or not self._running):
+            idle, self._idle = self._idle, []
+            self._dispatch_again(idle)  # a retry to run, or the end: Stop
         if self.progress.enabled:
             now = time.time()
             self.progress.running(
@@ -243,8 +232,10 @@ class Coordinator:
         """A worker that outlived the previous coordinator brings the result of trial
         ``number``: the trial keeps its number and gets the result, as if never interrupted."""
         trial_id = self._orphans.pop(number, None)
-        if trial_id is None:
-            return  # not an orphan (already finished, or failed when the window closed)
+        if trial_id is None:  # not an orphan: already finished, failed when the window closed,
+            if result.trial_id not in self._running:  # or failed as silent (refused there)
+                self._finish(link, result)
+            return
         trial = optuna.Trial(self.study, trial_id)
         self._running[trial_id] = _Running(trial, link, {}, lineage(trial._cached_frozen_trial))
         _logger.info(f"Trial {number}: result reclaimed from worker {link.name}")
@@ -261,8 +252,9 @@ class Coordinator:
 
     def _fail_silent(self) -> None:
         """Fail and retry the trial of each worker silent for ``worker_timeout`` (stopped,
-        hung, cut off): workers beat every second while a trial runs. A late result from such
-        a worker is refused (see ``_finish``); the worker itself may go on with new trials."""
+        hung, cut off): workers beat every second while a trial runs. The worker is ended
+        (``Fleet.kill``) and its place taken; a late result it brings back when it joins
+        again over TCP is refused (see ``_reclaim`` and ``_finish``)."""
         now = time.monotonic()
         self._next_silence_check = now + min(1.0, self.worker_timeout / 4)
         for link, state in list(self._workers.items()):
@@ -270,12 +262,15 @@ class Coordinator:
                 continue
             run = self._running.pop(state.trial_id, None)
             trial_id, state.trial_id = state.trial_id, None
-            if run is None:
-                continue
-            reason = (f"worker {link.name} was silent for {now - state.heard:.0f} s "
-                      f"(worker_timeout {self.worker_timeout:g} s)")
-            self._silenced[trial_id] = reason
-            self._fail_lost(run, reason)
+            if run is not None:
+                reason = (f"worker {link.name} was silent for {now - state.heard:.0f} s "
+                          f"(worker_timeout {self.worker_timeout:g} s)")
+                self._silenced[trial_id] = reason
+                self._fail_lost(run, reason)
+            # Ended (SIGKILL, or its connection dropped) and counted lost: its place is taken,
+            # and the run never waits for it.
+            self.fleet.kill(link)
+            self._on_lost(link)
 
     def _announce(self) -> None:
         """Count the trials the durable storage now holds: callbacks, progress, best value."""
@@ -352,8 +347,11 @@ class Coordinator:
 
     def _dispatch(self, link: Link, state: _WorkerState) -> None:
         if not self._may_dispatch():
-            link.send(P.encode(P.Stop()))
             state.trial_id = None
+            if self._running and not self.fleet.starts_workers and self._error is None:
+                self._idle.append(link)
+            else:
+                link.send(P.encode(P.Stop()))
             return
         if self._storage_behind():
             state.trial_id = None
@@ -384,19 +382,9 @@ class Coordinator:
                                       trial._fixed_params, presampled, space, frozen.user_attrs,
                                       first)))
 
-    def _next_number(self) -> int:
-        """The number the next ``study.ask()`` gives: the first queued trial's, or a new one."""
-        waiting = self._storage.get_all_trials(self.study._study_id, deepcopy=False,
-                                               states=(TrialState.WAITING,))
-        return waiting[0].number if waiting else self._storage.get_n_trials(self.study._study_id)
-
     def _history_ready(self) -> bool:
-        """--deterministic: whether every trial the next one may see (numbered ``window``
-        places before it, or lower) has ended."""
-        upto = self._next_number() - self.drawer.window
         unfinished = [r.trial.number for r in self._running.values()]
-        unfinished.extend(self._orphans)
-        return all(number > upto for number in unfinished)
+        return self.drawer.history_ready(unfinished + list(self._orphans))
 
     def _apply_ops(self, run: _Running, ops: list[P.Op]) -> None:
         trial = run.trial
@@ -523,6 +511,8 @@ class Coordinator:
         state = self._workers.pop(link, None)
         if link in self._parked:
             self._parked.remove(link)
+        if link in self._idle:
+            self._idle.remove(link)
         self._awaiting = [(s, l) for s, l in self._awaiting if l is not link]
         reason = link.exit_reason()
         self.fleet.on_lost(link)

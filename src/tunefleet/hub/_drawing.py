@@ -179,6 +179,18 @@ class Drawer:
         if self._reseeder:
             self._reseeder(number, name)
 
+    def history_ready(self, unfinished: list[int]) -> bool:
+        """--deterministic: whether every trial the next one may see (numbered ``window``
+        places before it, or lower) has ended; ``unfinished``: the numbers of those that run."""
+        upto = self._next_number() - self.window
+        return all(number > upto for number in unfinished)
+
+    def _next_number(self) -> int:
+        """The number the next ``study.ask()`` gives: the first queued trial's, or a new one."""
+        storage, study_id = self.study._storage, self.study._study_id
+        waiting = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
+        return waiting[0].number if waiting else storage.get_n_trials(study_id)
+
     # -- values drawn ahead, while the coordinator would otherwise wait ------------------------
     def wants_ahead(self, room: int | None) -> bool:
         """Whether to draw another trial's values now: only for a sampler whose draws do not

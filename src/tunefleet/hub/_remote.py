@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 
+from tunefleet._children import join_workers
 from tunefleet.errors import CoordinatorGone, CoordinatorUnreachable
 from tunefleet.hub._worker import serve
 from tunefleet.transport import TcpChannel, load_key
@@ -67,8 +68,7 @@ def run_workers(address: str, n_processes: int, key_file: str | None = None,
     for p in procs:
         p.start()
     try:
-        for p in procs:
-            p.join()
+        join_workers(procs)  # a worker stopped (SIGSTOP) once the study is done is killed
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()

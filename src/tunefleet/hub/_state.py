@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -60,3 +60,24 @@ class Limits:
 
     def time_left(self) -> bool:
         return self.timeout is None or time.monotonic() - self.started < self.timeout
+
+
+def drain(mirror: Any, announce: Callable[[], None]) -> None:
+    """At the end of a run: wait until the durable storage holds every change, saying so if it
+    takes a while, and count (``announce``) what it holds meanwhile. Signals change nothing
+    here: what was counted is stored. A failed write is raised later, by the mirror's close."""
+    shown = False
+    t0 = time.monotonic()
+    while True:
+        try:
+            mirror.flush(timeout=0.5)
+            break
+        except TimeoutError:
+            if not shown:
+                say(f"saving {mirror.pending} change(s) to the storage...")
+                shown = True
+            announce()
+        except Exception:
+            break
+    if shown:
+        say(f"saved in {time.monotonic() - t0:.1f} s")

@@ -8,7 +8,6 @@ import dataclasses
 import linecache
 import os
 import pickle
-import signal
 import socket
 import sys
 import threading
@@ -20,8 +19,8 @@ import cloudpickle
 import optuna
 
 from tunefleet import checkpoint
+from tunefleet import _children as children
 from tunefleet.errors import CoordinatorGone
-from tunefleet.hub import _preemption as preemption
 from tunefleet.hub import _protocol as P
 from tunefleet.hub._beat import BeatingChannel
 from tunefleet.hub._checkpoints import RemoteSession
@@ -165,7 +164,7 @@ def serve(channel: Channel, label: str | None = None,
                 # Workers joined by pipes run on the coordinator's machine and share its disk.
                 local = isinstance(channel, PipeChannel)
                 channel = BeatingChannel(channel)  # liveness for the coordinator's timeout
-                preemption.install(config.grace)
+                checkpoint.install_preemption(config.grace)
                 return _trial_loop(channel, config, local)
             except CoordinatorGone as exc:
                 if reconnect is None:
@@ -216,13 +215,15 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
                            msg.user_attrs, study_info)
         session = (checkpoint.LocalSession(store, number, msg.lineage) if store is not None
                    else RemoteSession(trial._rpc, number, msg.lineage))
-        with checkpoint.running(session):
+        with checkpoint.running(session):  # load/save find the session while the objective runs
+            children.trial_started()
             result = run_objective(config, trial)
+        children.trial_ended()  # processes the trial left running end with it
 
 
 def run_objective(config: WorkerConfig, trial: ProxyTrial) -> P.Result:
     """Run the objective once and describe the outcome as a protocol ``Result``."""
-    preemption.in_trial(True)
+    checkpoint.in_trial(True)
     try:
         value = config.objective(trial)
     except checkpoint.Preempted as exc:  # stopped (SIGTERM): its work is in its checkpoint
@@ -244,9 +245,7 @@ def run_objective(config: WorkerConfig, trial: ProxyTrial) -> P.Result:
         error = P.Error(_picklable(exc), repr(exc), text, caught)
         return P.Result(trial._trial_id, P.FAIL, None, trial._take_ops(), error)
     finally:
-        preemption.in_trial(False)
-        if checkpoint.stop_requested():
-            signal.setitimer(signal.ITIMER_REAL, 0)  # the grace period's alarm is not needed
+        checkpoint.in_trial(False)  # and the grace period's alarm, if any, is not needed
     return P.Result(trial._trial_id, P.COMPLETE, _plain_values(value), trial._take_ops(), None)
 
 

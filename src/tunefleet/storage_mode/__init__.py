@@ -9,14 +9,14 @@ or a journal file) and the storage's own atomic steps keep the workers in line. 
 - ``_budget``: the exact, fleet-wide trial budget.
 - ``_atomic``: the steps exactly one worker wins (claiming a waiting trial, failing a dead
   worker's).
-- ``_preemption``: SIGTERM hands the running trial back after its next checkpoint.
+SIGTERM hands the running trial back after its next checkpoint
+(``tunefleet.checkpoint.install_preemption``, shared with hub workers).
 - ``_worker``: the loop that ties them together (and each trial's checkpoints).
 """
 
 from tunefleet.storage_mode._backoff import with_backoff
 from tunefleet.storage_mode._db import init_study, open_worker_storage
-from tunefleet.storage_mode._preemption import install_preemption
 from tunefleet.storage_mode._worker import WorkerOptions, WorkerStopped, run_storage_worker
 
-__all__ = ["WorkerOptions", "WorkerStopped", "init_study", "install_preemption",
-           "open_worker_storage", "run_storage_worker", "with_backoff"]
+__all__ = ["WorkerOptions", "WorkerStopped", "init_study", "open_worker_storage",
+           "run_storage_worker", "with_backoff"]

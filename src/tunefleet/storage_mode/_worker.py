@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import _attrs as attrs
+from tunefleet import _children as children
 from tunefleet import checkpoint
 from tunefleet._optuna import UpdateFinishedTrialError, storage_location
 from tunefleet._retry import lineage
@@ -26,7 +27,7 @@ from tunefleet.storage_mode._atomic import _rdb, create_within_budget, pop_waiti
 from tunefleet.storage_mode._backoff import is_transient, with_backoff
 from tunefleet.storage_mode._budget import Census, census, has_room, within_budget
 from tunefleet.storage_mode._heartbeat import Heartbeat, fail_trial, queue_retry
-from tunefleet.storage_mode._preemption import in_trial
+from tunefleet.checkpoint import in_trial
 
 _log = logging.getLogger("tunefleet.storage")
 
@@ -257,18 +258,20 @@ class StorageWorker:
 
     def _call(self, trial: optuna.Trial) -> Any:
         """The objective on TRIAL, with the trial's checkpoints (``tunefleet.checkpoint``) and
-        SIGTERM's grace period (``_preemption``)."""
+        SIGTERM's grace period (``tunefleet.checkpoint.install_preemption``)."""
         session = (checkpoint.LocalSession(self.checkpoints, trial.number,
                                            lineage(trial._cached_frozen_trial))
                    if self.checkpoints is not None else None)
         with checkpoint.running(session):
             in_trial(True)
+            children.trial_started()
             try:
                 if checkpoint.stop_requested():
                     raise checkpoint.Preempted("the worker was stopped before the trial began")
                 return self.objective(trial)
             finally:
                 in_trial(False)
+                children.trial_ended()  # processes the trial left running end with it
 
     def _hand_back(self, trial: optuna.Trial, why: str) -> None:
         """The worker was stopped (SIGTERM): FAIL the trial with the reason and queue its

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 import optuna
 
 from tunefleet.errors import UsageError
+from tunefleet._gpus import check_packing, pack
 from tunefleet._studies import DEFAULT_STORAGE, StudySpec, create_or_load_study
 from tunefleet.tracking._base import Tracker, trial_run, warn
 
@@ -22,14 +23,17 @@ _MINIMIZED = ("loss", "err", "mse", "mae", "rmse", "nll", "perplexity", "ppl", "
 
 
 #: the seed tuner's argument -> tunefleet's (docs/trainer.md, "Coming from the seed tuner")
-RENAMED = {"proj_name": "study_name", "n_search_trials": "n_trials", "n_jobs": "n_workers",
-           "n_gpus": "gpus"}
+RENAMED = {"proj_name": "study_name=", "n_search_trials": "n_trials=",
+           "n_jobs": "n_workers=", "n_gpus": "gpus= (a count or GPU ids)",
+           "do_init_wandb": "trackers=[WandbTracker()]",
+           "exp_purpose": "WandbTracker(notes=...)", "trial_name": "no argument (trials are "
+           "named STUDY_trialN)"}
 
 
 def _refuse_renamed(given: Mapping[str, Any]) -> None:
     """A seed tuner's argument is one line naming tunefleet's; refused rather than accepted
     as an alias so that each setting has one name (n_jobs and n_workers would both exist)."""
-    known = [f"{old}= is {RENAMED[old]}=" for old in given if old in RENAMED]
+    known = [f"{old}= is {RENAMED[old]}" for old in given if old in RENAMED]
     if known:
         raise UsageError(f"Tuner takes tunefleet's names: {', '.join(known)} (the table in "
                          "docs/trainer.md maps every seed argument)")
@@ -64,7 +68,8 @@ class Tuner:
                  direction: str | None = None, n_trials: int = 10, report_last_n: int = 1,
                  do_fixed_trial: bool = False, n_fixed_trials: int = 1,
                  storage: str | None = None, n_workers: int | None = None,
-                 gpus: int | Sequence[int | str] | None = None, client: Any = None,
+                 gpus: int | Sequence[int | str] | None = None, trials_per_gpu: int | None = None,
+                 gpus_per_trial: int | None = None, client: Any = None,
                  allow_prune: bool = True, sampler: str | optuna.samplers.BaseSampler | None = None,
                  pruner: str | optuna.pruners.BasePruner | None = None, seed: int | None = 42,
                  trackers: Sequence[Tracker] = (), timeout: float | None = None,
@@ -96,6 +101,9 @@ class Tuner:
         self.storage = storage
         self.n_workers = n_workers
         self.gpus = gpus if gpus is None or isinstance(gpus, int) else list(gpus)
+        check_packing(trials_per_gpu, gpus_per_trial)
+        self.trials_per_gpu = trials_per_gpu
+        self.gpus_per_trial = gpus_per_trial
         self.client = client
         self.on_dask = client is not None
         self.allow_prune = allow_prune and not do_fixed_trial
@@ -161,17 +169,18 @@ class Tuner:
                 tracker.prepare(study.study_name)
             except Exception as exc:
                 warn(tracker.name, "preparing the study", exc)
-        backend: dict[str, Any] = {}
-        gpus = self.gpus
+        gpus, per_gpu, per_trial = self.gpus, self.trials_per_gpu, self.gpus_per_trial
+        backend: dict[str, Any] = {"trials_per_gpu": per_gpu, "gpus_per_trial": per_trial}
         if self.client is not None:
-            backend = {"backend": "dask", "client": self.client}
-            if gpus is not None:  # one GPU per worker task: Dask workers own their GPUs
-                backend["resources"] = {"GPU": 1}
-                backend["n_workers"] = self.n_workers or (gpus if isinstance(gpus, int)
-                                                          else len(gpus))
+            backend.update(backend="dask", client=self.client)
+            if gpus is not None or per_gpu or per_trial:
+                # Dask workers own their GPUs: each worker task asks for its share of them
+                # (one GPU by default) and sees the GPUs of its slot.
+                backend["trials_per_gpu"] = per_gpu if per_gpu or per_trial else 1
+                backend["n_workers"] = self.n_workers or self._gpu_slots()
                 gpus = None
         elif self.start_method is not None:
-            backend = {"start_method": self.start_method}
+            backend["start_method"] = self.start_method
         try:
             backend.setdefault("n_workers", self.n_workers)
             tunefleet.optimize(study, self.objective, n_trials=n_trials, gpus=gpus,
@@ -217,6 +226,15 @@ class Tuner:
             run.value = hook.final_value()
         return run.value
 
+    def _gpu_slots(self) -> int | None:
+        """How many workers ``gpus`` makes room for once packed (``tunefleet._gpus.pack``);
+        None without ``gpus``."""
+        if self.gpus is None:
+            return None
+        count = self.gpus if isinstance(self.gpus, int) else len(self.gpus)
+        return len(pack([str(i) for i in range(count)], self.trials_per_gpu,
+                        self.gpus_per_trial))
+
     def _limit_threads(self) -> None:
         """One CPU thread per local worker unless told otherwise: workers share the machine's
         cores, and torch's OpenMP pool, inherited half-made by a forked worker, hangs when it
@@ -227,8 +245,7 @@ class Tuner:
         if threads is None:
             threads = 1
             if self.start_method not in (None, "fork"):
-                gpus = self.gpus if isinstance(self.gpus, int) else len(self.gpus or [])
-                workers = self.n_workers or gpus or os.cpu_count() or 1
+                workers = self.n_workers or self._gpu_slots() or os.cpu_count() or 1
                 threads = max(1, (os.cpu_count() or 1) // max(1, workers))
         import torch
 

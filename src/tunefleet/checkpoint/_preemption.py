@@ -1,5 +1,5 @@
-"""SIGTERM to a storage-mode worker is a preemption, not a crash (Slurm's walltime signal,
-``scancel``, a spot VM or Kubernetes taking the node).
+"""SIGTERM to a worker (hub or storage mode) is a preemption, not a crash (Slurm's walltime
+signal, ``scancel``, a spot VM or Kubernetes taking the node).
 
 The running trial gets ``grace`` seconds to reach the end of its next ``checkpoint.save``
 (``tunefleet.checkpoint.Preempted`` is raised there); when the grace period ends first, SIGALRM
@@ -16,7 +16,7 @@ import signal
 import threading
 from typing import Any
 
-from tunefleet.checkpoint import Preempted, request_stop, stop_deadline, stop_requested
+from tunefleet.checkpoint._session import Preempted, request_stop, stop_deadline, stop_requested
 
 _state: dict[str, Any] = {"pid": None, "grace": 20.0, "in_trial": False}
 
