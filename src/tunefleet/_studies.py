@@ -123,11 +123,7 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
         path = url[len("journal://"):] if url.startswith("journal://") else url
         if not path:
             raise UsageError(f"storage {url!r}: journal storage needs a file path")
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise UsageError(f"storage {url!r}: folder {folder} does not exist")
-        if not create and not os.path.exists(path):
-            raise UsageError(f"storage {url!r}: no such file {os.path.abspath(path)}")
+        _check_file(url, path, create)
         from optuna.storages.journal import JournalFileBackend
 
         from tunefleet._journal import repair_tail
@@ -143,11 +139,7 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
         )
     sqlite_file = _sqlite_path(url)
     if sqlite_file is not None:
-        folder = os.path.dirname(os.path.abspath(sqlite_file))
-        if not os.path.isdir(folder):
-            raise UsageError(f"storage {url!r}: folder {folder} does not exist")
-        if not create and not os.path.exists(sqlite_file):
-            raise UsageError(f"storage {url!r}: no such file {os.path.abspath(sqlite_file)}")
+        _check_file(url, sqlite_file, create)
     engine_url = driver_url(url)
     kwargs: dict[str, Any] = {}
     if sqlite_wal and url.startswith("sqlite:"):
@@ -174,6 +166,15 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
     except Exception as exc:  # sqlalchemy's ArgumentError, OperationalError, ...
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"storage {shown_url(url)} cannot be opened: {first}") from None
+
+
+def _check_file(url: str, path: str, create: bool) -> None:
+    """A storage file's folder exists; a file only read (``create=False``) exists too."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError(f"storage {url!r}: folder {folder} does not exist")
+    if not create and not os.path.exists(path):
+        raise UsageError(f"storage {url!r}: no such file {os.path.abspath(path)}")
 
 
 def _schema_template() -> Path:

@@ -77,10 +77,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def default_root(location: str | None, study_name: str) -> Path | None:
-    """The folder beside a study's storage file that holds its checkpoints, from the storage's
-    location (``sqlite:///x.db`` or a journal file's path); None for a storage without a file
-    (a server, memory): the caller picks one."""
+def default_root(location: str | None, study_name: str,
+                 folder: str | os.PathLike[str] | None = None) -> Path | None:
+    """The folder of a study's checkpoints: in ``folder`` when the user gives one, else beside
+    the study's storage file, from the storage's location (``sqlite:///x.db`` or a journal
+    file's path); one subfolder per study, so studies may share a folder. None for a storage
+    without a file (a server, memory) and no ``folder``: the caller picks one."""
+    if folder is not None:
+        return Path(folder) / _safe(study_name)
     if not location:
         return None
     path: str | None = None

@@ -54,6 +54,20 @@ def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def checkpoint_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--checkpoint-dir`` and ``--keep-checkpoints``: where ``tunefleet.checkpoint`` keeps
+    trials' checkpoints, in every command that runs trials."""
+    func = click.option(
+        "--keep-checkpoints", is_flag=True,
+        help="Keep the checkpoints of trials that ended (default: removed).")(func)
+    return click.option(
+        "--checkpoint-dir", default=None,
+        help="Where trials' checkpoints live (tunefleet.checkpoint). Default: beside the "
+             "SQLite or journal file (STORAGE.checkpoints/STUDY). With a database server: "
+             "in hub mode the coordinator's own folder (remote workers stream theirs there); "
+             "in storage mode give a folder every worker reaches.")(func)
+
+
 def spec_from_options(directions: tuple[str, ...], sampler: str | None, seed: int | None,
                       pruner: str | None) -> StudySpec:
     """The study spec the options of ``study_options`` describe, with the ``--search-space``

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from tunefleet.cli._hub import hub_options, remaining_budget, run_hub_command
-from tunefleet.cli._options import parse_gpus, spec_from_options, study_options
+from tunefleet.cli._options import (checkpoint_options, parse_gpus, spec_from_options,
+                                    study_options)
 from tunefleet._gpus import gpu_layout
 from tunefleet._studies import create_or_load_study, open_storage
 from tunefleet._targets import load_target
@@ -36,11 +37,13 @@ from tunefleet._targets import load_target
               help="With --seed: the same trials and values whatever the workers' timing "
                    "(trial k starts once trials up to k - workers have ended, and sees only "
                    "those); slower when trial times vary.")
+@checkpoint_options
 @hub_options
 def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float | None,
         storage: str | None, study_name: str | None, directions: tuple[str, ...],
         sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
         trials_per_gpu: int | None, gpus_per_trial: int | None, deterministic: bool,
+        checkpoint_dir: str | None, keep_checkpoints: bool,
         max_retries: int, grace: float, worker_timeout: float,
         keep_going: bool, progress: bool, as_json: bool) -> None:
     """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
@@ -66,5 +69,6 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
         gpus=gpu_spec, trials_per_gpu=trials_per_gpu, gpus_per_trial=gpus_per_trial,
         max_retries=max_retries, grace=grace,
         worker_timeout=worker_timeout, deterministic=deterministic,
+        checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
         catch=(Exception,) if keep_going else (), show_progress_bar=progress),
         n_trials=n_trials, timeout=timeout)

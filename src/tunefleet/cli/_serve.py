@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from tunefleet.cli._hub import hub_options, remaining_budget, run_hub_command
-from tunefleet.cli._options import spec_from_options, study_options
+from tunefleet.cli._options import checkpoint_options, spec_from_options, study_options
 from tunefleet._studies import create_or_load_study, open_storage
 from tunefleet._targets import load_target
 
@@ -25,11 +25,13 @@ from tunefleet._targets import load_target
               help="Started again after a crash: seconds to wait for workers that outlived the "
                    "old coordinator to hand over the results of the trials it left RUNNING, "
                    "before those are failed and retried.")
+@checkpoint_options
 @hub_options
 def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout: float | None,
           storage: str | None, study_name: str | None, directions: tuple[str, ...],
           sampler: str | None, seed: int | None, pruner: str | None, max_retries: int,
-          grace: float, worker_timeout: float, reclaim_window: float, keep_going: bool,
+          grace: float, worker_timeout: float, reclaim_window: float,
+          checkpoint_dir: str | None, keep_checkpoints: bool, keep_going: bool,
           progress: bool, as_json: bool) -> None:
     """Coordinate a study for workers that join with `tunefleet worker --connect`.
 
@@ -61,5 +63,6 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
         study, objective, n_trials=remaining, timeout=timeout, backend="tcp", listen=listen,
         key=key, listener=listener, max_retries=max_retries, grace=grace,
         worker_timeout=worker_timeout, reclaim_window=reclaim_window,
+        checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
         catch=(Exception,) if keep_going else (), show_progress_bar=progress),
         n_trials=n_trials, timeout=timeout)

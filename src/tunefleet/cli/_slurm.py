@@ -18,7 +18,8 @@ import sys
 
 import click
 
-from tunefleet.cli._options import search_space_file, spec_from_options, study_options
+from tunefleet.cli._options import (checkpoint_options, search_space_file, spec_from_options,
+                                    study_options)
 from tunefleet._gpus import check_packing, pack
 from tunefleet.errors import UsageError
 from tunefleet._studies import shown_url
@@ -323,11 +324,7 @@ def _worker_args(mode: str, signal_at: int | None, requeue: bool, grace: float |
               help="Storage mode: seconds a worker's trial gets after SIGTERM to reach its next "
                    "checkpoint.save (tunefleet worker --grace; default 20). Keep it under "
                    "--signal and Slurm's KillWait.")
-@click.option("--checkpoint-dir", default=None,
-              help="Storage mode: where trials' checkpoints live, on a disk every node reaches "
-                   "(default: beside the SQLite or journal file).")
-@click.option("--keep-checkpoints", is_flag=True,
-              help="Storage mode: keep the checkpoints of trials that ended.")
+@checkpoint_options
 def slurm(target: str, storage: str | None, study_name: str | None,
           directions: tuple[str, ...], sampler: str | None, seed: int | None,
           pruner: str | None, nodes: int, tasks_per_node: int, gpus_per_task: int | None,

@@ -9,7 +9,7 @@ import traceback
 
 import click
 
-from tunefleet.cli._options import spec_from_options, study_options
+from tunefleet.cli._options import checkpoint_options, spec_from_options, study_options
 from tunefleet.errors import ObjectiveFailed, UsageError
 
 
@@ -34,12 +34,7 @@ from tunefleet.errors import ObjectiveFailed, UsageError
               help="After SIGTERM (Slurm's time limit or --signal, a preemption), seconds the "
                    "running trial gets to reach its next checkpoint.save; then it is handed "
                    "back, to continue elsewhere from that checkpoint, and the worker exits 143.")
-@click.option("--checkpoint-dir", default=None,
-              help="Where trials' checkpoints live, a folder every worker reaches. Default: "
-                   "beside the SQLite or journal file (STORAGE.checkpoints/STUDY); a database "
-                   "server has none, so give one on a shared disk.")
-@click.option("--keep-checkpoints", is_flag=True,
-              help="Keep the checkpoints of trials that ended (default: removed).")
+@checkpoint_options
 @click.option("--connect", default=None, help="Hub mode: tcp://HOST:PORT of `tunefleet serve`.")
 @click.option("--key-file", default=None, help="Hub mode: the shared secret of the hub.")
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,

@@ -111,11 +111,9 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
 
 
 def _checkpoint_keeper(study: optuna.Study, folder: str | None, keep: bool) -> CheckpointKeeper:
-    """The study's checkpoints: in ``folder``, else beside its storage file (SQLite, journal),
-    else (a server, memory) in a folder of this run's own, removed at its end."""
-    if folder is not None:
-        return CheckpointKeeper(folder, keep=keep)
-    root = default_root(storage_location(study._storage), study.study_name)
+    """The study's checkpoints: in ``folder``/STUDY, else beside its storage file (SQLite,
+    journal), else (a server, memory) in a folder of this run's own, removed at its end."""
+    root = default_root(storage_location(study._storage), study.study_name, folder)
     if root is not None:
         return CheckpointKeeper(root, keep=keep)
     return CheckpointKeeper(tempfile.mkdtemp(prefix="tunefleet-checkpoints-"), keep=keep,

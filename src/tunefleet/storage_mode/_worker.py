@@ -144,8 +144,8 @@ class StorageWorker:
         # MariaDB, whose DATETIME columns keep whole seconds: only there is it worth a write.
         rdb = _rdb(self.storage)
         self._record_finish = rdb is not None and rdb.engine.dialect.name in ("mysql", "mariadb")
-        root = options.checkpoint_dir or checkpoint.default_root(
-            storage_location(self.storage), study.study_name)
+        root = checkpoint.default_root(storage_location(self.storage), study.study_name,
+                                       options.checkpoint_dir)
         self.checkpoints = checkpoint.FolderStore(root) if root is not None else None
         self._reseed: Reseeder | None = None
         if options.seed is not None:
