@@ -1,7 +1,7 @@
 """Lab tests (a) and (b) of issue 12: the hub over TCP with its workers on other hosts.
 
 (a) A worker's host is cut off longer than ``--worker-timeout``, then healed: its trial is failed
-    and retried, its late result refused, the budget exact.
+    and retried, its late result never counted, the budget exact.
 (b) The coordinator's host dies (every process killed at once) and ``serve`` is started again:
     the workers on two hosts hand their finished trials over; nothing finished is lost.
 """
@@ -118,8 +118,8 @@ def test_a_partitioned_hub_worker_loses_its_trial_and_its_late_result(netlab, tm
     # The same parameters run again (the cut trial holds those its worker had reported).
     assert retry[0].params.items() >= cut.params.items() and retry[0].params
     assert states.count(TrialState.FAIL) == 1
-    # The late result came back after the heal and was refused (not written anywhere).
-    assert "late result from worker" in hub.err.read_text()
+    # The silent worker was dropped (issue 19: a silent worker is ended and its place taken),
+    # so its late result was written nowhere: the cut trial stays FAIL without values (above).
 
 
 @pytest.mark.timeout(600)
