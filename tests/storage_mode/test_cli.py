@@ -101,7 +101,8 @@ def test_worker_waits_out_a_locked_study_file(cli, tmp_path):
     url = f"sqlite:///{tmp_path / 's.db'}"
     assert cli("init", "--storage", url, "--study", "l").returncode == 0
     ready = threading.Event()
-    holder = threading.Thread(target=_hold_lock, args=(tmp_path / "s.db", 4, ready))
+    # Held long enough that the worker meets it however slowly it starts; it waits it out.
+    holder = threading.Thread(target=_hold_lock, args=(tmp_path / "s.db", 20, ready))
     holder.start()
     ready.wait()
     r = cli("worker", f"{HERE / 'objectives.py'}:slow", "--storage", f"{url}?timeout=0.1",

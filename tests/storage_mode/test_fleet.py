@@ -83,7 +83,8 @@ def test_fleet_exact_budget_survives_a_killed_worker(storage_url, n_workers, cli
     total = 40
     assert cli("init", "--storage", storage_url, "--study", "fleet",
                "--sampler", "random").returncode == 0
-    procs = start_workers(n_workers, storage_url, "fleet", total, sleep="0.4")
+    # Trials long enough that a poll of the storage, slow on a loaded machine, sees one run.
+    procs = start_workers(n_workers, storage_url, "fleet", total, sleep="1.0")
     killed_pid, victim = kill_one_mid_trial(procs, storage_url, "fleet", 120)
     alive = [p for p in procs if p.returncode is None]
     wait_all(alive, timeout=180)
