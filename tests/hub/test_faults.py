@@ -28,8 +28,9 @@ def by_state(study):
 
 
 def no_worker_left() -> bool:
-    """Every worker process has exited (within 5 s of the run's end)."""
-    wait_until(lambda: not multiprocessing.active_children(), 5,
+    """Every worker process has exited (soon after the run ends: within 60 s on a loaded
+    machine)."""
+    wait_until(lambda: not multiprocessing.active_children(), 60,
                lambda: f"the worker processes to exit: {multiprocessing.active_children()}",
                interval=0.05)
     return True
