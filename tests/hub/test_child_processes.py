@@ -12,11 +12,9 @@ import sys
 import uuid
 from pathlib import Path
 
-import optuna
 import psutil
 import pytest
 
-from tests.hub import process_objectives
 
 ROOT = Path(__file__).resolve().parents[2]
 N_TRIALS = 8
@@ -76,11 +74,24 @@ def run(tmp_path: Path, *args: str, timeout: float = 120) -> tuple[subprocess.Co
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), mark
 
 
+PLAIN = """
+import optuna
+from tests.hub import process_objectives
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.create_study()
+study.optimize(process_objectives.{name}, n_trials={n})
+print(sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials))
+"""
+
+
 def plain_optuna(name: str) -> int:
-    """How many trials plain Optuna completes with the same objective."""
-    study = optuna.create_study()
-    study.optimize(getattr(process_objectives, name), n_trials=N_TRIALS)
-    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    """How many trials plain Optuna completes with the same objective, in a process of its
+    own: the pools and executors it leaves (joblib's loky workers stay for reuse) must not
+    stay in the test process, where later tests count its child processes."""
+    result = subprocess.run([sys.executable, "-c", PLAIN.format(name=name, n=N_TRIALS)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip().splitlines()[-1])
 
 
 OPTIMIZE = """
