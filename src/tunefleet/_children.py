@@ -127,7 +127,7 @@ def _end(pids: list[int], grace: float, helpers: Iterable[int] = ()) -> None:
     alive = list(pids)
     while True:
         _reap(p for p in alive if p not in tracked)
-        alive = [p for p in alive if _alive(p)]
+        alive = [p for p in alive if process_alive(p)]
         if not [p for p in alive if p not in helpers] or time.monotonic() >= deadline:
             break
         time.sleep(0.01)
@@ -136,7 +136,7 @@ def _end(pids: list[int], grace: float, helpers: Iterable[int] = ()) -> None:
         deadline = time.monotonic() + 1.0
         while alive and time.monotonic() < deadline:
             _reap(p for p in alive if p not in tracked)
-            alive = [p for p in alive if _alive(p)]
+            alive = [p for p in alive if process_alive(p)]
             if alive:
                 time.sleep(0.01)
     if tracked:
@@ -313,8 +313,8 @@ def _reap(pids: Iterable[int]) -> None:
             pass  # not our child (below one), or reaped already
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie does not)."""
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie does not); any user's process."""
     if _PROC:
         try:
             with open(f"/proc/{pid}/stat") as f:

@@ -31,6 +31,7 @@ import optuna
 import psutil
 
 import tunefleet
+from tunefleet._children import process_alive as alive
 
 
 def _log() -> Path:
@@ -93,20 +94,6 @@ def now(log: Path) -> dict[int, tuple[int, int]]:
             continue
         out[int(path.name.split("-", 1)[1])] = (number, step)
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not reaped yet) is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 class Killer(threading.Thread):

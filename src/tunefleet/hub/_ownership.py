@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tunefleet import _attrs as attrs
+from tunefleet._children import process_alive
 from tunefleet._filelock import file_mutex
 from tunefleet._optuna import storage_location
 from tunefleet._retry import retry_of
@@ -55,7 +56,7 @@ def _claim(study: optuna.Study) -> None:
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     owner = study._storage.get_study_system_attrs(study._study_id).get(OWNER)
     if isinstance(owner, dict) and owner.get("host") == me["host"] and owner.get("pid") not in (
-            None, me["pid"]) and _alive(int(owner["pid"])):
+            None, me["pid"]) and process_alive(int(owner["pid"])):
         raise UsageError(f"study {study.study_name!r} is being run by the coordinator with pid "
                          f"{owner['pid']} on this host; stop it first, or use another --study")
     study._storage.set_study_system_attr(study._study_id, OWNER, me)
@@ -68,20 +69,6 @@ def release(study: optuna.Study) -> None:
         study._storage.set_study_system_attr(study._study_id, OWNER, None)
     except Exception:
         pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def recover_orphans(study: optuna.Study, orphans: Sequence[int], max_retries: int) -> int:
