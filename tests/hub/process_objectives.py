@@ -23,6 +23,15 @@ def slow(trial: optuna.Trial) -> float:
     return x
 
 
+def slow_when_three_joined(trial: optuna.Trial) -> float:
+    """``slow`` once three worker processes have each begun a trial: a test that needs three
+    workers at work sees them however slowly some start."""
+    from tests.remote.objectives import _wait_until_joined
+
+    _wait_until_joined(3)
+    return slow(trial)
+
+
 def _pool(method: str, trial: optuna.Trial) -> float:
     x = trial.suggest_float("x", -1, 1)
     with multiprocessing.get_context(method).Pool(2) as pool:  # __exit__: Pool.terminate()

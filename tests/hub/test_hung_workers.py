@@ -37,14 +37,19 @@ def complete(db: Path) -> int:
 
 def test_a_stopped_worker_is_killed_and_the_run_ends(tmp_path):
     db = tmp_path / "s.db"
-    cmd = [sys.executable, "-m", "tunefleet", "run", f"{OBJECTIVES}:slow", "--n-trials", "30",
-           "--workers", "3", "--worker-timeout", str(TIMEOUT), "--storage", f"sqlite:///{db}",
-           "--no-progress"]
+    cmd = [sys.executable, "-m", "tunefleet", "run", f"{OBJECTIVES}:slow_when_three_joined",
+           "--n-trials", "30", "--workers", "3", "--worker-timeout", str(TIMEOUT),
+           "--storage", f"sqlite:///{db}", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env=env)
     run = psutil.Process(proc.pid)
 
     def three_workers_at_work() -> list[psutil.Process] | None:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run exited ({proc.returncode}) before three workers "
+                                 f"were at work:\n{proc.stderr.read()[-3000:]}")
         workers = run.children()
         return workers if len(workers) == 3 and complete(db) >= 2 else None
 

@@ -38,11 +38,17 @@ class Procs:
         self.started.append(proc)
         return proc
 
-    def serve(self, target: str, port: int, *args: str) -> subprocess.Popen:
+    def key(self) -> Path:
+        """The shared key file ``hub.key``, written once, as a user would copy it to the
+        workers' hosts first."""
         key = self.cwd / "hub.key"
-        if not key.exists():  # as a user would copy it to the workers' hosts first
+        if not key.exists():
             key.write_text("test-key-0123456789\n")
             key.chmod(0o600)  # serve and worker refuse a key file others can read
+        return key
+
+    def serve(self, target: str, port: int, *args: str) -> subprocess.Popen:
+        self.key()
         return self.tunefleet("serve", target, "--listen", f"tcp://127.0.0.1:{port}",
                               "--key-file", "hub.key", "--storage", "sqlite:///hub.db",
                               "--no-progress", "--json", *args)

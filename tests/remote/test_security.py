@@ -27,7 +27,7 @@ from tests.helpers import free_port, wait_until
 from tests.remote.conftest import ROOT
 from tunefleet import _attrs as attrs
 from tunefleet.hub import _protocol as P
-from tunefleet.transport._tcp import HANDSHAKE_SIZE, MAX_PENDING, TcpChannel
+from tunefleet.transport._tcp import HANDSHAKE_SIZE, HELLO_SIZE, MAX_PENDING, TcpChannel
 
 KEY = b"the-right-key"
 TARGET = f"{Path(objectives.__file__)}:slow_quadratic"
@@ -355,5 +355,5 @@ def test_a_worker_reads_nothing_large_from_an_unauthenticated_server(procs, tmp_
         with conn:
             conn.sendall(struct.pack(">I", 200 * 1024 * 1024) + b"TFHUB1" + b"\0" * 4096)
             err = one_line_error(worker)
-    assert err == ("tunefleet worker: message of 209715200 bytes from the coordinator is too "
-                   "large (is the key the coordinator's?)\n")
+    assert err == (f"tunefleet worker: tcp://127.0.0.1:{port} is not a tunefleet coordinator "
+                   f"(its first message announced 209715200 bytes, a hello is {HELLO_SIZE})\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -116,6 +117,25 @@ def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_
     assert [t.number for t in study.trials] == list(range(len(study.trials)))
     for w in workers:
         finish(w, timeout=60)
+
+
+def test_a_worker_tries_again_when_the_coordinator_does_not_greet_it(procs, tmp_path):
+    """A coordinator that accepts a connection and says nothing before it closes (starting,
+    busy, restarted) is tried again until the connect timeout, not given up on: the worker
+    then joins the coordinator that listens there and runs the study."""
+    procs.key()
+    with socket.create_server(("127.0.0.1", 0)) as mute:
+        mute.settimeout(60)
+        port = mute.getsockname()[1]
+        worker = procs.worker(port, "hub.key")
+        conn, _ = mute.accept()
+        conn.close()  # not a word
+    serve = procs.serve(f"{TARGET}:sleepy", port, "--n-trials", "4", "--sampler", "random")
+    out, _ = finish(serve)
+    assert json.loads(out.strip().splitlines()[-1])["states"]["complete"] == 4
+    finish(worker, 60)
+    assert {t.system_attrs[attrs.WORKER] for t in load(tmp_path).trials} \
+        == {f"{socket.gethostname()}/{worker.pid}"}
 
 
 def test_elastic_workers_join_and_leave_and_serve_waits_for_them(procs, tmp_path):

@@ -369,6 +369,10 @@ class TcpListener(Listener):
         self._sel.close()
 
 
+class _NotYet(Exception):
+    """The coordinator did not greet a new connection; another try may meet it."""
+
+
 class TcpChannel(Channel):
     """A worker's connection to a coordinator, authenticated both ways."""
 
@@ -378,22 +382,55 @@ class TcpChannel(Channel):
         self.max_message = max_message
         deadline = time.monotonic() + connect_timeout
         while True:
+            # A coordinator starting (or busy, or restarted) may accept late or not greet us
+            # within the socket's timeout: that is tried again until the deadline. A refused
+            # key or a server that is no coordinator is said at once.
             try:
                 self.sock = socket.create_connection((host, port), timeout=10.0)
-                break
             except OSError as exc:
                 if time.monotonic() > deadline:
                     raise CoordinatorGone(f"cannot reach a coordinator at {address}: {exc}") \
                         from None
                 time.sleep(0.5)
+                continue
+            try:
+                server_nonce, client_nonce = self._handshake(address, key)
+                break
+            except _NotYet as exc:
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise CoordinatorGone(f"the coordinator at {address} did not complete the "
+                                          f"handshake: {exc}") from None
+                time.sleep(0.5)
+            except BaseException:
+                self.sock.close()
+                raise
+        session = _mac(key, b"session", server_nonce, client_nonce)
+        self._sealer = _Sealer(session, out_dir=b"c2s", in_dir=b"s2c")
+        self.sock.settimeout(None)
+        self._watch: threading.Thread | None = None
+
+    def _handshake(self, address: str, key: bytes) -> tuple[bytes, bytes]:
+        """Prove the key both ways; the two nonces. ``_NotYet`` when the coordinator did not
+        greet us (not listening yet, busy, full): worth another try."""
         _keepalive(self.sock)
+        # Before the server is authenticated, read no more than the handshake's frames.
         try:
-            # Before the server is authenticated, read no more than the handshake's frames.
-            hello = self._recv_frame(limit=HELLO_SIZE)
-            if not hello.startswith(MAGIC) or len(hello) != HELLO_SIZE:
-                raise CoordinatorGone(f"{address} is not a tunefleet coordinator")
-            server_nonce = hello[len(MAGIC):]
-            client_nonce = secrets.token_bytes(NONCE)
+            (size,) = _LEN.unpack(self._recv_exact(4))
+        except CoordinatorGone as exc:  # timed out, reset or closed before a word
+            raise _NotYet(str(exc)) from None
+        if size != HELLO_SIZE:
+            raise CoordinatorGone(f"{address} is not a tunefleet coordinator (its first "
+                                  f"message announced {size} bytes, a hello is {HELLO_SIZE})")
+        try:
+            hello = self._recv_exact(size)
+        except CoordinatorGone as exc:
+            raise _NotYet(str(exc)) from None
+        if not hello.startswith(MAGIC):
+            raise CoordinatorGone(f"{address} is not a tunefleet coordinator")
+        server_nonce = hello[len(MAGIC):]
+        client_nonce = secrets.token_bytes(NONCE)
+        try:
             self.sock.sendall(_frame(client_nonce + _mac(key, b"client", server_nonce,
                                                          client_nonce)))
             proof = self._recv_frame(limit=MAC)
@@ -404,10 +441,7 @@ class TcpChannel(Channel):
             raise CoordinatorGone(f"{exc} (is the key the coordinator's?)") from None
         if not hmac.compare_digest(proof, _mac(key, b"server", client_nonce, server_nonce)):
             raise CoordinatorGone(f"the coordinator at {address} does not hold our key")
-        session = _mac(key, b"session", server_nonce, client_nonce)
-        self._sealer = _Sealer(session, out_dir=b"c2s", in_dir=b"s2c")
-        self.sock.settimeout(None)
-        self._watch: threading.Thread | None = None
+        return server_nonce, client_nonce
 
     def _recv_exact(self, n: int) -> bytes:
         chunks = []
