@@ -111,3 +111,27 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# -- running in parallel (pytest-xdist, ``--dist loadgroup``) ---------------------------------
+# A file's tests run in one process, so that its module fixtures (a Dask cluster, Spark, Ray)
+# start once; the Slurm files share one process, so that one Slurm cluster runs at a time. The
+# longest groups go first, so that no long one starts last.
+_SHARED_GROUPS = {"slurm": "slurm"}
+_FIRST = ("tests/slurm/", "tests/lab/", "tests/storage_mode/", "tests/remote/", "tests/hub/")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is not None:
+            continue
+        path = Path(item.fspath).resolve().relative_to(ROOT).as_posix()
+        folder = path.split("/")[1] if path.count("/") > 1 else ""
+        item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(folder, path)))
+
+    def rank(item: pytest.Item) -> int:
+        path = Path(item.fspath).resolve().relative_to(ROOT).as_posix()
+        return next((i for i, p in enumerate(_FIRST) if path.startswith(p)), len(_FIRST))
+
+    items.sort(key=rank)  # stable: a file's tests keep their order

@@ -34,9 +34,11 @@ class Run:
 
     SHOWN = re.compile(r"(\d+)/(\d+) \[")
 
-    def __init__(self, tmp_path: Path, *args: str) -> None:
+    def __init__(self, tmp_path: Path, *args: str, code: str | None = None) -> None:
+        """``tunefleet run ARGS``; or, with ``code``, that Python program."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tunefleet", "run", *args],
+        argv = ["-c", code] if code is not None else ["-m", "tunefleet", "run", *args]
+        self.proc = subprocess.Popen([sys.executable, *argv],
                                      cwd=tmp_path, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=env)
         self.err = ""
@@ -151,6 +153,33 @@ def test_sigkill_at_a_random_moment_loses_nothing_counted(tmp_path, storage_url,
     held = states(storage_url)
     assert held[TrialState.COMPLETE] >= shown, (shown, held)
     assert_resumed_exactly(tmp_path, storage_url, n_trials)
+
+
+FINISHED = re.compile(r"Trial (\d+) finished with value")
+
+
+@pytest.mark.parametrize("storage_url", ["sqlite", "journal"], indirect=True)
+def test_optunas_log_line_is_said_only_for_a_stored_trial(tmp_path, storage_url):
+    """``tunefleet.optimize`` with Optuna's INFO log, SIGKILLed mid-run: every trial it logged
+    as finished is COMPLETE in the storage (the line comes once the storage holds it)."""
+    code = f"""
+import optuna, tunefleet, sys
+sys.path.insert(0, {str(HERE)!r})
+from durable_objectives import fast
+optuna.logging.set_verbosity(optuna.logging.INFO)
+from tunefleet._studies import open_storage
+study = optuna.create_study(study_name="tunefleet", storage=open_storage({storage_url!r}),
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+tunefleet.optimize(study, fast, n_trials=2000, n_workers=3)
+"""
+    run = Run(tmp_path, code=code)
+    run.wait_for(lambda err: len(FINISHED.findall(err)) >= 150, "150 trials logged")
+    run.proc.send_signal(signal.SIGKILL)
+    assert run.finish() == -signal.SIGKILL
+    logged = {int(n) for n in FINISHED.findall(run.err)}
+    complete = {t.number for t in load(storage_url).get_trials(deepcopy=False,
+                                                                states=(TrialState.COMPLETE,))}
+    assert logged <= complete, sorted(logged - complete)
 
 
 @pytest.mark.parametrize("storage_url", ["sqlite", "postgresql"], indirect=True)

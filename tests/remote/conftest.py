@@ -92,8 +92,10 @@ class Procs:
         return int(self.said(serve, r" on tcp://127\.0\.0\.1:(\d+);").group(1))
 
     def worker(self, port: int, key_file: str = "hub.key", *args: str) -> subprocess.Popen:
-        return self.tunefleet("worker", "--connect", f"tcp://127.0.0.1:{port}",
-                              "--key-file", key_file, *args)
+        return self.worker_at(f"tcp://127.0.0.1:{port}", key_file, *args)
+
+    def worker_at(self, address: str, key_file: str = "hub.key", *args: str) -> subprocess.Popen:
+        return self.tunefleet("worker", "--connect", address, "--key-file", key_file, *args)
 
     def stop_all(self) -> None:
         for proc in self.started:

@@ -109,3 +109,8 @@ def slow_quadratic_when_four_joined(trial: optuna.Trial) -> float:
 def tagging_when_two_joined(trial: optuna.Trial) -> float:
     _wait_until_joined(2)
     return tagging(trial)
+
+
+def raises(trial: optuna.Trial) -> float:
+    trial.suggest_float("x", -10, 10)
+    raise ValueError("the objective's own error")

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -342,6 +343,16 @@ def test_a_malformed_address_is_one_line(procs, tmp_path, address, why, who):
                     f"--connect {address!r} must look like tcp://HOST:PORT")
     err = one_line_error(proc)
     assert err == f"tunefleet: error: {expected}{' ' + why if why else ''}\n"
+
+
+def test_a_coordinator_host_that_does_not_resolve_is_one_line_at_once(procs, tmp_path):
+    """Not 60 s of silence retrying a name that does not exist (``.invalid`` never resolves)."""
+    write_key(tmp_path / "hub.key")
+    started = time.monotonic()
+    err = one_line_error(procs.worker_at("tcp://no-such-host.invalid:5555", "hub.key"))
+    assert err.startswith("tunefleet worker: cannot reach a coordinator at "
+                          "tcp://no-such-host.invalid:5555: unknown host 'no-such-host.invalid'")
+    assert time.monotonic() - started < 50  # the connect timeout (60 s) was not waited out
 
 
 def test_a_worker_reads_nothing_large_from_an_unauthenticated_server(procs, tmp_path):

@@ -138,6 +138,34 @@ def test_a_worker_tries_again_when_the_coordinator_does_not_greet_it(procs, tmp_
         == {f"{socket.gethostname()}/{worker.pid}"}
 
 
+def test_a_worker_before_its_coordinator_says_it_waits_then_joins(procs, tmp_path):
+    """Started before serve (or after the study ended): one line says what it waits for and
+    how long, instead of a silent minute."""
+    procs.key()
+    port = free_port()
+    worker = procs.worker(port, "hub.key")
+    procs.said(worker, rf"no coordinator at tcp://127\.0\.0\.1:{port} yet \(.*\); trying for "
+                       r"up to 60 s")
+    assert worker.poll() is None
+    serve = procs.serve(f"{TARGET}:sleepy", port, "--n-trials", "3", "--sampler", "random")
+    finish(serve)
+    finish(worker, 60)
+
+
+def test_a_remote_worker_exits_1_when_the_objective_raised(procs, tmp_path):
+    """serve exits 1 (the objective's exception stops the study, as in Optuna); the worker
+    that ran it exits 1 too, with one line, so that a job script sees the failure."""
+    serve = procs.serve(f"{TARGET}:raises", 0, "--n-trials", "5")
+    worker = procs.worker(procs.port_of(serve))
+    _, err = serve.communicate(timeout=180)
+    assert serve.returncode == 1, err
+    assert "the objective's own error" in err
+    _, werr = worker.communicate(timeout=60)
+    assert worker.returncode == 1, werr
+    assert werr.splitlines()[-1].startswith("tunefleet worker: the study stopped on an error: "
+                                            "ValueError: the objective's own error"), werr
+
+
 def test_elastic_workers_join_and_leave_and_serve_waits_for_them(procs, tmp_path):
     serve = procs.serve(f"{TARGET}:sleepy", 0, "--n-trials", "24", "--sampler", "random")
     port = procs.port_of(serve)

@@ -12,6 +12,7 @@ only once the durable storage holds it (``hub/_mirror``).
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections import deque
 from typing import Any, Callable, Sequence
@@ -21,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import _attrs as attrs
-from tunefleet._optuna import is_heartbeat_enabled, log_completed_trial, tell_with_warning
+from tunefleet._optuna import is_heartbeat_enabled, tell_with_warning
 from tunefleet._retry import lineage, retry_of
 from tunefleet.errors import Interrupted, WorkerStartError
 from tunefleet.hub import _protocol as P
@@ -32,7 +33,8 @@ from tunefleet.hub._mirror import MirroredStorage
 from tunefleet.hub._ownership import recover_orphans
 from tunefleet.hub._progress import Progress
 from tunefleet.hub._signals import StopSignals
-from tunefleet.hub._state import Limits, _Ended, _Running, _WorkerState, drain, say
+from tunefleet.hub._state import (Limits, _Ended, _Running, _WorkerState, drain, log_ended,
+                                  say)
 from tunefleet.hub._worker import WorkerConfig
 from tunefleet.transport import Link
 
@@ -136,7 +138,7 @@ class Coordinator:
             self._abort(f"optimization stopped: {exc!r}")
             raise
         finally:
-            stop = P.encode(P.Stop())
+            stop = self._stop()
             for link in self.fleet.listener.links():
                 link.send(stop)
             self.fleet.shutdown(grace=2.0 if self._aborted is None else 0.0)
@@ -278,7 +280,7 @@ class Coordinator:
         while self._unannounced and (durable is None or self._unannounced[0].seq <= durable):
             ended = self._unannounced.popleft()
             self._after_trial(ended.trial, ended.state, ended.values, ended.callbacks,
-                              ended.continued)
+                              ended.continued, ended.log)
 
     # -- messages -----------------------------------------------------------------------------
     def _on_message(self, link: Link, raw: tuple) -> None:
@@ -301,7 +303,7 @@ class Coordinator:
             state.finished_trials += 1
             self._lost_in_a_row = 0
         if msg.leaving:  # stopped (SIGTERM): no new trial; the fleet replaces it when it exits
-            link.send(P.encode(P.Stop()))
+            link.send(self._stop())
             return
         if msg.result is not None and self.callbacks and self._unannounced:
             self._awaiting.append((self.mirror.seq, link))  # mirror: else nothing is unannounced
@@ -342,6 +344,12 @@ class Coordinator:
         for number, result in msg.reclaim:
             self._reclaim(link, number, result)
 
+    def _stop(self) -> tuple:
+        """The encoded ``Stop`` for a worker: with the error the study stopped on, if any."""
+        error = self._error
+        return P.encode(P.Stop(None if error is None else
+                               f"{type(error).__name__}: {error}"[:2000]))
+
     def _on_failed(self, link: Link, state: _WorkerState, msg: P.Failed) -> None:
         self._error = WorkerStartError(msg.message)
 
@@ -351,7 +359,7 @@ class Coordinator:
             if self._running and not self.fleet.starts_workers and self._error is None:
                 self._idle.append(link)
             else:
-                link.send(P.encode(P.Stop()))
+                link.send(self._stop())
             return
         if self._storage_behind():
             state.trial_id = None
@@ -463,39 +471,36 @@ class Coordinator:
             self.study.tell(trial, state=TrialState.FAIL)
             updated, out_values = TrialState.FAIL, None
         number, params = trial.number, trial._cached_frozen_trial.params
-        if updated == TrialState.COMPLETE:
-            log_completed_trial(self.study, out_values, number, params)
-        elif updated == TrialState.PRUNED:
-            _logger.info(f"Trial {number} pruned. {error.text if error else ''}")
-        elif error is not None:
-            _logger.warning(f"Trial {number} failed with parameters: {params} because of the "
-                            f"following error: {error.text}.\n{error.traceback or ''}".rstrip())
-        else:
-            _logger.warning(f"Trial {number} failed with parameters: {params} because of the "
-                            f"following error: {warning}.")
+
+        log = functools.partial(log_ended, self.study, updated, out_values, number, params,
+                                error, warning)
         stops = updated == TrialState.FAIL and error is not None and not error.caught
         if self.checkpoints is not None:  # the trial ended for good: its checkpoints go
             self.checkpoints.trial_ended(trial._trial_id, run.lineage, for_good=True)
         # As in Optuna, an exception that stops the study is not passed to callbacks.
-        self._count(trial, updated, out_values, callbacks=not stops)
+        self._count(trial, updated, out_values, callbacks=not stops, log=log)
         if stops:
             self._error = error.exc if error.exc is not None else RuntimeError(
                 f"objective failed in trial {number}: {error.text}\n{error.traceback or ''}"
                 .rstrip())
 
     def _count(self, trial: optuna.Trial, state: TrialState, values: Any, *,
-               callbacks: bool = True, continued: bool = False) -> None:
+               callbacks: bool = True, continued: bool = False,
+               log: Callable[[], None] | None = None) -> None:
         """Count ``trial`` as ended once the durable storage holds its end (at once when the
-        study's storage is not mirrored). A ``continued`` trial (a retry goes on with it) is
-        shown once: by its continuation."""
+        study's storage is not mirrored): its log line, callbacks, progress. A ``continued``
+        trial (a retry goes on with it) is shown once: by its continuation."""
         if self.mirror is None:
-            self._after_trial(trial, state, values, callbacks, continued)
+            self._after_trial(trial, state, values, callbacks, continued, log)
         else:
             self._unannounced.append(_Ended(self.mirror.seq, trial, state, values, callbacks,
-                                            continued))
+                                            continued, log))
 
     def _after_trial(self, trial: optuna.Trial, state: TrialState, values: Any,
-                     callbacks: bool = True, continued: bool = False) -> None:
+                     callbacks: bool = True, continued: bool = False,
+                     log: Callable[[], None] | None = None) -> None:
+        if log is not None:
+            log()
         if self.callbacks and callbacks:
             frozen: FrozenTrial = self._storage.get_trial(trial._trial_id)
             for callback in self.callbacks:

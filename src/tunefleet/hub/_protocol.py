@@ -234,7 +234,10 @@ class Reply(NamedTuple):
 
 
 class Stop(NamedTuple):
-    """No more trials for this worker: it exits."""
+    """No more trials for this worker: it exits, with 1 when the study stopped on an error
+    (``error`` says which), as the coordinator does."""
+
+    error: str | None = None
 
 
 Message = Union[Hello, Next, Call, Ops, Beat, Failed, Config, NewTrial, Reply, Stop]

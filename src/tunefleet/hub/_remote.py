@@ -31,8 +31,13 @@ def run_worker(address: str, key_file: str | None = None, *, key: bytes | None =
     could not be loaded here, 2 when the coordinator cannot be reached or authenticated.
     """
     secret = key if key is not None else load_key(key_file)
+
+    def waiting(why: str) -> None:
+        print(f"tunefleet worker: no coordinator at {address} yet ({why}); trying for up to "
+              f"{connect_timeout:g} s", file=sys.stderr)
+
     try:
-        channel = TcpChannel(address, secret, connect_timeout=connect_timeout)
+        channel = TcpChannel(address, secret, connect_timeout=connect_timeout, waiting=waiting)
     except CoordinatorGone as exc:
         print(f"tunefleet worker: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,10 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from tunefleet._optuna import log_completed_trial
 from tunefleet.transport import Link
+
+_logger = optuna.logging.get_logger("optuna.tunefleet")
 
 
 def say(message: str) -> None:
@@ -48,6 +51,7 @@ class _Ended:
     values: Any
     callbacks: bool
     continued: bool = False  # a FAIL whose retry continues it: shown once, as "resumed"
+    log: Callable[[], None] | None = None  # Optuna's line for it, said once it is stored
 
 
 @dataclass
@@ -81,3 +85,19 @@ def drain(mirror: Any, announce: Callable[[], None]) -> None:
             break
     if shown:
         say(f"saved in {time.monotonic() - t0:.1f} s")
+
+
+def log_ended(study: optuna.Study, state: TrialState, values: Any, number: int,
+              params: dict[str, Any], error: Any, warning: str | None) -> None:
+    """Optuna's line for a trial that ended (``error``: the worker's ``protocol.Error``;
+    ``warning``: why Optuna refused the values), said once the storage holds the trial."""
+    if state == TrialState.COMPLETE:
+        log_completed_trial(study, values, number, params)
+    elif state == TrialState.PRUNED:
+        _logger.info(f"Trial {number} pruned. {error.text if error else ''}")
+    elif error is not None:
+        _logger.warning(f"Trial {number} failed with parameters: {params} because of the "
+                        f"following error: {error.text}.\n{error.traceback or ''}".rstrip())
+    else:
+        _logger.warning(f"Trial {number} failed with parameters: {params} because of the "
+                        f"following error: {warning}.")

@@ -150,7 +150,7 @@ def serve(channel: Channel, label: str | None = None,
                 channel.send(P.encode(P.Hello(os.getpid(), socket.gethostname(), label, reclaim)))
                 msg = P.decode(channel.recv())
                 if type(msg) is P.Stop:
-                    return 0
+                    return _stopped(msg)
                 if config is None:
                     try:
                         config = cloudpickle.loads(msg.payload)
@@ -177,6 +177,16 @@ def serve(channel: Channel, label: str | None = None,
     finally:
         channel.close()
         release_pools()
+
+
+def _stopped(msg: P.Stop) -> int:
+    """The exit code of a worker told to stop: 1, said in one line, when the study stopped on
+    an error (the coordinator exits 1 too), else 0."""
+    if msg.error is None:
+        return 0
+    print(f"tunefleet worker: the study stopped on an error: {msg.error.splitlines()[0]}",
+          file=sys.stderr)
+    return 1
 
 
 def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
@@ -206,7 +216,7 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
         except CoordinatorGone as exc:
             raise _Lost(str(exc), (number, result) if result is not None else None) from None
         if type(msg) is not P.NewTrial:
-            return 0
+            return _stopped(msg) if type(msg) is P.Stop else 0
         number = msg.number
         if msg.space is not None:
             space = msg.space

@@ -32,6 +32,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Optional
 
 from tunefleet.errors import CoordinatorGone, UsageError
@@ -369,6 +370,10 @@ class TcpListener(Listener):
         self._sel.close()
 
 
+#: What ``getaddrinfo`` says of a name that does not exist (not of a DNS server that is down).
+_NO_SUCH_NAME = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
 class _NotYet(Exception):
     """The coordinator did not greet a new connection; another try may meet it."""
 
@@ -377,21 +382,42 @@ class TcpChannel(Channel):
     """A worker's connection to a coordinator, authenticated both ways."""
 
     def __init__(self, address: str, key: bytes, connect_timeout: float = 60.0,
-                 max_message: int = MAX_MESSAGE) -> None:
+                 max_message: int = MAX_MESSAGE,
+                 waiting: Callable[[str], None] | None = None) -> None:
+        """``waiting``: told once, with the reason, when the first try fails and the worker
+        goes on trying (so that a wait is never silent)."""
         host, port = parse_address(address)
         self.max_message = max_message
         deadline = time.monotonic() + connect_timeout
+        first = True
+
+        def again(why: object) -> None:
+            nonlocal first
+            if first and waiting is not None:
+                waiting(str(why))
+            first = False
+            time.sleep(0.5)
+
         while True:
             # A coordinator starting (or busy, or restarted) may accept late or not greet us
             # within the socket's timeout: that is tried again until the deadline. A refused
             # key or a server that is no coordinator is said at once.
             try:
                 self.sock = socket.create_connection((host, port), timeout=10.0)
+            except socket.gaierror as exc:
+                if exc.errno not in _NO_SUCH_NAME:  # a DNS server down may come back
+                    if time.monotonic() > deadline:
+                        raise CoordinatorGone(f"cannot reach a coordinator at {address}: "
+                                              f"{exc.strerror}") from None
+                    again(exc.strerror)
+                    continue
+                raise CoordinatorGone(f"cannot reach a coordinator at {address}: unknown host "
+                                      f"{host!r} ({exc.strerror})") from None
             except OSError as exc:
                 if time.monotonic() > deadline:
                     raise CoordinatorGone(f"cannot reach a coordinator at {address}: {exc}") \
                         from None
-                time.sleep(0.5)
+                again(exc.strerror or exc)
                 continue
             try:
                 server_nonce, client_nonce = self._handshake(address, key)
@@ -401,7 +427,7 @@ class TcpChannel(Channel):
                 if time.monotonic() > deadline:
                     raise CoordinatorGone(f"the coordinator at {address} did not complete the "
                                           f"handshake: {exc}") from None
-                time.sleep(0.5)
+                again(f"no greeting: {exc}")
             except BaseException:
                 self.sock.close()
                 raise
