@@ -32,3 +32,9 @@ class Shifted:
         x = trial.suggest_float("x", -100, 100)
         y = trial.suggest_int("y", -1, 1)
         return (x - self.offset) ** 2 + y
+
+
+def slow_worse(trial: optuna.Trial) -> float:
+    """A busy peer whose own trials never beat a quadratic one."""
+    time.sleep(0.1)
+    return worse(trial)
