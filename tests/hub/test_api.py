@@ -273,3 +273,28 @@ def test_each_trial_records_its_worker_host_and_times_for_the_report():
         assert t.system_attrs[attrs.WORKER].startswith(f"{host_of(t)}/")
         assert before <= started_at(t) <= finished_at(t) <= time.time()
     assert study._storage.get_study_system_attrs(study._study_id)[attrs.MODE] == "hub"
+
+
+@pytest.mark.parametrize("directions", [["minimize"], ["minimize", "maximize"]])
+def test_the_end_of_a_run_is_known_without_reading_the_storage_back(tmp_path, directions):
+    """``last_run_end``: the counts and the best (or the Pareto front) the command line prints
+    at the end come from the coordinator's memory, and they are the storage's, trials of an
+    earlier plain Optuna run included."""
+    from tunefleet.hub import last_run_end
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=storage, directions=directions,
+                                sampler=optuna.samplers.RandomSampler(seed=3))
+    objective = quadratic if len(directions) == 1 else two_objectives
+    study.optimize(objective, n_trials=4)
+    study.enqueue_trial({"x": 2.0, "y": 0.0} if len(directions) == 1 else {"x": 1.0})
+    assert last_run_end(study) is None  # plain Optuna ran it
+    tunefleet.optimize(study, objective, n_trials=20, n_workers=2)
+    end = last_run_end(study)
+    stored = optuna.load_study(study_name=study.study_name, storage=storage)
+    assert end.states == {s: len(stored.get_trials(states=(s,))) for s in TrialState}
+    assert sum(end.states.values()) == 24  # the enqueued trial ran as one of the 20
+    if len(directions) == 1:
+        assert [t.number for t in end.best] == [stored.best_trial.number]
+    else:
+        assert sorted(t.number for t in end.best) == sorted(t.number for t in stored.best_trials)

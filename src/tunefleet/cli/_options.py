@@ -113,22 +113,34 @@ def best_summary(study: Any) -> dict[str, Any]:
     """Best value(s) and parameters of a study as plain data, for printing or ``--json``."""
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
-    states = {s.name.lower(): 0 for s in TrialState}
-    for t in trials:
-        states[t.state.name.lower()] += 1
-    out: dict[str, Any] = {"study": study.study_name, "n_trials": len(trials), "states": states}
+    from tunefleet.hub import last_run_end
+
+    end = last_run_end(study)  # a hub run that just ended knows it all: no reading back
+    if end is not None:
+        counts, front = end.states, end.best
+    else:
+        counts = {s: 0 for s in TrialState}
+        for t in study.get_trials(deepcopy=False):
+            counts[t.state] += 1
+        front = None
+    states = {s.name.lower(): n for s, n in counts.items()}
+    out: dict[str, Any] = {"study": study.study_name, "n_trials": sum(counts.values()),
+                           "states": states}
     if len(study.directions) > 1:
         out["best_trials"] = [
             {"number": t.number, "values": [_clean(v) for v in t.values], "params": t.params}
-            for t in study.best_trials
+            for t in (front if front is not None else study.best_trials)
         ]
         return out
-    try:
-        best = study.best_trial
-    except ValueError:
+    if front is None:
+        try:
+            front = [study.best_trial]
+        except ValueError:
+            front = []
+    if not front:
         out.update(best_value=None, best_params=None, best_trial=None)
         return out
+    best = front[0]
     out.update(best_value=_clean(best.value), best_params=best.params, best_trial=best.number)
     return out
 

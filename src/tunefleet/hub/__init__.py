@@ -19,6 +19,8 @@ from tunefleet.hub._fleet import Fleet
 
 _EXPORTS = {
     "run_hub": "tunefleet.hub._run",
+    "last_run_end": "tunefleet.hub._run",
+    "RunEnd": "tunefleet.hub._run",
     "Coordinator": "tunefleet.hub._coordinator",
     "Limits": "tunefleet.hub._coordinator",
     "mirrored_study": "tunefleet.hub._mirror",

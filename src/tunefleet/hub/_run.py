@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import weakref
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet._optuna import storage_location
 from tunefleet.checkpoint import default_root
@@ -25,6 +28,36 @@ from tunefleet.samplers import random_states
 
 # Under Optuna's logger: optuna.logging.set_verbosity governs it, in Optuna's format.
 _logger = optuna.logging.get_logger("optuna.tunefleet")
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """What a study held when its last run ended, read from the coordinator's memory once the
+    storage held all of it: a summary at the end of a 20,000-trial run without reading the
+    20,000 trials back from the database."""
+
+    states: dict[TrialState, int]
+    best: list[FrozenTrial]  # the best trial, or the Pareto front; empty when none completed
+
+
+_ENDS: "weakref.WeakKeyDictionary[optuna.Study, RunEnd]" = weakref.WeakKeyDictionary()
+
+
+def last_run_end(study: optuna.Study) -> RunEnd | None:
+    """How ``study``'s last hub run ended, if it ended with every change stored."""
+    return _ENDS.get(study)
+
+
+def _run_end(run_study: optuna.Study) -> RunEnd:
+    states = {s: 0 for s in TrialState}
+    for t in run_study.get_trials(deepcopy=False):
+        states[t.state] += 1
+    if len(run_study.directions) > 1:
+        return RunEnd(states, list(run_study.best_trials))
+    try:
+        return RunEnd(states, [run_study.best_trial])
+    except ValueError:
+        return RunEnd(states, [])
 
 
 def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Callable[[], Fleet],
@@ -102,6 +135,7 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         if mirror is not None:
             if sys.exc_info()[1] is None or isinstance(sys.exc_info()[1], Interrupted):
                 mirror.close()  # waits for the durable storage; raises MirrorError on failure
+                _ENDS[study] = _run_end(run_study)  # all of it stored: memory says it right
             else:
                 try:
                     mirror.close()
