@@ -19,6 +19,9 @@ DEFAULT_ADVERTISE = "tcp://localhost:5570"
 DOCUMENT_ADVERTISE = "tcp://localhost:5555"
 JOIN_TIMEOUT = 120.0  # 128 peers started at once on 2 cores take about a minute to import
 ALONE_WAIT = 60.0  # time to type the second terminal's command after the seed's
+# The last exchange took 38 s at most with 128 peers on 2 loaded cores: 2 minutes bound it
+# with room to spare, while a swarm that cannot agree (a misbehaving peer) still ends.
+FINAL_TIMEOUT = 120.0
 _UID = re.compile(r"^[A-Za-z0-9_.:@\-]{1,64}$")
 
 
@@ -47,6 +50,7 @@ class PeerConfig:
     peer_timeout: float = 10.0  # silent this long: dropped (suspected at half of it)
     join_timeout: float = JOIN_TIMEOUT
     alone_wait: float = ALONE_WAIT  # a seed that met nobody waits this long for a joiner
+    final_timeout: float = FINAL_TIMEOUT  # the last exchange ends after this long, agreed or not
     insecure: bool = False  # without a key, listen beyond loopback anyway
     wait_peers: int = 1  # do not start the first round before this many peers are known
     catch: tuple[type[BaseException], ...] = ()
@@ -86,6 +90,8 @@ class PeerConfig:
             raise UsageError("--peer-timeout must be more than twice --heartbeat, both positive")
         if c.alone_wait < 0:
             raise UsageError("--alone-wait must be 0 or more")
+        if not c.final_timeout > 0:
+            raise UsageError("--final-timeout must be more than 0")
         if c.wait_peers < 1:
             raise UsageError("--wait-peers must be at least 1")
         c.directions = [d.lower() for d in c.directions] or ["minimize"]

@@ -10,12 +10,13 @@ bests) is sent again until it is answered.
 Termination: once this peer and every live peer it knows have finished their rounds, peers
 exchange ``final`` messages carrying their best trial and a digest of it and of the set of live
 peers they know. A peer says ``bye`` only when every live peer's latest ``final`` shows the same
-best and the same peers as its own, so every peer that ends prints the same global best.
+best and the same peers as its own, so every peer that ends prints the same global best; or,
+should that never happen (a misbehaving peer), after ``final_timeout`` seconds of exchange,
+with a warning line naming who disagrees.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from optuna.trial import FrozenTrial
 from tunefleet.errors import UsageError
 from tunefleet.p2p import _wire as wire
 from tunefleet.p2p._config import PeerConfig, check_address, check_uid
+from tunefleet.p2p._exchange import Disagreement, ExchangeClock, Final
 from tunefleet.p2p._membership import FAILED, FINISHED, LEFT, RUNNING, Member, Membership
 
 log = logging.getLogger("tunefleet.p2p")
@@ -87,7 +89,8 @@ class Node:
             advertise = advertise.rsplit(":", 1)[0] + ":" + port
         self.address = advertise
         self.membership = Membership(cfg.uid, advertise, suspect_after=cfg.peer_timeout / 2,
-                                     drop_after=cfg.peer_timeout)
+                                     drop_after=cfg.peer_timeout,
+                                     direct_after=2 * cfg.peer_timeout)
         self.guard = wire.ReplayGuard(cfg.uid) if cfg.key else None
         self._seq = 0
         self.received: queue.Queue[tuple[str, str, FrozenTrial]] = queue.Queue()
@@ -108,9 +111,11 @@ class Node:
         self._final_sent: tuple[str, str] | None = None
         self._final_sent_at = 0.0
         self._resend_gap = 2 * cfg.heartbeat
-        self._finals: dict[str, tuple[str, str]] = {}
+        self._finals: dict[str, Final] = {}
         self.final_started: float | None = None  # monotonic: every live peer finished
-        self.final_done: float | None = None  # monotonic: every live peer agreed
+        self.final_done: float | None = None  # monotonic: every live peer agreed (or timeout)
+        self.agreed: bool | None = None  # None: no last exchange ended; False: timed out
+        self._exchange = ExchangeClock()
         self.n_bad = 0
         self.bad_reasons: Counter[str] = Counter()  # why messages were dropped, in short
         self.n_dropped_sends = 0
@@ -260,9 +265,16 @@ class Node:
         for m in suspected:
             log.info("peer %s: %s is silent, suspected", self.uid, m.uid)
         for m in dropped:
-            log.warning("peer %s: %s did not answer for %g s, dropped", self.uid, m.uid,
-                        ms.drop_after)
+            if ms.clock() - m.heard > ms.direct_after:
+                log.warning("peer %s: %s did not write to us itself for %g s (only others "
+                            "vouched for it), dropped", self.uid, m.uid, ms.direct_after)
+            else:
+                log.warning("peer %s: %s did not answer for %g s, dropped", self.uid, m.uid,
+                            ms.drop_after)
             self._close_out(m.address)
+        # members only others have spoken of lately are asked to speak for themselves
+        probe = {"type": "gossip", "table": self.membership.own_row(), "probe": True}
+        self._send_all(ms.unheard(ms.drop_after, ms.drop_after / 4), probe)
         alive = ms.alive()
         if alive:
             self._gossip(random.sample(alive, min(FANOUT, len(alive))))
@@ -290,13 +302,15 @@ class Node:
         """Once every live peer has finished: exchange bests until all agree, then be done."""
         if not self.membership.all_finished():
             self.final_started = None
+            self._exchange.pause(now)
             return
+        spent = self._exchange.run(now)
         if self.final_started is None:
             self.final_started = now
             log.info("peer %s: every peer finished; exchanging bests before leaving", self.uid)
         if self._best is None:
             return  # the optimizing thread has not told us its best yet
-        mine = (self._best[0], self._view_digest())
+        mine = Final(self._best[0], self._view_digest())
         # Dropped peers get our finals too: one that is alive takes us back on our own word
         # (and we take it back on its own). Two peers that dropped each other (both starved on
         # a loaded host) never spoke again otherwise, while all others still counted both:
@@ -319,39 +333,34 @@ class Node:
                     self._send_trials(m, trials)
             self._send_all(targets, msg)
             self._final_sent, self._final_sent_at = mine, now
+        if self.done.is_set():
+            return
         if all(self._finals.get(m.uid) == mine for m in alive):
-            if not self.done.is_set():
-                self.final_done = now
-                self.done.set()
+            self.final_done, self.agreed = now, True
+            self.done.set()
+        elif spent > self.cfg.final_timeout:
+            self.final_done, self.agreed = now, False
+            log.warning("peer %s: no agreement after %.0f s of last exchange (--final-timeout "
+                        "%g): ending with its own best %s; %s", self.uid, spent,
+                        self.cfg.final_timeout, mine.best,
+                        Disagreement.of(mine, self._finals, [m.uid for m in alive]).line())
+            self.done.set()
         elif now - max(self.final_started, self._stuck_said) >= _STUCK_SAY_S:
             self._stuck_said = now
             self._say_waiting(now, alive, mine)
 
-    def _say_waiting(self, now: float, alive: list[Member], mine: tuple[str, str]) -> None:
+    def _say_waiting(self, now: float, alive: list[Member], mine: Final) -> None:
         """A last exchange that does not end says, now and then, what it waits for."""
-        other_best = other_view = silent = 0
-        for m in alive:
-            theirs = self._finals.get(m.uid)
-            if theirs is None:
-                silent += 1
-            elif theirs != mine:
-                other_best += theirs[0] != mine[0]
-                other_view += theirs[1] != mine[1]
-        agree = len(alive) - other_best - other_view - silent
+        d = Disagreement.of(mine, self._finals, [m.uid for m in alive])
         bad = ", ".join(f"{n} {why}" for why, n in self.bad_reasons.most_common(3)) or "none"
         failed = sum(m.status == FAILED for m in self.membership.members.values())
-        log.info("peer %s: last exchange for %.0f s: %d of %d live peers agree; %d show another "
-                 "best, %d another set of peers, %d sent no final yet; %d dropped as failed; "
-                 "messages dropped: %s; handshakes refused: %d; sends dropped: %d", self.uid,
-                 now - (self.final_started or now), max(agree, 0), len(alive), other_best,
-                 other_view, silent, failed, bad, self.n_refused, self.n_dropped_sends)
+        log.info("peer %s: last exchange for %.0f s: %s; %d dropped as failed; messages "
+                 "dropped: %s; handshakes refused: %d; sends dropped: %d", self.uid,
+                 now - (self.final_started or now), d.line(), failed, bad, self.n_refused,
+                 self.n_dropped_sends)
 
     def _view_digest(self) -> str:
-        """The peers known and not failed. Those that left count too: a peer leaves only once
-        it agreed with all, so its leaving must not start the agreement again for the rest."""
-        uids = sorted([self.uid, *(m.uid for m in self.membership.members.values()
-                                   if m.status != FAILED)])
-        return hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16]
+        return self.membership.view_digest()
 
     def _refresh_view(self) -> None:
         view = self.membership.snapshot()
@@ -378,6 +387,7 @@ class Node:
             if self.guard is not None:
                 self.guard.check(msg)
             getattr(self, "_on_" + msg["type"])(msg)
+            self.membership.heard_from(msg["from"])
         except Exception as exc:  # WireError, or anything odd a stranger's data set off
             self.n_bad += 1
             self.bad_reasons[str(exc).split(":")[0][:40]] += 1
@@ -445,6 +455,9 @@ class Node:
         if self._joining and not self.joined.is_set():
             return
         self._greet(self.membership.merge(wire.field(msg, "table", dict), msg["from"]))
+        asker = self.membership.members.get(msg["from"])
+        if msg.get("probe") is True and asker is not None and asker.status != LEFT:
+            self._send(asker, {"type": "gossip", "table": self.membership.own_row()})  # "I am here"
 
     def _on_trials(self, msg: dict[str, Any]) -> None:
         for p in wire.field(msg, "trials", list)[: wire.MAX_TRIALS_PER_MESSAGE]:
@@ -463,7 +476,7 @@ class Node:
         best, view = wire.field(msg, "best", str), wire.field(msg, "view", str)
         address = wire.field(msg, "address", str)
         self._on_trials(msg)
-        self._finals[sender] = (best, view)
+        self._finals[sender] = Final(best, view)
         m = self.membership.members.get(sender)
         if m is None or m.status == FAILED:
             try:
@@ -506,21 +519,11 @@ class Node:
 
     def _send_trials(self, to: Member, payloads: list[dict[str, Any]]) -> None:
         """Trials in messages below the size bound that every peer enforces."""
-        chunk: list[dict[str, Any]] = []
-        size = 0
-        for p in payloads:
-            n = len(wire.encode(p, None)[2])
-            if n > wire.MAX_MESSAGE // 2:
-                log.warning("peer %s: trial %s not sent: %d bytes of data (user attributes?) "
-                            "is more than a message may carry", self.uid, p.get("key"), n)
-                continue
-            if chunk and (size + n > wire.MAX_MESSAGE // 2
-                          or len(chunk) >= wire.MAX_TRIALS_PER_MESSAGE):
-                self._send(to, {"type": "trials", "trials": chunk})
-                chunk, size = [], 0
-            chunk.append(p)
-            size += n
-        if chunk:
+        chunks, too_big = wire.trial_chunks(payloads)
+        for key, n in too_big:
+            log.warning("peer %s: trial %s not sent: %d bytes of data (user attributes?) "
+                        "is more than a message may carry", self.uid, key, n)
+        for chunk in chunks:
             self._send(to, {"type": "trials", "trials": chunk})
 
     def _send(self, to: Member, msg: dict[str, Any]) -> None:

@@ -5,12 +5,16 @@ Each peer owns a heartbeat counter that it bumps every gossip round; its version
 restarted under the same UID is newer than its dead predecessor. Peers gossip their whole table;
 merging keeps the newest version of every entry. A member whose version has not grown for
 ``suspect_after`` seconds is suspected, and after ``drop_after`` it is dropped as failed.
+Others' word is not enough to stay in: a member not heard from directly (a message of its
+own) for ``direct_after`` seconds is dropped too, however its version grows in others' tables
+(a ghost that others vouch for, or a forged row passed on by gossip).
 No lock here: the network thread owns it; others read ``snapshot()`` copies.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from typing import Any, Callable
 
@@ -28,6 +32,8 @@ class Member:
     status: str
     updated: float  # local clock when its version last grew
     suspected: bool = False
+    heard: float = 0.0  # local clock of its last message to us (or of when we learned of it)
+    probed: float = 0.0  # local clock of our last probe to it (see ``unheard``)
 
     @property
     def version(self) -> tuple[int, int]:
@@ -42,11 +48,13 @@ class Membership:
     """The table of peers; ``merge`` returns the peers that are new, to greet them."""
 
     def __init__(self, uid: str, address: str, *, suspect_after: float, drop_after: float,
+                 direct_after: float | None = None,
                  clock: Callable[[], float] = time.monotonic, incarnation: int | None = None):
         self.uid = uid
         self.clock = clock
         self.suspect_after = suspect_after
         self.drop_after = drop_after
+        self.direct_after = 2 * drop_after if direct_after is None else direct_after
         inc = time.time_ns() if incarnation is None else incarnation
         self.me = Member(uid, address, inc, 0, RUNNING, clock())
         self.members: dict[str, Member] = {}
@@ -64,9 +72,13 @@ class Membership:
         """Gossip payload: ``{uid: [address, incarnation, counter, status]}``; failures stay local."""
         rows = {m.uid: [m.address, m.incarnation, m.counter, m.status]
                 for m in self.members.values() if m.status != FAILED}
-        me = self.me
-        rows[me.uid] = [me.address, me.incarnation, me.counter, me.status]
+        rows.update(self.own_row())
         return rows
+
+    def own_row(self) -> dict[str, list[Any]]:
+        """This peer's row alone: a probe and its answer carry only that (a few bytes)."""
+        me = self.me
+        return {me.uid: [me.address, me.incarnation, me.counter, me.status]}
 
     def merge(self, table: dict[str, Any], sender: str | None = None) -> list[Member]:
         """Fold a received table in; return members just learned of (or back from the dead).
@@ -81,7 +93,7 @@ class Membership:
             address, inc, counter, status = row
             known = self.members.get(uid)
             if known is None:
-                m = Member(uid, address, inc, counter, status, now)
+                m = Member(uid, address, inc, counter, status, now, heard=now)
                 self.members[uid] = m
                 if m.alive:
                     fresh.append(m)
@@ -103,13 +115,33 @@ class Membership:
             elif (inc, counter) == known.version and known.status in _RANK and status in _RANK:
                 if _RANK[status] > _RANK[known.status]:
                     known.status = status
+        if sender is not None and sender in self.members:
+            self.members[sender].heard = now
         return fresh
 
     def add(self, uid: str, address: str, incarnation: int, counter: int) -> Member:
         """A peer that joined through us."""
-        m = Member(uid, address, incarnation, counter, RUNNING, self.clock())
+        now = self.clock()
+        m = Member(uid, address, incarnation, counter, RUNNING, now, heard=now)
         self.members[uid] = m
         return m
+
+    def heard_from(self, uid: str) -> None:
+        """UID spoke to us itself (any authentic message): it is not only others' word."""
+        m = self.members.get(uid)
+        if m is not None:
+            m.heard = self.clock()
+
+    def unheard(self, after: float, every: float) -> list[Member]:
+        """Live members not heard from directly for AFTER seconds, and not probed for EVERY:
+        they are asked to answer (gossip picks 3 of all members at random, so in a large swarm
+        a live peer may not write to us for a while); one that never does is a ghost."""
+        now = self.clock()
+        out = [m for m in self.members.values()
+               if m.alive and now - m.heard > after and now - m.probed >= every]
+        for m in out:
+            m.probed = now
+        return out
 
     def mark_left(self, uid: str) -> None:
         m = self.members.get(uid)
@@ -122,6 +154,7 @@ class Membership:
         for m in self.members.values():
             if m.alive:
                 m.updated += seconds
+                m.heard += seconds
 
     def check(self) -> tuple[list[Member], list[Member]]:
         """Update suspicions; return (newly suspected, newly dropped) members."""
@@ -131,7 +164,7 @@ class Membership:
             if not m.alive:
                 continue
             age = now - m.updated
-            if age > self.drop_after:
+            if age > self.drop_after or now - m.heard > self.direct_after:
                 m.status, m.suspected = FAILED, False
                 dropped.append(m)
             elif age > self.suspect_after and not m.suspected:
@@ -153,6 +186,12 @@ class Membership:
     def all_finished(self) -> bool:
         """True when this peer and every live peer it knows have finished their rounds."""
         return self.me.status == FINISHED and all(m.status != RUNNING for m in self.members.values())
+
+    def view_digest(self) -> str:
+        """The peers known and not failed. Those that left count too: a peer leaves only once
+        it agreed with all, so its leaving must not start the agreement again for the rest."""
+        uids = sorted([self.uid, *(m.uid for m in self.members.values() if m.status != FAILED)])
+        return hashlib.sha256("\n".join(uids).encode()).hexdigest()[:16]
 
     def snapshot(self) -> list[dict[str, Any]]:
         rows = [self.me, *self.members.values()]

@@ -14,7 +14,8 @@ from typing import Any, Callable, NoReturn, Sequence
 import click
 
 from tunefleet.errors import TunefleetError, UsageError
-from tunefleet.p2p._config import ALONE_WAIT, DEFAULT_ADVERTISE, DOCUMENT_ADVERTISE, JOIN_TIMEOUT
+from tunefleet.p2p._config import (ALONE_WAIT, DEFAULT_ADVERTISE, DOCUMENT_ADVERTISE,
+                                    FINAL_TIMEOUT, JOIN_TIMEOUT)
 from tunefleet._studies import SAMPLERS, load_search_space
 from tunefleet.transport import P2P_KEY_ENV, read_key
 
@@ -84,6 +85,11 @@ def peer_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True,
                      help="A seed that has met no other peer when its rounds are done waits "
                           "this many seconds for one to join before ending (0: end at once)."),
+        click.option("--final-timeout", type=click.FloatRange(min=0, min_open=True),
+                     default=FINAL_TIMEOUT, show_default=True,
+                     help="Seconds the last exchange of bests may take once every peer has "
+                          "finished its rounds; past them a peer that still sees another best "
+                          "ends with its own and one warning line naming who disagrees."),
         click.option("--wait-peers", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Start the first round only once this many peers (this one "
                           "included) have been heard of."),

@@ -74,7 +74,11 @@ class Peer:
         self.node: Node | None = None
         self.n_received = 0
         self.rounds_done = 0
-        self._known: set[str] = set()
+        # every trial record held, as (key, fingerprint): a second record under a known key
+        # that says something else is added too (see wire.final_best for who wins)
+        self._known: set[wire.Record] = set()
+        self._indexed = 0  # trials of the local study already in _known
+        self._token = ""  # this life's local study's token, in its own trial keys
         self._sent: set[str] = set()
         self._finished = False
         self._closed = False
@@ -110,9 +114,10 @@ class Peer:
                          seed=peer_seed(c.sampler_seed, c.uid), search_space=c.search_space)
         self.study = create_or_load_study(storage, c.study_name, spec)
         self.study._storage.set_study_system_attr(self.study._study_id, attrs.MODE, "p2p")
-        for t in self.study.get_trials(deepcopy=False):
-            self._known.add(wire.trial_key(t, self.uid))
-            self._n_own += attrs.ORIGIN not in t.system_attrs
+        self._token = wire.study_token(self.study)
+        self._index_known()
+        self._n_own = sum(attrs.ORIGIN not in t.system_attrs
+                          for t in self.study.get_trials(deepcopy=False))
         if spec.seed is not None:
             from tunefleet.samplers import random_states  # as the hub and storage mode
 
@@ -234,38 +239,56 @@ class Peer:
         finally:
             storage.set_trial_system_attr(tid, attrs.FINISHED, time.time())
 
+    def _index_known(self) -> None:
+        """Record the local study's completed trials not recorded yet (this peer's own, run
+        since the last call): one of them coming back from another peer is not added again."""
+        assert self.study is not None
+        trials = self.study.get_trials(deepcopy=False)
+        for t in trials[self._indexed:]:
+            if t.state == TrialState.COMPLETE:
+                self._known.add(wire.record_of(t, self.uid, self._token))
+        self._indexed = len(trials)
+
     def _absorb(self) -> int:
-        """Add the trials received since the last call to the local study, each once."""
+        """Add the trial records received since the last call to the local study, each once.
+
+        A record is a key and what the trial says: a record under a known key that says
+        something else (a misbehaving peer; an earlier life of this peer's UID) is added as
+        well, so every peer ends up holding the same records and picks the same best."""
         assert self.node is not None and self.study is not None
+        self._index_known()
         added = 0
         while True:
             try:
                 key, sender, trial = self.node.received.get_nowait()
             except queue.Empty:
+                self._indexed = len(self.study.get_trials(deepcopy=False))
                 return added
-            if key in self._known or key.rpartition("#")[0] == self.uid:
+            record = wire.Record(key, wire.fingerprint(trial))
+            if record in self._known:
                 continue
             try:
                 self.study.add_trial(trial)
             except Exception as exc:  # e.g. a multi-objective trial in a single-objective study
                 log.warning("peer %s: trial %s from %s not added: %s", self.uid, key, sender, exc)
                 continue
-            self._known.add(key)
+            self._known.add(record)
             self.n_received += 1
             added += 1
 
     def _tell_best(self) -> None:
         """Give the network thread this peer's best for the last exchange, when it changed."""
         assert self.node is not None and self.study is not None
-        digest, best = wire.final_best(self.study, self.uid)
+        digest, best = wire.final_best(self.study, self.uid, self._token)
         if digest != self._best_digest:
             self._best_digest = digest
-            self.node.set_best(digest, [wire.trial_to_payload(t, self.uid) for t in best])
+            self.node.set_best(digest, [wire.trial_to_payload(t, self.uid, self._token)
+                                        for t in best])
 
     def _share(self) -> None:
         assert self.node is not None and self.study is not None
         chosen = wire.best_trials(self.study, self.config.share, self.config.top_k)
-        payloads = [wire.trial_to_payload(t, self.uid) for t in chosen]
+        payloads = [wire.trial_to_payload(t, self.uid, self._token) for t in chosen]
         new = [p for p in payloads if p["key"] not in self._sent]
         self._sent.update(p["key"] for p in new)
         self.node.share(new, payloads)
@@ -290,7 +313,8 @@ class Peer:
                  "found_by": t.system_attrs.get(attrs.WORKER, self.uid)}
                 for t in (self.study.best_trials if complete else [])]
         elif complete:
-            best = wire.final_best(self.study, self.uid)[1][0]  # ties: the same one everywhere
+            # ties: the same one everywhere
+            best = wire.final_best(self.study, self.uid, self._token)[1][0]
             out.update(best_value=best.value, best_params=best.params,
                        found_by=best.system_attrs.get(attrs.WORKER, self.uid))
         out.update(n_trials=len(trials), n_received=self.n_received, rounds=self.rounds_done,
@@ -298,6 +322,7 @@ class Peer:
         if self.node is not None and self.node.final_done is not None:
             assert self.node.final_started is not None
             out["final_exchange_s"] = round(self.node.final_done - self.node.final_started, 3)
+            out["agreed"] = self.node.agreed  # False: ended by --final-timeout
         if peers and self.node is not None:
             out["peers"] = self.node.view()
         return out

@@ -18,8 +18,10 @@ import hashlib
 import hmac
 import json
 import math
+import re
+import secrets
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
@@ -33,6 +35,10 @@ MAX_TRIALS_PER_MESSAGE = 500
 MAX_MESSAGE = 256 * 1024  # bytes of one message, body and tag; trials are sent in chunks below it
 REPLAY_WINDOW = 60.0  # seconds: a keyed message sent longer ago (by its sender's clock) is dropped
 _COPIED_ATTRS = (attrs.WORKER, attrs.HOST, attrs.STARTED, attrs.FINISHED)
+# study system attribute: the token in this peer's own trial keys (see ``study_token``)
+TOKEN_ATTR = "tunefleet:p2p_token"
+_TOKEN = re.compile(r"^[0-9a-f]{1,32}$")
+_KEY_REST = re.compile(r"^(?:[0-9a-f]{1,32}\.)?[0-9]+$")  # [TOKEN.]number
 
 
 class WireError(ValueError):
@@ -141,9 +147,59 @@ def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 # ---- trials as plain data ------------------------------------------------------------------
 
-def trial_key(trial: FrozenTrial, own_uid: str) -> str:
-    """``UID#number`` of the peer that ran the trial first: the same everywhere, never reused."""
-    return str(trial.system_attrs.get(attrs.ORIGIN) or f"{own_uid}#{trial.number}")
+def new_token() -> str:
+    """A local study's incarnation token: random, so a peer restarted under its UID (a new
+    study in memory) never reuses the trial keys of its earlier life, whatever the clocks."""
+    return secrets.token_hex(6)
+
+
+def study_token(study: optuna.Study) -> str:
+    """The token of STUDY's own trial keys, chosen once when the study is first used by a peer:
+    a study continued from ``--storage`` keeps it (its trial numbers go on), a new one gets its
+    own."""
+    storage, sid = study._storage, study._study_id
+    token = storage.get_study_system_attrs(sid).get(TOKEN_ATTR)
+    if not isinstance(token, str) or not _TOKEN.match(token):
+        token = new_token()
+        storage.set_study_system_attr(sid, TOKEN_ATTR, token)
+    return token
+
+
+def trial_key(trial: FrozenTrial, own_uid: str, token: str = "") -> str:
+    """``UID#TOKEN.number`` of the peer that ran the trial first: the same everywhere, and
+    never reused, since a new local study (a restarted peer's) gets a new TOKEN. Trials
+    received keep the key they came with."""
+    origin = trial.system_attrs.get(attrs.ORIGIN)
+    if origin:
+        return str(origin)
+    return f"{own_uid}#{token}.{trial.number}" if token else f"{own_uid}#{trial.number}"
+
+
+def fingerprint(trial: FrozenTrial) -> str:
+    """What a trial record says (values and parameters), in short: two records under one key
+    that say different things (a restarted or misbehaving peer) are told apart by it."""
+    text = json.dumps([list(trial.values), trial.params], sort_keys=True, allow_nan=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class Record(NamedTuple):
+    """One trial record as a peer holds it: its key and what it says (``fingerprint``)."""
+
+    key: str
+    fingerprint: str
+
+
+def record_of(trial: FrozenTrial, own_uid: str, token: str = "") -> Record:
+    return Record(trial_key(trial, own_uid, token), fingerprint(trial))
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(origin UID, rest) of a trial key; WireError unless it is ``UID#[TOKEN.]number``."""
+    origin, sep, rest = key.rpartition("#")
+    if not sep or not origin or not _KEY_REST.match(rest):
+        raise WireError(f"bad trial key {key!r}")
+    return origin, rest
 
 
 def _ts(when: datetime.datetime | None) -> float | None:
@@ -158,12 +214,12 @@ def _json_safe(value: Any) -> bool:
         return False
 
 
-def trial_to_payload(trial: FrozenTrial, own_uid: str) -> dict[str, Any]:
+def trial_to_payload(trial: FrozenTrial, own_uid: str, token: str = "") -> dict[str, Any]:
     """A completed trial as JSON-ready data; the origin of a received trial is kept."""
     system = {k: trial.system_attrs[k] for k in _COPIED_ATTRS if k in trial.system_attrs}
     system.setdefault(attrs.WORKER, own_uid)
     return {
-        "key": trial_key(trial, own_uid),
+        "key": trial_key(trial, own_uid, token),
         "params": trial.params,
         "dists": {n: distribution_to_json(d) for n, d in trial.distributions.items()},
         "values": list(trial.values),
@@ -195,9 +251,7 @@ def payload_to_trial(p: Any, sender: str) -> tuple[str, FrozenTrial]:
     if not isinstance(p, dict):
         raise WireError("trial is not an object")
     key = field(p, "key", str)
-    origin, sep, number = key.rpartition("#")
-    if not sep or not origin or not number.isdigit():
-        raise WireError(f"bad trial key {key!r}")
+    origin = split_key(key)[0]
     params, dists = field(p, "params", dict), field(p, "dists", dict)
     values = [_finite(v, "value") for v in field(p, "values", list)]
     system_in = field(p, "system", dict)
@@ -234,21 +288,29 @@ def payload_to_trial(p: Any, sender: str) -> tuple[str, FrozenTrial]:
     return key, trial
 
 
-def final_best(study: optuna.Study, own_uid: str) -> tuple[str, list[FrozenTrial]]:
-    """The best trial (ties: the smallest key) or the Pareto front, and a digest of it.
+def final_best(study: optuna.Study, own_uid: str,
+               token: str = "") -> tuple[str, list[FrozenTrial]]:
+    """The best trial or the Pareto front, and a digest of it.
 
     Every peer picks it the same way from the same trials, so equal digests mean the peers
-    agree on the global best: the last exchange before ``bye`` goes on until they do.
+    agree on the global best: the last exchange before ``bye`` goes on until they do. Ties
+    go to the smallest key, then the smallest fingerprint: two records under one key (a
+    restarted or misbehaving peer's) are both kept, and the better one (by value, then by
+    fingerprint) wins everywhere, so agreement stays reachable.
     """
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not done:
         return "none", []
     if len(study.directions) > 1:
-        front = sorted(study.best_trials, key=lambda t: trial_key(t, own_uid))
-        return "|".join(trial_key(t, own_uid) for t in front), front
+        ranked = sorted((trial_key(t, own_uid, token), fingerprint(t), t)
+                        for t in study.best_trials)
+        return "|".join(f"{k}:{f}" for k, f, _ in ranked), [t for _, _, t in ranked]
     sign = 1.0 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1.0
-    best = min(done, key=lambda t: (sign * t.values[0], trial_key(t, own_uid)))
-    return f"{best.values[0]!r}|{trial_key(best, own_uid)}", [best]
+    value, key = min((sign * t.values[0], trial_key(t, own_uid, token)) for t in done)
+    tied = [t for t in done
+            if sign * t.values[0] == value and trial_key(t, own_uid, token) == key]
+    best = min(tied, key=fingerprint) if len(tied) > 1 else tied[0]
+    return f"{best.values[0]!r}|{key}|{fingerprint(best)}", [best]
 
 
 def best_trials(study: optuna.Study, mode: str, top_k: int) -> list[FrozenTrial]:
@@ -269,3 +331,25 @@ def best_trials(study: optuna.Study, mode: str, top_k: int) -> list[FrozenTrial]
         return ranked[:top_k]
     own = [t for t in done if attrs.ORIGIN not in t.system_attrs]
     return ranked[:1] + [t for t in own if t is not ranked[0]]
+
+
+def trial_chunks(payloads: list[dict[str, Any]]) -> tuple[list[list[dict[str, Any]]],
+                                                         list[tuple[Any, int]]]:
+    """PAYLOADS in chunks that each fit a message, and (key, bytes) of those too big for any."""
+    chunks: list[list[dict[str, Any]]] = []
+    too_big: list[tuple[Any, int]] = []
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for p in payloads:
+        n = len(encode(p, None)[2])
+        if n > MAX_MESSAGE // 2:
+            too_big.append((p.get("key"), n))
+            continue
+        if chunk and (size + n > MAX_MESSAGE // 2 or len(chunk) >= MAX_TRIALS_PER_MESSAGE):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(p)
+        size += n
+    if chunk:
+        chunks.append(chunk)
+    return chunks, too_big
