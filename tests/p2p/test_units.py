@@ -451,3 +451,93 @@ def test_a_seeded_peer_continued_later_draws_what_one_run_would(tmp_path, sample
     assert len(params[0]) == len(params[1]) == 16
     assert params[0] == params[1]
     assert len({p["x"] for p in params[0]}) == 16  # and no trial repeats an earlier one
+
+
+# ---- issue 20: the swarm always ends -------------------------------------------------------
+
+def test_trial_keys_carry_the_local_study_token_and_records_are_told_apart():
+    study = _study_with_trials(3)
+    token = wire.study_token(study)
+    assert wire.study_token(study) == token  # kept with the study (a --storage resumed)
+    assert wire.study_token(_study_with_trials(3)) != token  # a new study: a new life
+    payload = wire.trial_to_payload(study.trials[2], "p1", token)
+    assert payload["key"] == f"p1#{token}.2"
+    key, copy = wire.payload_to_trial(json.loads(json.dumps(payload)), "p1")
+    assert key == f"p1#{token}.2" and copy.system_attrs[attrs.WORKER] == "p1"
+    # the record a peer holds of its own trial is the one that comes back to it
+    assert wire.record_of(copy, "x") == wire.record_of(study.trials[2], "p1", token)
+    for bad in ("p1#XY.2", "p1#.2", "p1#abc.", "#abc.2"):
+        with pytest.raises(wire.WireError, match="bad trial key"):
+            wire.payload_to_trial(dict(payload, key=bad), "p1")
+
+
+def test_two_records_under_one_key_the_better_wins_whatever_the_order():
+    base = wire.trial_to_payload(_study_with_trials(1).trials[0], "m")
+    records = [wire.payload_to_trial(dict(base, key="m#1", values=[v], params=p), "m")[1]
+               for v, p in [(5.0, {"x": 1.0, "c": "a"}), (3.0, {"x": 2.0, "c": "a"}),
+                            (3.0, {"x": 4.0, "c": "b"})]]
+    picks = set()
+    for order in (records, records[::-1], records[1:] + records[:1]):
+        study = optuna.create_study()
+        study.add_trials(order)
+        digest, best = wire.final_best(study, "me")
+        picks.add((digest, best[0].params["x"]))
+    assert len(picks) == 1 and next(iter(picks))[1] in (2.0, 4.0)
+    assert len({wire.fingerprint(t) for t in records}) == 3
+
+
+def test_a_member_only_others_vouch_for_is_probed_then_dropped():
+    clock = Clock()
+    a = Membership("a", "tcp://h:1", suspect_after=1, drop_after=2, clock=clock, incarnation=1)
+    assert a.direct_after == 4
+    for t in range(1, 12):  # b says "ghost is alive" every second, its counter growing
+        clock.now = float(t)
+        a.merge({"b": ["tcp://h:2", 1, t, RUNNING], "ghost": ["tcp://h:9", 1, t, RUNNING]}, "b")
+        suspected, dropped = a.check()  # as a peer's heartbeat does: check, then probe
+        probed = [m.uid for m in a.unheard(2, 0.5)]
+        # not heard from itself for over 2 s: asked to speak (b spoke itself: never asked)
+        assert probed == (["ghost"] if t in (4, 5) else []), t
+        if t < 6:
+            assert dropped == [] and a.members["ghost"].status == RUNNING
+        elif t == 6:  # 5 s since a learned of it, never a word of its own
+            assert [m.uid for m in dropped] == ["ghost"]
+    assert a.members["ghost"].status == FAILED and a.members["b"].status == RUNNING
+    a.merge({"ghost": ["tcp://h:9", 1, 99, RUNNING]}, "b")  # others' word: still out
+    assert a.members["ghost"].status == FAILED
+    a.merge({"ghost": ["tcp://h:9", 1, 100, RUNNING]}, "ghost")  # its own word: back in
+    assert a.members["ghost"].status == RUNNING and a.check() == ([], [])
+
+
+def test_a_last_exchange_that_cannot_agree_ends_after_the_final_timeout(caplog):
+    """Two peers that hold different bests for good (a misbehaving peer's doing): each ends
+    after --final-timeout with one warning line naming the other, and is not counted agreed."""
+    assert PeerConfig().final_timeout == 120.0  # the default docs/p2p.md gives
+    with pytest.raises(UsageError, match="--final-timeout"):
+        PeerConfig(final_timeout=0).checked()
+    from tunefleet.p2p._gossip import Node
+
+    nodes = [Node(PeerConfig(uid=uid, bind="tcp://127.0.0.1:0", heartbeat=0.1, peer_timeout=3,
+                             final_timeout=1.0).checked()) for uid in "ab"]
+    try:
+        a, b = nodes
+        a.membership.add("b", b.address, b.membership.me.incarnation, 0)
+        b.membership.add("a", a.address, a.membership.me.incarnation, 0)
+        for n, best in zip(nodes, ("best of a", "best of b")):
+            n.finish()
+            n.set_best(best, [])
+        with caplog.at_level("WARNING", logger="tunefleet.p2p"):
+            for n in nodes:
+                n.start()
+            for n in nodes:
+                assert n.done.wait(60), n.uid
+        for n, other in ((a, "b"), (b, "a")):
+            assert n.agreed is False
+            assert n.final_done - n.final_started >= 1.0
+            said = [r.getMessage() for r in caplog.records
+                    if r.getMessage().startswith(f"peer {n.uid}: no agreement")]
+            assert len(said) == 1, said
+            assert f"0 of 1 live peers agree; another best: {other};" in said[0]
+            assert "(--final-timeout 1)" in said[0]
+    finally:
+        for n in nodes:
+            n.leave()
