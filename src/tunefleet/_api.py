@@ -31,6 +31,7 @@ def optimize(
     checkpoint_dir: str | None = None,
     keep_checkpoints: bool = False,
     gc_after_trial: bool = False,
+    max_worker_memory: int | str | None = None,
     n_jobs: int | None = None,
     **backend_options: Any,
 ) -> optuna.Study:
@@ -83,6 +84,11 @@ def optimize(
             beside the study's SQLite or journal file (``NAME.db.checkpoints/STUDY``), else a
             folder of this run's own.
         keep_checkpoints: keep the checkpoints of trials that finished (default: removed).
+        max_worker_memory: bytes, or a size such as ``"2GB"`` or ``"500MB"``: a worker whose
+            resident memory is above it after a trial is replaced by a fresh process, as is
+            one whose objective raised a ``MemoryError`` that ``catch`` covers; an objective
+            that leaks (a module-level cache) then cannot take the machine's memory.
+            ``backend="processes"`` only.
 
     A trial counts as finished (callbacks, progress bar, ``n_trials``) only once the study's
     storage holds it: on a database or journal file the coordinator writes by group commit,
@@ -102,6 +108,11 @@ def optimize(
         from tunefleet.hub import GcAfterTrial
 
         objective = GcAfterTrial(objective)
+    if max_worker_memory is not None and backend != "processes":
+        from tunefleet.errors import UsageError
+
+        raise UsageError(f"max_worker_memory needs backend='processes': a {backend} worker "
+                         "runs in a process its engine keeps, which a new worker would reuse")
     options = dict(backend_options)
     if backend in ("dask", "ray") and gpus is None:  # the engine hands out its GPUs
         check_packing(trials_per_gpu, gpus_per_trial)
@@ -131,4 +142,5 @@ def optimize(
         deterministic=deterministic,
         checkpoint_dir=checkpoint_dir,
         keep_checkpoints=keep_checkpoints,
+        max_worker_memory=max_worker_memory,
     )

@@ -44,6 +44,22 @@ def hub_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+class MemorySize(click.ParamType):
+    """A size such as ``2GB``, ``500MB`` or plain bytes (``tunefleet.hub.parse_size``); a bad
+    one is click's one-line error."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        from tunefleet.hub import parse_size
+
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 def _check_worker_timeout(_ctx: click.Context, _param: click.Parameter,
                           value: float) -> float | None:
     if value and value < 3:
@@ -67,6 +83,42 @@ def remaining_budget(study: optuna.Study, n_trials: int | None) -> int | None:
         click.echo(f"study {study.study_name!r} holds {done} of {n_trials} trials; "
                    f"running {left} more", err=True)
     return left
+
+
+def run_rounds(study: optuna.Study, n_trials: int | None, timeout: float | None,
+               left: int | None, run_round: Callable[[int | None, float | None], Any]) -> bool:
+    """``--keep-going`` up to the budget: ``tunefleet.optimize(n_trials=left)`` counts failed
+    trials too, as Optuna does, while ``--n-trials`` counts COMPLETE and PRUNED; so run more
+    rounds (``run_round(left, timeout_left)``) until the study holds ``n_trials``, unless the
+    time is up or the study was stopped (a callback, a grid that ran out). Bounded: a round
+    that completed no trial ends it with one line, so an objective that always fails cannot
+    loop for ever. Returns False in that case (the budget cannot be reached), else True."""
+    from tunefleet.hub import last_run_end, was_stopped
+
+    started = time.monotonic()
+    done = None if n_trials is None or left is None else n_trials - left
+    while True:
+        run_round(left, timeout)
+        if done is None or left is None:
+            return True
+        end = last_run_end(study)  # the storage holds the run: its counts, without a read
+        now = (end.states[TrialState.COMPLETE] + end.states[TrialState.PRUNED]
+               if end is not None else counted(study))
+        if now >= n_trials or was_stopped(study):
+            return True
+        if timeout is not None:
+            timeout -= time.monotonic() - started
+            started = time.monotonic()
+            if timeout <= 0:
+                return True
+        if now <= done:
+            click.echo(f"tunefleet: stopping short of --n-trials {n_trials} (the study holds "
+                       f"{now}): the last round of {left} trial(s) completed none, so another "
+                       "would most likely fail too", err=True)
+            return False
+        done, left = now, n_trials - now
+        click.echo(f"tunefleet: {left} trial(s) failed; running {left} more to reach "
+                   f"--n-trials {n_trials}", err=True)
 
 
 #: in Optuna's error when BruteForceSampler meets a parameter without a finite set of values
@@ -125,13 +177,14 @@ def run_hub_command(study: optuna.Study, storage: str | None, as_json: bool,
     """Run ``optimize`` and end as a person expects: the summary and where the study is, or
     (Ctrl-C, SIGTERM) what was saved and the exact command to continue, exit 128 + signal.
     ``n_trials`` (the study's budget) and ``timeout`` tell an exhausted grid from the end of
-    the budget."""
+    the budget. ``optimize`` returning False (``run_rounds``: the budget cannot be reached)
+    ends with exit 1 after the summary."""
     where = shown_url(storage or DEFAULT_STORAGE)  # no message shows a password
     again = shlex.join(shown_url(arg) for arg in sys.argv[1:])
     started = time.monotonic()
     try:
         with _space_errors_in_one_line(study):
-            optimize()
+            reached = optimize()
     except KeyboardInterrupt as exc:
         code = exc.exit_code if isinstance(exc, Interrupted) else 130
         fresh = optuna.load_study(study_name=study.study_name, storage=study._storage)
@@ -142,11 +195,12 @@ def run_hub_command(study: optuna.Study, storage: str | None, as_json: bool,
             err=True)
         sys.exit(code)
     except (KeyError, ValueError, TypeError, RuntimeError, ArithmeticError, AttributeError,
-            OSError, ImportError, AssertionError, LookupError) as exc:
+            OSError, ImportError, AssertionError, LookupError, MemoryError) as exc:
         # The objective's own traceback was logged with its trial (Optuna's format); tunefleet
         # adds one line, not a second traceback through its internals.
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__  # MemoryError()
         click.echo(
-            f"tunefleet: the run stopped: {type(exc).__name__}: {exc}. Study "
+            f"tunefleet: the run stopped: {what}. Study "
             f"{study.study_name!r} in {where} keeps its finished trials; add --keep-going to "
             "fail such trials and go on, and run the same command again to continue.", err=True)
         sys.exit(1)
@@ -159,3 +213,5 @@ def run_hub_command(study: optuna.Study, storage: str | None, as_json: bool,
         click.echo(f"saved in {where} (study {study.study_name!r}); see it with: tunefleet best "
                    f"--storage {shlex.quote(where)} --study {shlex.quote(study.study_name)}"
                    f"{hidden}", err=True)
+    if reached is False and not exhausted:  # --keep-going, a round completed no trial
+        sys.exit(1)

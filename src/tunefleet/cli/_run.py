@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from tunefleet.cli._hub import hub_options, remaining_budget, run_hub_command
+from tunefleet.cli._hub import (MemorySize, hub_options, remaining_budget, run_hub_command,
+                                run_rounds)
 from tunefleet.cli._options import (checkpoint_options, parse_gpus, spec_from_options,
                                     study_options)
 from tunefleet._gpus import gpu_layout
@@ -37,13 +38,18 @@ from tunefleet._targets import load_target
               help="With --seed: the same trials and values whatever the workers' timing "
                    "(trial k starts once trials up to k - workers have ended, and sees only "
                    "those); slower when trial times vary.")
+@click.option("--max-worker-memory", type=MemorySize(), default=None,
+              help="Replace a worker by a fresh process after a trial that leaves its resident "
+                   "memory above SIZE (2GB, 500MB, or bytes): a leaking objective cannot take "
+                   "the machine's memory. A worker whose objective raised MemoryError is "
+                   "replaced too (with --keep-going).")
 @checkpoint_options
 @hub_options
 def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float | None,
         storage: str | None, study_name: str | None, directions: tuple[str, ...],
         sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
         trials_per_gpu: int | None, gpus_per_trial: int | None, deterministic: bool,
-        checkpoint_dir: str | None, keep_checkpoints: bool,
+        max_worker_memory: int | None, checkpoint_dir: str | None, keep_checkpoints: bool,
         max_retries: int, grace: float, worker_timeout: float,
         keep_going: bool, progress: bool, as_json: bool) -> None:
     """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
@@ -64,11 +70,19 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
     store = open_storage(storage, sqlite_wal=True)  # the coordinator is the only writer
     study = create_or_load_study(store, study_name, spec, directions_given=bool(directions))
     remaining = remaining_budget(study, n_trials)
-    run_hub_command(study, storage, as_json, lambda: tunefleet.optimize(
-        study, objective, n_trials=remaining, n_workers=n_workers, timeout=timeout,
-        gpus=gpu_spec, trials_per_gpu=trials_per_gpu, gpus_per_trial=gpus_per_trial,
-        max_retries=max_retries, grace=grace,
-        worker_timeout=worker_timeout, deterministic=deterministic,
-        checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
-        catch=(Exception,) if keep_going else (), show_progress_bar=progress),
-        n_trials=n_trials, timeout=timeout)
+
+    def run_round(n: int | None, time_left: float | None) -> None:
+        tunefleet.optimize(
+            study, objective, n_trials=n, n_workers=n_workers, timeout=time_left,
+            gpus=gpu_spec, trials_per_gpu=trials_per_gpu, gpus_per_trial=gpus_per_trial,
+            max_retries=max_retries, grace=grace,
+            worker_timeout=worker_timeout, deterministic=deterministic,
+            checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
+            catch=(Exception,) if keep_going else (), show_progress_bar=progress,
+            max_worker_memory=max_worker_memory)
+
+    # --keep-going: failed trials count in a round, not in --n-trials: rounds until it holds.
+    run_hub_command(study, storage, as_json,
+                    lambda: (run_rounds(study, n_trials, timeout, remaining, run_round)
+                             if keep_going else run_round(remaining, timeout)),
+                    n_trials=n_trials, timeout=timeout)

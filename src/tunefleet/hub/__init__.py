@@ -20,6 +20,7 @@ from tunefleet.hub._fleet import Fleet
 _EXPORTS = {
     "run_hub": "tunefleet.hub._run",
     "last_run_end": "tunefleet.hub._run",
+    "was_stopped": "tunefleet.hub._run",
     "RunEnd": "tunefleet.hub._run",
     "Coordinator": "tunefleet.hub._coordinator",
     "Limits": "tunefleet.hub._coordinator",
@@ -31,6 +32,7 @@ _EXPORTS = {
     "forget_parent_pools": "tunefleet.hub._worker",
     "THREAD_VARS": "tunefleet.hub._worker",
     "GcAfterTrial": "tunefleet.hub._worker",
+    "parse_size": "tunefleet.hub._worker",
     "WorkerConfig": "tunefleet.hub._worker",
     "run_engine_worker": "tunefleet.hub._remote",
 }

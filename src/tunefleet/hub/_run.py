@@ -24,6 +24,7 @@ from tunefleet.hub._fleet import Fleet
 from tunefleet.hub._mirror import mirrored_study
 from tunefleet.hub._ownership import claim, recover_orphans, release
 from tunefleet.hub._progress import Progress
+from tunefleet.hub._worker import MemoryLimited, parse_size
 from tunefleet.samplers import random_states
 
 # Under Optuna's logger: optuna.logging.set_verbosity governs it, in Optuna's format.
@@ -38,6 +39,7 @@ class RunEnd:
 
     states: dict[TrialState, int]
     best: list[FrozenTrial]  # the best trial, or the Pareto front; empty when none completed
+    stopped: bool = False  # study.stop() (a callback, an exhausted grid) ended the run
 
 
 _ENDS: "weakref.WeakKeyDictionary[optuna.Study, RunEnd]" = weakref.WeakKeyDictionary()
@@ -48,16 +50,24 @@ def last_run_end(study: optuna.Study) -> RunEnd | None:
     return _ENDS.get(study)
 
 
+def was_stopped(study: optuna.Study) -> bool:
+    """Whether ``study``'s last hub run ended by ``study.stop()`` (a callback, a trial, a grid
+    that ran out), so that a caller that runs again for the rest of a budget knows not to."""
+    end = _ENDS.get(study)
+    return end.stopped if end is not None else bool(study._stop_flag)
+
+
 def _run_end(run_study: optuna.Study) -> RunEnd:
     states = {s: 0 for s in TrialState}
     for t in run_study.get_trials(deepcopy=False):
         states[t.state] += 1
+    stopped = bool(run_study._stop_flag)
     if len(run_study.directions) > 1:
-        return RunEnd(states, list(run_study.best_trials))
+        return RunEnd(states, list(run_study.best_trials), stopped)
     try:
-        return RunEnd(states, [run_study.best_trial])
+        return RunEnd(states, [run_study.best_trial], stopped)
     except ValueError:
-        return RunEnd(states, [])
+        return RunEnd(states, [], stopped)
 
 
 def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Callable[[], Fleet],
@@ -66,7 +76,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
             setup: Callable[[], Any] | None, grace: float = 5.0,
             worker_timeout: float | None = None, reclaim_window: float | None = None,
             seed: int | None = None, deterministic: bool = False,
-            checkpoint_dir: str | None = None, keep_checkpoints: bool = False) -> optuna.Study:
+            checkpoint_dir: str | None = None, keep_checkpoints: bool = False,
+            max_worker_memory: int | str | None = None) -> optuna.Study:
     """What ``tunefleet.optimize`` does; see there. ``make_fleet`` builds the fleet of workers
     (a backend of ``tunefleet.backends``), once the options are known to be good."""
     if isinstance(catch, type):
@@ -92,7 +103,15 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         if not random_states(study.sampler):
             raise OptionError(f"deterministic=True needs a sampler with a random state to seed "
                              f"({type(study.sampler).__name__} has none)")
+    if max_worker_memory is not None:
+        try:
+            objective = MemoryLimited(objective, parse_size(max_worker_memory))
+        except ValueError as exc:
+            raise OptionError(f"max_worker_memory: {exc}") from None
     fleet = make_fleet()
+    if max_worker_memory is not None and not fleet.starts_workers:
+        raise OptionError("max_worker_memory replaces workers by fresh processes, and this "
+                          "fleet's workers join by themselves: nobody would start new ones")
     workers = n_workers if n_workers is not None else fleet.default_workers()
     if workers < 1:
         raise OptionError(f"n_workers must be at least 1, got {workers}")

@@ -8,6 +8,7 @@ import dataclasses
 import linecache
 import os
 import pickle
+import re
 import socket
 import sys
 import threading
@@ -56,13 +57,22 @@ class WorkerConfig:
     grace: float = 5.0
     #: The checkpoint folder, for workers on the coordinator's machine (the others stream).
     checkpoints: str | None = None
+    #: Bytes of resident memory above which a local worker is replaced after its trial.
+    max_worker_memory: int | None = None
+
+    def __post_init__(self) -> None:
+        # The coordinator builds the config from the objective it was given: a limit set by
+        # ``run_hub`` comes on the objective (``MemoryLimited``) and moves here.
+        if isinstance(self.objective, MemoryLimited):
+            self.max_worker_memory = self.objective.limit
+            self.objective = self.objective.__wrapped__
 
     def __reduce__(self) -> tuple:
         # Pickled in the coordinator, loaded in the worker: locks in the objective's closure
         # (MLflowCallback keeps one) become new locks, and the source of functions defined
         # where no file holds it (a notebook cell, ``python -c``) travels for tracebacks.
         fields = (self.objective, self.catch, self.n_objectives, self.setup, self.grace,
-                  self.checkpoints)
+                  self.checkpoints, self.max_worker_memory)
         return (_load_config, (_dumps(fields), _sources(self.objective, self.setup)))
 
 
@@ -208,8 +218,9 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
     space: dict = {}  # the search space known to the coordinator, sent when it changes
     study_info = StudyInfo()
     store = checkpoint.FolderStore(config.checkpoints) if local and config.checkpoints else None
+    worn_out = False  # a local worker leaves to be replaced by a fresh process (see leave_reason)
     while True:
-        leaving = checkpoint.stop_requested()
+        leaving = worn_out or checkpoint.stop_requested()
         try:
             channel.send(P.encode(P.Next(result, leaving)))
             msg = P.decode(channel.recv())  # a reply means the coordinator has the result
@@ -229,6 +240,13 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
             children.trial_started()
             result = run_objective(config, trial)
         children.trial_ended()  # processes the trial left running end with it
+        # Only a process the fleet started here is replaced; one that joined over TCP, or
+        # runs inside an engine's long-lived process, would just be gone.
+        why = leave_reason(result, config.max_worker_memory) if local else None
+        if why is not None:
+            worn_out = True
+            _say(f"worker {socket.gethostname()}/{os.getpid()} replaced after trial {number}: "
+                 f"{why}")
 
 
 def run_objective(config: WorkerConfig, trial: ProxyTrial) -> P.Result:
@@ -257,6 +275,88 @@ def run_objective(config: WorkerConfig, trial: ProxyTrial) -> P.Result:
     finally:
         checkpoint.in_trial(False)  # and the grace period's alarm, if any, is not needed
     return P.Result(trial._trial_id, P.COMPLETE, _plain_values(value), trial._take_ops(), None)
+
+
+class MemoryLimited:
+    """The objective of a run with ``max_worker_memory``: the coordinator ships it as it is,
+    and ``WorkerConfig`` takes the limit off it, so that the coordinator needs no option."""
+
+    def __init__(self, objective: Callable[[optuna.Trial], Any], limit: int) -> None:
+        self.__wrapped__ = objective
+        self.limit = limit
+
+    def __call__(self, trial: optuna.Trial) -> Any:
+        return self.__wrapped__(trial)
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_size(value: int | float | str) -> int:
+    """Bytes from ``2GB``, ``500MB``, ``1.5GiB`` or plain bytes (KB, MB, GB, TB count in
+    thousands, KiB, MiB, GiB, TiB in 1024s); ``ValueError`` with the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ValueError(f"{value!r} is not a size: give bytes, or a number with KB, MB, "
+                             "GB, TB (or KiB, MiB, GiB, TiB), e.g. 500MB or 2GB")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    size = int(number * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"{value!r}: a size must be more than 0 bytes")
+    return size
+
+
+def resident_memory() -> int | None:
+    """This process's resident memory (RSS) in bytes: /proc/self/statm on Linux (a read of a
+    few bytes, cheap after every trial), else psutil if installed; None when unknown."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:
+        return None
+
+
+def leave_reason(result: P.Result, limit: int | None) -> str | None:
+    """Why this worker should give way to a fresh process after the trial that gave
+    ``result``, or None: its objective raised ``MemoryError`` (and ``catch`` let the study go
+    on), so this process may be left fragmented or half-broken; or its resident memory is
+    still above ``limit`` after a garbage collection, so it leaks (a module-level cache, a
+    library's). A fresh process gives the memory back to the machine at once."""
+    error = result.error
+    if (result.state == P.FAIL and error is not None and error.caught
+            and (isinstance(error.exc, MemoryError) or error.text.startswith("MemoryError("))):
+        return "its objective raised MemoryError"
+    if limit is None:
+        return None
+    rss = resident_memory()
+    if rss is not None and rss > limit:
+        import gc
+
+        gc.collect()  # what only cycles held may go back; measure again
+        rss = resident_memory() or 0
+    if rss is None or rss <= limit:
+        return None
+    return f"its memory {rss / 1e6:.0f} MB passed --max-worker-memory {limit / 1e6:.0f} MB"
+
+
+def _say(line: str) -> None:
+    """One line on stderr (the coordinator's terminal, for a local worker): a plain write, as
+    tqdm's lock, inherited from a coordinator that forked this worker, may be held."""
+    clear = "\r\x1b[K" if sys.stderr.isatty() else ""  # over the coordinator's progress bar
+    print(f"{clear}tunefleet: {line}", file=sys.stderr, flush=True)
 
 
 class GcAfterTrial:
