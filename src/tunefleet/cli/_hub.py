@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tunefleet.cli._options import best_summary, echo_summary
-from tunefleet.errors import Interrupted, UsageError
+from tunefleet.errors import Interrupted, MirrorError, UsageError
 from tunefleet._studies import DEFAULT_STORAGE, shown_url
 
 
@@ -153,6 +153,36 @@ def _space_errors_in_one_line(study: optuna.Study) -> Iterator[None]:
         logger.removeFilter(drop)
 
 
+class _DropMirrorLog(logging.Filter):
+    """The mirror logs the durable write that failed; the run ends with that error in one
+    line, so the log would say it twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _storage_errors_in_one_line(study: optuna.Study, where: str) -> Iterator[None]:
+    """A storage that cannot be written (disk full, read-only, permission denied) ends the run
+    with one line saying what to do, exit 1, not a traceback through the database driver."""
+    from tunefleet._unwritable import unwritable_cause
+
+    logger, drop = logging.getLogger("tunefleet.mirror"), _DropMirrorLog()
+    logger.addFilter(drop)
+    try:
+        yield
+    except MirrorError as exc:
+        cause = unwritable_cause(exc)
+        if cause is None:
+            raise
+        click.echo(f"tunefleet: the run stopped: the storage {where} cannot be written: "
+                   f"{cause[0]}. Study {study.study_name!r} keeps every trial counted so far; "
+                   f"{cause[1]}, then run the same command again to continue.", err=True)
+        sys.exit(1)
+    finally:
+        logger.removeFilter(drop)
+
+
 def _exhausted(study: optuna.Study, n_trials: int | None, timeout: float | None,
                seconds: float) -> str | None:
     """The line saying that grid or brute force ran out of points before ``--n-trials``."""
@@ -183,7 +213,7 @@ def run_hub_command(study: optuna.Study, storage: str | None, as_json: bool,
     again = shlex.join(shown_url(arg) for arg in sys.argv[1:])
     started = time.monotonic()
     try:
-        with _space_errors_in_one_line(study):
+        with _storage_errors_in_one_line(study, where), _space_errors_in_one_line(study):
             reached = optimize()
     except KeyboardInterrupt as exc:
         code = exc.exit_code if isinstance(exc, Interrupted) else 130

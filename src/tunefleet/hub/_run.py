@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet._optuna import storage_location
 from tunefleet.checkpoint import default_root
-from tunefleet.errors import Interrupted, OptionError
+from tunefleet.errors import Interrupted, MirrorError, OptionError
 from tunefleet.hub._checkpoints import CheckpointKeeper
 from tunefleet.hub._beat import BEAT_INTERVAL
 from tunefleet.hub._coordinator import Coordinator, Limits
@@ -152,13 +152,18 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         release(run_study)
         checkpoints.close()
         if mirror is not None:
-            if sys.exc_info()[1] is None or isinstance(sys.exc_info()[1], Interrupted):
+            running = sys.exc_info()[1]
+            if running is None or isinstance(running, Interrupted):
                 mirror.close()  # waits for the durable storage; raises MirrorError on failure
                 _ENDS[study] = _run_end(run_study)  # all of it stored: memory says it right
             else:
                 try:
                     mirror.close()
-                except Exception as exc:  # do not hide the run's own error
+                except MirrorError as exc:
+                    if exc.__cause__ is running:  # the storage stopped the run: say that
+                        raise exc from running
+                    _logger.warning(f"{exc}")  # do not hide the run's own error
+                except Exception as exc:
                     _logger.warning(f"{exc}")
     return study
 

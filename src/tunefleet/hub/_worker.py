@@ -160,7 +160,7 @@ def serve(channel: Channel, label: str | None = None,
                 channel.send(P.encode(P.Hello(os.getpid(), socket.gethostname(), label, reclaim)))
                 msg = P.decode(channel.recv())
                 if type(msg) is P.Stop:
-                    return _stopped(msg)
+                    return _stopped(msg, isinstance(channel, PipeChannel))
                 if config is None:
                     try:
                         config = cloudpickle.loads(msg.payload)
@@ -189,11 +189,14 @@ def serve(channel: Channel, label: str | None = None,
         release_pools()
 
 
-def _stopped(msg: P.Stop) -> int:
+def _stopped(msg: P.Stop, local: bool = False) -> int:
     """The exit code of a worker told to stop: 1, said in one line, when the study stopped on
-    an error (the coordinator exits 1 too), else 0."""
+    an error (the coordinator exits 1 too), else 0. A local worker says nothing: its stderr is
+    its coordinator's, which says why the study stopped."""
     if msg.error is None:
         return 0
+    if local:
+        return 1
     print(f"tunefleet worker: the study stopped on an error: {msg.error.splitlines()[0]}",
           file=sys.stderr)
     return 1
@@ -227,7 +230,7 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
         except CoordinatorGone as exc:
             raise _Lost(str(exc), (number, result) if result is not None else None) from None
         if type(msg) is not P.NewTrial:
-            return _stopped(msg) if type(msg) is P.Stop else 0
+            return _stopped(msg, local) if type(msg) is P.Stop else 0
         number = msg.number
         if msg.space is not None:
             space = msg.space

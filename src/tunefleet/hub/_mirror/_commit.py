@@ -10,7 +10,9 @@ import time
 
 import optuna
 from optuna.storages import BaseStorage, InMemoryStorage
+from optuna.trial import TrialState
 
+from tunefleet import _attrs as attrs
 from tunefleet.errors import MirrorError
 from tunefleet.hub._mirror._journal import _JournalWriter
 from tunefleet.hub._mirror._rdb import _RDBWriter
@@ -214,7 +216,23 @@ class _GroupCommit:
         with self._cond:
             self._closed = True
         atexit.unregister(self._at_exit)
+        if self._error is not None:
+            self._fail_running()
         self._raise_error()
+
+    def _fail_running(self) -> None:
+        """After a refused write, close as FAIL the trials the durable storage holds RUNNING
+        while it still takes a small write (a full disk often does once its round is rolled
+        back); if it does not, the next run fails them as orphans."""
+        reason = f"the durable storage refused a write: {self._error!r}"[:1000]
+        for written in list(self._writer.open.values()):
+            if written.state != TrialState.RUNNING:
+                continue  # WAITING: a queued retry, the next run's
+            try:
+                self._durable.set_trial_system_attr(written.durable_id, attrs.FAIL_REASON, reason)
+                self._durable.set_trial_state_values(written.durable_id, TrialState.FAIL)
+            except Exception:  # nothing more can be written
+                return
 
     def _raise_error(self) -> None:
         if self._error is not None:
