@@ -7,11 +7,13 @@ target.
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
 import click
 
+from tunefleet.errors import Interrupted
 from tunefleet.p2p import config_kwargs, echo_peer_summary, peer_options
 
 
@@ -38,10 +40,31 @@ def peer(target: str, **params: Any) -> None:
     setup_logging(logging.WARNING if quiet else logging.INFO)
     objective = load_target(target)
     agent = Peer(objective, **kwargs)
+    # SIGTERM (Slurm, Kubernetes, systemd, kill) ends the peer as Ctrl-C does: it leaves the
+    # swarm at once and still says what it found.
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         agent.optimize()
         summary = agent.terminate()
-    except KeyboardInterrupt:
-        click.echo(f"peer {agent.uid}: interrupted, left the swarm", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)  # the summary is printed whole
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        name = signal.Signals(signum).name
+        click.echo(f"peer {agent.uid}: interrupted by {name}, left the swarm", err=True)
+        if agent.study is not None:  # else it was stopped before its study opened
+            echo_peer_summary(dict(agent.summary(), interrupted=name), as_json)
+        sys.exit(128 + signum)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     echo_peer_summary(summary, as_json)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    """SIGINT and SIGTERM as a ``KeyboardInterrupt`` (``Interrupted``), the trial it stops
+    failed without Optuna's warning and traceback: the peer's one line says why it ended."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    raise Interrupted(signum)
