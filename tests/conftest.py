@@ -115,10 +115,10 @@ def local_ray():
 
 # -- running in parallel (pytest-xdist, ``--dist loadgroup``) ---------------------------------
 # A file's tests run in one process, so that its module fixtures (a Dask cluster, Spark, Ray)
-# start once; the Slurm files share one process, so that one Slurm cluster runs at a time. The
-# longest groups go first, so that no long one starts last.
-_SHARED_GROUPS = {"slurm": "slurm"}
-_FIRST = ("tests/slurm/", "tests/lab/", "tests/storage_mode/", "tests/remote/", "tests/hub/")
+# start once (a process that runs Slurm tests starts its own private Slurm). The folders of
+# the longest files go first, so that no long one starts last.
+_FIRST = ("tests/slurm/test_slurm_preemption.py", "tests/slurm/", "tests/lab/",
+          "tests/storage_mode/", "tests/remote/", "tests/hub/")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -127,8 +127,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.get_closest_marker("xdist_group") is not None:
             continue
         path = Path(item.fspath).resolve().relative_to(ROOT).as_posix()
-        folder = path.split("/")[1] if path.count("/") > 1 else ""
-        item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(folder, path)))
+        item.add_marker(pytest.mark.xdist_group(path))
 
     def rank(item: pytest.Item) -> int:
         path = Path(item.fspath).resolve().relative_to(ROOT).as_posix()
