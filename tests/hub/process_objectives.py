@@ -5,9 +5,11 @@ tests of ``test_child_processes.py`` and ``test_hung_workers.py`` run them throu
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import optuna
 
@@ -17,9 +19,17 @@ def square(v: float) -> float:
 
 
 def slow(trial: optuna.Trial) -> float:
-    """0.3 s per trial."""
+    """0.3 s per trial. With TF_SLEEPING_DIR, the file ``<dir>/<pid>`` exists while it sleeps,
+    so that a test stops a worker in its sleep and never in the middle of a storage write
+    (a SQLite writer stopped mid-transaction holds the file's lock, and every writer waits)."""
     x = trial.suggest_float("x", 0, 1)
+    folder = os.environ.get("TF_SLEEPING_DIR")
+    mark = Path(folder) / str(os.getpid()) if folder else None
+    if mark is not None:
+        mark.touch()
     time.sleep(0.3)
+    if mark is not None:
+        mark.unlink()
     return x
 
 

@@ -77,7 +77,9 @@ def _args(url: str, total: int, *extra: str) -> tuple[str, ...]:
 @pytest.mark.timeout(900)
 def test_signal_and_requeue_finish_a_study_three_times_the_time_limit(slurm_cluster, cli,
                                                                       tmp_path):
-    total, sleep = 36, 0.5  # 36 x 20 x 0.5 s = 360 s on 2 workers: 3 x --time 1 (minute)
+    # 24 x 20 x 0.5 s = 240 s of work on 2 workers: 120 s, more than two runs of --time 1
+    # (a minute) with the last 30 s given to --signal, however late Slurm enforces the limit.
+    total, sleep = 24, 0.5
     url = f"sqlite:///{tmp_path / 'study.db'}"
     args = _args(url, total, "--time", "1", "--signal", "30", "--requeue", "--grace", "5")
     printed = cli(*args, cwd=tmp_path, env=slurm_cluster.env)

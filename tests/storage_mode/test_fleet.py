@@ -79,13 +79,20 @@ def wait_all(procs: list[subprocess.Popen], timeout: float) -> None:
                                                    ("postgresql", 4), ("mysql", 4)],
                          indirect=["storage_url"], ids=["sqlite", "journal", "postgresql",
                                                         "mariadb"])
-def test_fleet_exact_budget_survives_a_killed_worker(storage_url, n_workers, cli):
+def test_fleet_exact_budget_survives_a_killed_worker(storage_url, n_workers, cli, tmp_path):
     total = 40
     assert cli("init", "--storage", storage_url, "--study", "fleet",
                "--sampler", "random").returncode == 0
-    # Trials long enough that a poll of the storage, slow on a loaded machine, sees one run.
-    procs = start_workers(n_workers, storage_url, "fleet", total, sleep="1.0")
-    killed_pid, victim = kill_one_mid_trial(procs, storage_url, "fleet", 120)
+    # Trials from the 5th on are held until a worker was killed in one: a poll of the
+    # storage, slow on a loaded machine, cannot miss them all.
+    hold = tmp_path / "hold"
+    hold.touch()
+    procs = start_workers(n_workers, storage_url, "fleet", total, sleep="0.5",
+                          env={"TF_HOLD": str(hold)})
+    try:
+        killed_pid, victim = kill_one_mid_trial(procs, storage_url, "fleet", 120)
+    finally:
+        hold.unlink()
     alive = [p for p in procs if p.returncode is None]
     wait_all(alive, timeout=180)
 

@@ -35,7 +35,10 @@ def test_a_stopped_worker_holds_neither_the_others_nor_a_trial(tmp_path):
     init = subprocess.run([sys.executable, "-m", "tunefleet", "init", "--storage", url,
                            "--study", "s", "--sampler", "random"], capture_output=True, text=True)
     assert init.returncode == 0, init.stderr
-    procs = start_workers(3, url, "s", total, target=f"{OBJECTIVES}:slow")
+    sleeping = tmp_path / "sleeping"
+    sleeping.mkdir()
+    procs = start_workers(3, url, "s", total, target=f"{OBJECTIVES}:slow",
+                          env={"TF_SLEEPING_DIR": str(sleeping)})
     by_id = {f"{socket.gethostname()}/{p.pid}": p for p in procs}
 
     def stop_one_mid_trial() -> subprocess.Popen | None:
@@ -44,9 +47,13 @@ def test_a_stopped_worker_holds_neither_the_others_nor_a_trial(tmp_path):
             return None
         for t in trials:
             proc = by_id.get(t.system_attrs.get(attrs.WORKER))
-            if t.state == TrialState.RUNNING and proc is not None:
+            # Stopped in its objective's sleep, not in a write that holds SQLite's lock.
+            if t.state == TrialState.RUNNING and proc is not None \
+                    and (sleeping / str(proc.pid)).exists():
                 proc.send_signal(signal.SIGSTOP)
-                return proc
+                if (sleeping / str(proc.pid)).exists():
+                    return proc
+                proc.send_signal(signal.SIGCONT)  # its sleep had ended: another try
         return None
 
     victim = wait_until(stop_one_mid_trial, 120, "a worker in a trial")

@@ -76,7 +76,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def read_runs(wandb_dir: Path, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+def read_runs(wandb_dir: Path, timeout: float = 240.0) -> dict[str, dict[str, Any]]:
     """Every offline run under ``wandb_dir``, by run name.
 
     ``run.finish()`` returns before wandb's service process has written the whole file, so
