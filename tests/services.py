@@ -228,9 +228,6 @@ class Slurm:
             f"SlurmctldLogFile={self.base / 'log' / 'slurmctld.log'}",
             f"SlurmdLogFile={self.base / 'log' / 'slurmd.log'}",
             "ProctrackType=proctrack/linuxproc",
-            # A job that requeues itself at each time limit (tunefleet slurm --requeue) runs as
-            # often as its work needs: on a loaded machine more than Slurm's default of 5.
-            "MaxBatchRequeue=50",
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",

@@ -77,9 +77,7 @@ def _args(url: str, total: int, *extra: str) -> tuple[str, ...]:
 @pytest.mark.timeout(900)
 def test_signal_and_requeue_finish_a_study_three_times_the_time_limit(slurm_cluster, cli,
                                                                       tmp_path):
-    # 36 x 20 x 0.5 s = 360 s on 2 workers: 3 x --time 1 (minute). On a loaded machine that
-    # takes more runs than Slurm's default MaxBatchRequeue (5): tests/services.py allows 50.
-    total, sleep = 36, 0.5
+    total, sleep = 36, 0.5  # 36 x 20 x 0.5 s = 360 s on 2 workers: 3 x --time 1 (minute)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     args = _args(url, total, "--time", "1", "--signal", "30", "--requeue", "--grace", "5")
     printed = cli(*args, cwd=tmp_path, env=slurm_cluster.env)
