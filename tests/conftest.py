@@ -113,22 +113,13 @@ def local_ray():
     ray.shutdown()
 
 
-# -- running in parallel (pytest-xdist, ``--dist loadgroup``) ---------------------------------
-# A file's tests run in one process, so that its module fixtures (a Dask cluster, Spark, Ray)
-# start once (a process that runs Slurm tests starts its own private Slurm). The folders of
+# -- running in parallel (pytest-xdist, ``--dist loadfile``: a file's tests in one process, so
+# that its module fixtures, such as a Dask cluster, Spark or Ray, start once). The folders of
 # the longest files go first, so that no long one starts last.
-_FIRST = ("tests/slurm/test_slurm_preemption.py", "tests/slurm/", "tests/lab/",
-          "tests/storage_mode/", "tests/remote/", "tests/hub/")
+_FIRST = ("tests/lab/", "tests/storage_mode/", "tests/remote/", "tests/hub/")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is not None:
-            continue
-        path = Path(item.fspath).resolve().relative_to(ROOT).as_posix()
-        item.add_marker(pytest.mark.xdist_group(path))
-
     def rank(item: pytest.Item) -> int:
         path = Path(item.fspath).resolve().relative_to(ROOT).as_posix()
         return next((i for i, p in enumerate(_FIRST) if path.startswith(p)), len(_FIRST))
