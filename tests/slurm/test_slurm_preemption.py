@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,16 @@ STEPPING = f"{Path(__file__).resolve().parents[1] / 'storage_mode' / 'checkpoint
 STEPS = 20
 
 
+#: The states of a job that has left for good (``squeue --states=all`` shows it a while longer).
+_ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
+          "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+
+
 def _squeue(job: str, cluster) -> str:
-    q = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True,
-                       text=True, env=_env(cluster))
+    """JOB's state and reason, in every state: a job being requeued is in states that plain
+    ``squeue`` does not list, and must not look gone."""
+    q = subprocess.run(["squeue", "-h", "--states=all", "-j", job, "-o", "%T %r"],
+                       capture_output=True, text=True, env=_env(cluster))
     assert q.returncode == 0 or "Invalid job id" in q.stderr, q.stderr
     return q.stdout.strip()
 
@@ -46,16 +54,23 @@ def _wait_gone(job: str, cluster, timeout: float) -> int:
     the way; how many times it was released."""
     released: list[str] = []
     seen: list[str] = []
+    held_since: list[float] = []
 
     def gone() -> bool:
         state = _squeue(job, cluster)
         if not seen or seen[-1] != state:
             seen.append(state)
         if state.startswith("PENDING") and "BeginTime" in state:
-            subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"],
-                           check=True, env=_env(cluster))
-            released.append(state)
-        return not state
+            # Released after 20 s, not at once: slurmd refuses to launch a job it has just
+            # killed ("Job N already killed, do not launch batch job"), and the run fails.
+            if not held_since:
+                held_since.append(time.monotonic())
+            if time.monotonic() - held_since[0] >= 20:
+                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"],
+                               check=True, env=_env(cluster))
+                released.append(state)
+                held_since.clear()
+        return not state or state.split()[0] in _ENDED
 
     try:
         wait_until(gone, timeout, f"job {job} to leave the queue", interval=1)
