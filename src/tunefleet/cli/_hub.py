@@ -154,11 +154,14 @@ def _space_errors_in_one_line(study: optuna.Study) -> Iterator[None]:
 
 
 class _DropMirrorLog(logging.Filter):
-    """The mirror logs the durable write that failed; the run ends with that error in one
-    line, so the log would say it twice."""
+    """The mirror logs the durable write that failed; when the storage cannot be written the
+    run ends with that error in one line, so the log would say it twice. Any other failure
+    of the mirror is still logged when it happens."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return False
+        from tunefleet._unwritable import unwritable_cause
+
+        return unwritable_cause(Exception(record.getMessage())) is None
 
 
 @contextlib.contextmanager
