@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import optuna
 import pytest
+import torch
 
 from tests.trainer.toy import make_trainer
 from tunefleet import UsageError
@@ -14,6 +15,9 @@ pytestmark = pytest.mark.timeout(90)
 
 def _objective(report_last_n: int = 1, allow_prune: bool = True, metric: str = "valid_acc"):
     def objective(trial: optuna.Trial) -> float:
+        # The same start for every trial: with a random one the untrained model's accuracy at
+        # the first report was now and then not below the learners' median (CI, stop 23).
+        torch.manual_seed(0)
         lr = trial.suggest_float("lr", 0.0, 1.0)
         trainer = make_trainer(lr=lr, max_epoch=3, valid_freq=2, log=False)
         hook = TrialHook(trial, metric, report_last_n=report_last_n, allow_prune=allow_prune)
