@@ -87,17 +87,50 @@ class Postgres:
         if self.listen != "127.0.0.1":  # the lab's other hosts: clients on its own subnet
             with open(self.base / "data" / "pg_hba.conf", "a") as hba:
                 hba.write("host all all samenet trust\n")
+        self._launch()
+        _run([str(bin_ / "psql"), "-h", self._client_host, "-p", str(self.port), "-U",
+              "postgres", "-c", "CREATE DATABASE tunefleet"], "createdb")
+        return self
+
+    def _launch(self) -> None:
+        """Start the server on the cluster made by ``start`` (again after ``restart``)."""
         opts = (f"-p {self.port} -k {self.base} -c listen_addresses={self.listen} "
                 "-c max_connections=200")
         if not self.fsync:
             opts += " -c fsync=off -c synchronous_commit=off"
         where = ["ip", "netns", "exec", self.netns] if self.netns else []
-        _run([*where, "runuser", "-u", "postgres", "--", str(bin_ / "pg_ctl"), "-D",
+        _run([*where, "runuser", "-u", "postgres", "--", str(_pg_bin() / "pg_ctl"), "-D",
               str(self.base / "data"), "-o", opts, "-l", str(self.base / "log"), "-w", "-t",
               "60", "start"], "pg_ctl start")
-        _run([str(bin_ / "psql"), "-h", self._client_host, "-p", str(self.port), "-U",
-              "postgres", "-c", "CREATE DATABASE tunefleet"], "createdb")
-        return self
+
+    def restart(self, kill: bool = False, down: float = 0.0) -> None:
+        """Stop the server (``pg_ctl -m fast``: clients' connections are cut, as in a restart
+        for an upgrade; KILL: SIGKILL to the postmaster, as a crash), keep it down DOWN
+        seconds, and start it again on the same data and port."""
+        import time
+
+        if kill:
+            pid = int((self.base / "data" / "postmaster.pid").read_text().split()[0])
+            os.kill(pid, 9)
+            wait_until(lambda: not _running(pid), 30, "the killed postmaster to exit")
+        else:
+            _run(["runuser", "-u", "postgres", "--", str(_pg_bin() / "pg_ctl"), "-D",
+                  str(self.base / "data"), "-m", "fast", "-w", "stop"], "pg_ctl stop")
+        if down:
+            time.sleep(down)  # the outage itself, not a synchronisation
+        # After SIGKILL the new server refuses to start while a backend of the old one still
+        # holds its shared memory (they exit once they notice): start it until it starts.
+        last: list[str] = []
+
+        def started() -> bool:
+            try:
+                self._launch()
+                return True
+            except ServiceError as exc:
+                last[:] = [str(exc)]
+                return False
+
+        wait_until(started, 60, lambda: f"PostgreSQL to start again: {last}", interval=0.5)
 
     @property
     def url(self) -> str:
@@ -129,17 +162,26 @@ class MariaDB:
 
     def start(self) -> "MariaDB":
         install = _need("mariadb-install-db", "mariadb-server")
-        server = _need("mariadbd", "mariadb-server")
         self.base = _private_dir("tunefleet-my-", "mysql")
         self.port = free_port()
         _run([install, "--no-defaults", "--user=mysql", f"--datadir={self.base / 'data'}",
               "--auth-root-authentication-method=normal", "--skip-test-db"], "mariadb-install-db")
+        self._launch()
+        self._sql("CREATE DATABASE tunefleet; CREATE USER 'tf'@'127.0.0.1' IDENTIFIED BY 'tf'; "
+                  "GRANT ALL ON *.* TO 'tf'@'127.0.0.1';")
+        return self
+
+    def _launch(self) -> None:
+        """Start mariadbd on the data made by ``start`` (again after ``restart``) and wait
+        until it answers."""
+        server = _need("mariadbd", "mariadb-server")
         self.proc = subprocess.Popen(
             [server, "--no-defaults", "--user=mysql", f"--datadir={self.base / 'data'}",
              f"--socket={self.sock}", f"--port={self.port}", "--bind-address=127.0.0.1",
              f"--pid-file={self.base / 'pid'}", "--max-connections=300",
              "--innodb-flush-log-at-trx-commit=2"],
-            stdout=subprocess.DEVNULL, stderr=open(self.base / "server.log", "w"))
+            stdout=subprocess.DEVNULL, stderr=open(self.base / "server.log", "a"))
+
         def answers() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"mariadbd exited ({self.proc.returncode})")
@@ -150,9 +192,22 @@ class MariaDB:
         except AssertionError as exc:
             raise ServiceError(f"mariadbd did not start ({exc}): "
                                + (self.base / "server.log").read_text()[-800:]) from None
-        self._sql("CREATE DATABASE tunefleet; CREATE USER 'tf'@'127.0.0.1' IDENTIFIED BY 'tf'; "
-                  "GRANT ALL ON *.* TO 'tf'@'127.0.0.1';")
-        return self
+
+    def restart(self, kill: bool = False, down: float = 0.0) -> None:
+        """Stop the server (a clean shutdown, or SIGKILL with KILL), keep it down DOWN seconds,
+        and start it again on the same data and port."""
+        import time
+
+        assert self.proc is not None
+        if kill:
+            self.proc.kill()
+        else:
+            _run(["mariadb-admin", "--no-defaults", "-uroot", f"--socket={self.sock}",
+                  "shutdown"], "mariadb-admin shutdown")
+        self.proc.wait(timeout=60)
+        if down:
+            time.sleep(down)  # the outage itself, not a synchronisation
+        self._launch()
 
     @property
     def sock(self) -> Path:

@@ -1,0 +1,62 @@
+"""A database that is away for a while (restarted, failed over, a network blip, all its
+connections taken) is normal: the hub and the storage-mode workers wait it out for up to
+``--storage-timeout`` seconds instead of stopping, and past it say so in one line."""
+
+from __future__ import annotations
+
+#: Seconds an outage is waited out by default: a restart of PostgreSQL or MariaDB (an upgrade,
+#: a failover) takes seconds to a minute; five minutes covers one on a loaded machine.
+DEFAULT_STORAGE_TIMEOUT = 300.0
+
+#: Words (lower case) of the drivers' messages when the server is gone or not there yet:
+#: psycopg2 / libpq, PyMySQL / MariaDB, and SQLAlchemy's own.
+_PHRASES = (
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "could not connect to server",
+    "connection refused",
+    "connection reset by peer",
+    "connection timed out",
+    "broken pipe",
+    "ssl connection has been closed unexpectedly",
+    "no connection to the server",
+    "connection already closed",
+    "too many clients already",
+    "remaining connection slots are reserved",
+    "can't connect to mysql server",
+    "lost connection to mysql server",
+    "mysql server has gone away",
+    "server shutdown in progress",
+    "too many connections",
+    "connection was killed",
+    "can't reconnect until invalid transaction is rolled back",
+)
+
+
+def outage_words(exc: BaseException) -> str | None:
+    """The words that show ``exc`` (or an exception it came from) to be the database being
+    away, or None: anything else (a bug, a constraint, a full disk) is not waited out."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        text = str(e).lower()
+        for words in _PHRASES:
+            if words in text:
+                return words
+        if getattr(e, "connection_invalidated", False):  # SQLAlchemy saw the connection go
+            return "the connection was lost"
+        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+    return None
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` says the database is away (see :func:`outage_words`)."""
+    return outage_words(exc) is not None
