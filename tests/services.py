@@ -109,6 +109,13 @@ class Postgres:
         seconds, and start it again on the same data and port."""
         import time
 
+        self.halt(kill)
+        if down:
+            time.sleep(down)  # the outage itself, not a synchronisation
+        self.resume()
+
+    def halt(self, kill: bool = False) -> None:
+        """Stop the server and keep its data (``resume`` starts it again)."""
         if kill:
             pid = int((self.base / "data" / "postmaster.pid").read_text().split()[0])
             os.kill(pid, 9)
@@ -116,10 +123,11 @@ class Postgres:
         else:
             _run(["runuser", "-u", "postgres", "--", str(_pg_bin() / "pg_ctl"), "-D",
                   str(self.base / "data"), "-m", "fast", "-w", "stop"], "pg_ctl stop")
-        if down:
-            time.sleep(down)  # the outage itself, not a synchronisation
-        # After SIGKILL the new server refuses to start while a backend of the old one still
-        # holds its shared memory (they exit once they notice): start it until it starts.
+
+    def resume(self) -> None:
+        """Start the halted server again. After SIGKILL it refuses to start while a backend
+        of the old one still holds its shared memory (they exit once they notice): start it
+        until it starts."""
         last: list[str] = []
 
         def started() -> bool:
@@ -198,6 +206,13 @@ class MariaDB:
         and start it again on the same data and port."""
         import time
 
+        self.halt(kill)
+        if down:
+            time.sleep(down)  # the outage itself, not a synchronisation
+        self._launch()
+
+    def halt(self, kill: bool = False) -> None:
+        """Stop the server and keep its data (``resume`` starts it again)."""
         assert self.proc is not None
         if kill:
             self.proc.kill()
@@ -205,8 +220,9 @@ class MariaDB:
             _run(["mariadb-admin", "--no-defaults", "-uroot", f"--socket={self.sock}",
                   "shutdown"], "mariadb-admin shutdown")
         self.proc.wait(timeout=60)
-        if down:
-            time.sleep(down)  # the outage itself, not a synchronisation
+
+    def resume(self) -> None:
+        """Start the halted server again and wait until it answers."""
         self._launch()
 
     @property

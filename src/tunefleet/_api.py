@@ -32,6 +32,7 @@ def optimize(
     keep_checkpoints: bool = False,
     gc_after_trial: bool = False,
     max_worker_memory: int | str | None = None,
+    storage_timeout: float | None = None,
     n_jobs: int | None = None,
     **backend_options: Any,
 ) -> optuna.Study:
@@ -89,6 +90,10 @@ def optimize(
             one whose objective raised a ``MemoryError`` that ``catch`` covers; an objective
             that leaks (a module-level cache) then cannot take the machine's memory.
             ``backend="processes"`` only.
+        storage_timeout: seconds a database server may stay away (restarted, failed over,
+            unreachable) before the run stops with :class:`tunefleet.MirrorError`; meanwhile
+            running trials go on, their results wait in memory, and no new trial starts.
+            Default: 300.
 
     A trial counts as finished (callbacks, progress bar, ``n_trials``) only once the study's
     storage holds it: on a database or journal file the coordinator writes by group commit,
@@ -143,4 +148,5 @@ def optimize(
         checkpoint_dir=checkpoint_dir,
         keep_checkpoints=keep_checkpoints,
         max_worker_memory=max_worker_memory,
+        storage_timeout=storage_timeout,
     )

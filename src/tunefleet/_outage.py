@@ -60,3 +60,24 @@ def outage_words(exc: BaseException) -> str | None:
 def is_outage(exc: BaseException) -> bool:
     """True when ``exc`` says the database is away (see :func:`outage_words`)."""
     return outage_words(exc) is not None
+
+
+class StorageOutage(Exception):
+    """The database stayed away longer than the storage timeout (raised from its last error)."""
+
+    def __init__(self, seconds: float, words: str) -> None:
+        super().__init__(f"the durable storage could not be reached for {seconds:.0f} s "
+                         f"({words})")
+        self.seconds = seconds
+        self.words = words
+
+
+def find_outage(exc: BaseException | None) -> StorageOutage | None:
+    """The :class:`StorageOutage` that ``exc`` is or came from, if any."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, StorageOutage):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None

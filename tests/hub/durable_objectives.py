@@ -57,3 +57,11 @@ def gated(trial: optuna.Trial) -> float:
     while not os.path.exists(os.environ["TF_GATE"]):
         time.sleep(0.05)
     return x * x
+
+
+def steady(trial: optuna.Trial) -> float:
+    """A second each: a database restarted mid-run always finds trials running."""
+    x = trial.suggest_float("x", -10, 10)
+    time.sleep(1.0)
+    trial.report(x, 0)
+    return x * x

@@ -21,7 +21,7 @@ from tunefleet._studies import DEFAULT_STORAGE, shown_url
 
 def hub_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """What every command that runs a coordinator says about faults and output: --max-retries,
-    --grace, --worker-timeout, --keep-going, --progress/--no-progress, --json."""
+    --grace, --worker-timeout, --storage-timeout, --keep-going, --progress/--no-progress, --json."""
     options = [
         click.option("--max-retries", type=click.IntRange(min=0), default=1, show_default=True,
                      help="Runs of the parameters of a trial whose worker died."),
@@ -32,6 +32,11 @@ def hub_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      show_default=True, callback=_check_worker_timeout,
                      help="Seconds a worker may stay silent during a trial (stopped, hung, cut "
                           "off) before the trial is failed and retried; 0 waits forever."),
+        click.option("--storage-timeout", type=click.FloatRange(min=0), default=300.0,
+                     show_default=True,
+                     help="Seconds a database server may stay away (restart, failover, network) "
+                          "before the run stops; meanwhile running trials go on and new ones "
+                          "wait."),
         click.option("--keep-going", is_flag=True,
                      help="A trial whose objective raises fails, and the study goes on."),
         click.option("--progress/--no-progress", default=True, show_default=True,
@@ -161,13 +166,16 @@ class _DropMirrorLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         from tunefleet._unwritable import unwritable_cause
 
-        return unwritable_cause(Exception(record.getMessage())) is None
+        message = record.getMessage()
+        return unwritable_cause(Exception(message)) is None and "StorageOutage(" not in message
 
 
 @contextlib.contextmanager
 def _storage_errors_in_one_line(study: optuna.Study, where: str) -> Iterator[None]:
-    """A storage that cannot be written (disk full, read-only, permission denied) ends the run
-    with one line saying what to do, exit 1, not a traceback through the database driver."""
+    """A storage that cannot be written (disk full, read-only, permission denied) or that stayed
+    away past --storage-timeout ends the run with one line saying what to do, exit 1, not a
+    traceback through the database driver."""
+    from tunefleet._outage import find_outage
     from tunefleet._unwritable import unwritable_cause
 
     logger, drop = logging.getLogger("tunefleet.mirror"), _DropMirrorLog()
@@ -175,6 +183,14 @@ def _storage_errors_in_one_line(study: optuna.Study, where: str) -> Iterator[Non
     try:
         yield
     except MirrorError as exc:
+        outage = find_outage(exc)
+        if outage is not None:
+            click.echo(f"tunefleet: the run stopped: the storage {where} could not be reached "
+                       f"for {outage.seconds:.0f} s ({outage.words}). Study "
+                       f"{study.study_name!r} keeps every trial counted so far; bring the "
+                       f"database back (or raise --storage-timeout), then run the same command "
+                       f"again to continue.", err=True)
+            sys.exit(1)
         cause = unwritable_cause(exc)
         if cause is None:
             raise

@@ -50,7 +50,7 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
         sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
         trials_per_gpu: int | None, gpus_per_trial: int | None, deterministic: bool,
         max_worker_memory: int | None, checkpoint_dir: str | None, keep_checkpoints: bool,
-        max_retries: int, grace: float, worker_timeout: float,
+        max_retries: int, grace: float, worker_timeout: float, storage_timeout: float,
         keep_going: bool, progress: bool, as_json: bool) -> None:
     """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
 
@@ -79,7 +79,7 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
             worker_timeout=worker_timeout, deterministic=deterministic,
             checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
             catch=(Exception,) if keep_going else (), show_progress_bar=progress,
-            max_worker_memory=max_worker_memory)
+            max_worker_memory=max_worker_memory, storage_timeout=storage_timeout)
 
     # --keep-going: failed trials count in a round, not in --n-trials: rounds until it holds.
     run_hub_command(study, storage, as_json,

@@ -30,7 +30,7 @@ from tunefleet._targets import load_target
 def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout: float | None,
           storage: str | None, study_name: str | None, directions: tuple[str, ...],
           sampler: str | None, seed: int | None, pruner: str | None, max_retries: int,
-          grace: float, worker_timeout: float, reclaim_window: float,
+          grace: float, worker_timeout: float, storage_timeout: float, reclaim_window: float,
           checkpoint_dir: str | None, keep_checkpoints: bool, keep_going: bool,
           progress: bool, as_json: bool) -> None:
     """Coordinate a study for workers that join with `tunefleet worker --connect`.
@@ -63,6 +63,6 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
         study, objective, n_trials=remaining, timeout=timeout, backend="tcp", listen=listen,
         key=key, listener=listener, max_retries=max_retries, grace=grace,
         worker_timeout=worker_timeout, reclaim_window=reclaim_window,
-        checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
+        storage_timeout=storage_timeout, checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
         catch=(Exception,) if keep_going else (), show_progress_bar=progress),
         n_trials=n_trials, timeout=timeout)

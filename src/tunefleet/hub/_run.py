@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet._optuna import storage_location
+from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT
 from tunefleet.checkpoint import default_root
 from tunefleet.errors import Interrupted, MirrorError, OptionError
 from tunefleet.hub._checkpoints import CheckpointKeeper
@@ -77,7 +78,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
             worker_timeout: float | None = None, reclaim_window: float | None = None,
             seed: int | None = None, deterministic: bool = False,
             checkpoint_dir: str | None = None, keep_checkpoints: bool = False,
-            max_worker_memory: int | str | None = None) -> optuna.Study:
+            max_worker_memory: int | str | None = None,
+            storage_timeout: float | None = None) -> optuna.Study:
     """What ``tunefleet.optimize`` does; see there. ``make_fleet`` builds the fleet of workers
     (a backend of ``tunefleet.backends``), once the options are known to be good."""
     if isinstance(catch, type):
@@ -89,6 +91,10 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         raise OptionError(f"max_retries must be non-negative, got {max_retries}")
     if grace < 0:
         raise OptionError(f"grace must be non-negative, got {grace}")
+    if storage_timeout is None:
+        storage_timeout = DEFAULT_STORAGE_TIMEOUT
+    if storage_timeout < 0:
+        raise OptionError(f"storage_timeout must be non-negative, got {storage_timeout}")
     if worker_timeout is not None and worker_timeout < 3 * BEAT_INTERVAL:
         raise OptionError(f"worker_timeout must be at least {3 * BEAT_INTERVAL:g} s (workers "
                          f"beat every {BEAT_INTERVAL:g} s), got {worker_timeout}")
@@ -121,7 +127,7 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
     # journal study, and a background thread writes every change through by group commit.
     claim(study)
     try:
-        run_study, mirror = mirrored_study(study)
+        run_study, mirror = mirrored_study(study, storage_timeout)
     except BaseException:
         release(study)
         raise

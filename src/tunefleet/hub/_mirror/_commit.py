@@ -13,6 +13,7 @@ from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.trial import TrialState
 
 from tunefleet import _attrs as attrs
+from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT, StorageOutage, outage_words
 from tunefleet.errors import MirrorError
 from tunefleet.hub._mirror._journal import _JournalWriter
 from tunefleet.hub._mirror._rdb import _RDBWriter
@@ -49,9 +50,12 @@ class _GroupCommit:
     ``durable_storage``), round by round; the base of :class:`MirroredStorage`, which makes the
     changes. Nothing here is called per read."""
 
-    def __init__(self, durable: BaseStorage) -> None:
+    def __init__(self, durable: BaseStorage,
+                 storage_timeout: float = DEFAULT_STORAGE_TIMEOUT) -> None:
         self._durable = durable
         self._writer = _make_writer(durable)
+        self._storage_timeout = storage_timeout
+        self._outage_since: float | None = None  # the durable storage is away since then
         self._memory = InMemoryStorage()
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -117,7 +121,7 @@ class _GroupCommit:
     def _write_round(self, rnd: _Round) -> None:
         if self._error is None:
             try:
-                self._writer.write(rnd)
+                self._write_waiting_out_outages(rnd)
             except BaseException as exc:  # kept for flush(); memory goes on without it
                 self._error = exc
                 _logger.error(f"tunefleet: the durable storage refused a write; it is no longer "
@@ -126,6 +130,38 @@ class _GroupCommit:
             self._durable_seq = rnd.seq
         self._taken_seq = rnd.seq
         self._inflight_since = None
+
+    def _write_waiting_out_outages(self, rnd: _Round) -> None:
+        """Write ``rnd``; while the database is away (restarted, failed over, unreachable),
+        write it again with back-off for up to the storage timeout. Memory goes on meanwhile:
+        running trials keep running, their results wait in memory (nothing is shown before it
+        is stored), and the coordinator hands out no new trial while the storage lags."""
+        delay = 0.1
+        while True:
+            try:
+                self._writer.write(rnd)
+            except Exception as exc:
+                words = outage_words(exc) if self._writer.retry_safe else None
+                if words is None:
+                    raise
+                now = time.monotonic()
+                if self._outage_since is None:
+                    self._outage_since = now
+                    _logger.warning(f"tunefleet: the durable storage is unreachable ({words}); "
+                                    f"running trials go on, new ones wait; retrying for up to "
+                                    f"{self._storage_timeout:g} s")
+                away = now - self._outage_since
+                if away + delay > self._storage_timeout:
+                    raise StorageOutage(away, words) from exc
+                time.sleep(delay)  # back-off between attempts, bounded by the timeout above
+                delay = min(5.0, delay * 2)
+                continue
+            if self._outage_since is not None:
+                _logger.warning(f"tunefleet: the durable storage is back after "
+                                f"{time.monotonic() - self._outage_since:.0f} s; every change "
+                                f"made meanwhile is written")
+                self._outage_since = None
+            return
 
     def _run(self) -> None:
         while True:

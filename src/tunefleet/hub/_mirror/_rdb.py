@@ -61,6 +61,9 @@ class _RDBWriter(_Writer):
         # INSERT (insertmanyvalues) beats a DBAPI executemany there.
         dialect = self.engine.dialect
         self.raw = dialect.name == "sqlite" and dialect.paramstyle == "qmark"
+        # A database server may be away for a while (restart, failover): a round is one
+        # transaction, so it is written again once it is back. SQLite is a file: no outage.
+        self.retry_safe = dialect.name != "sqlite"
         self.plans: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
         if self.raw:
             try:  # the compiled form's parts used are SQLAlchemy's, not public API
@@ -120,6 +123,21 @@ class _RDBWriter(_Writer):
         updates: dict[str, list[dict[str, Any]]] = {"user": [], "system": []}
         state_rows: list[dict[str, Any]] = []
         new = [c for c in rnd.changes if c.written is None]
+        counts = dict(self.counts)
+        try:
+            self._transaction(rnd, new, rows, updates, state_rows)
+        except BaseException:
+            # Rolled back: the round is written again whole after an outage.
+            for c in new:
+                c.written = None
+            self.counts = counts
+            raise
+        for c in rnd.changes:
+            self.done(c, c.written.durable_id)  # type: ignore[union-attr]
+
+    def _transaction(self, rnd: _Round, new: list[_Change], rows: dict[str, list[dict[str, Any]]],
+                     updates: dict[str, list[dict[str, Any]]],
+                     state_rows: list[dict[str, Any]]) -> None:
         with self.engine.begin() as conn:
             for kind, study_id, key, value in rnd.study_ops:
                 table = self.study_user if kind == "user" else self.study_system
@@ -166,8 +184,6 @@ class _RDBWriter(_Writer):
                     self._many(conn, f"{name}-update", updates[name])
             if state_rows:
                 self._many(conn, "state", state_rows)
-        for c in rnd.changes:
-            self.done(c, c.written.durable_id)  # type: ignore[union-attr]
 
     def _children(self, c: _Change, durable_id: int, rows: dict[str, list[dict[str, Any]]], *,
                   whole: bool, updates: dict[str, list[dict[str, Any]]] | None = None) -> None:

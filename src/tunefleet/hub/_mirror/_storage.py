@@ -15,6 +15,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet._optuna import BaseHeartbeat, FrozenStudy, stale_trial_callback
+from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT
 from tunefleet.errors import MirrorError
 from tunefleet.hub._mirror._commit import _GroupCommit
 
@@ -37,8 +38,9 @@ class MirroredStorage(_GroupCommit, BaseStorage, BaseHeartbeat):
     through the mirror.
     """
 
-    def __init__(self, durable: BaseStorage, study_name: str) -> None:
-        super().__init__(durable_storage(durable))
+    def __init__(self, durable: BaseStorage, study_name: str,
+                 storage_timeout: float = DEFAULT_STORAGE_TIMEOUT) -> None:
+        super().__init__(durable_storage(durable), storage_timeout)
         self._beats: dict[int, float] = {}  # memory trial id -> time.time() of last heartbeat
         self.orphans: list[int] = []  # memory ids of trials RUNNING when loaded
         self._load(study_name)
@@ -271,7 +273,8 @@ def _check_json(key: str, value: Any) -> None:
         raise TypeError(f"attribute {key!r}: value is not JSON serializable: {exc}") from None
 
 
-def mirrored_study(study: optuna.Study) -> tuple[optuna.Study, MirroredStorage | None]:
+def mirrored_study(study: optuna.Study, storage_timeout: float = DEFAULT_STORAGE_TIMEOUT
+                   ) -> tuple[optuna.Study, MirroredStorage | None]:
     """``study`` on a :class:`MirroredStorage` of its RDB or journal storage, with the same
     name, sampler and pruner, and the mirror (call ``close()`` on it when done); ``(study,
     None)`` for any other storage (in memory already, or one the mirror does not know)."""
@@ -281,7 +284,7 @@ def mirrored_study(study: optuna.Study) -> tuple[optuna.Study, MirroredStorage |
     if isinstance(durable, optuna.storages.RDBStorage) and durable.engine.url.database in (
             None, "", ":memory:") and durable.engine.url.get_backend_name() == "sqlite":
         return study, None  # SQLite in memory exists per connection: the writer would not see it
-    mirror = MirroredStorage(durable, study.study_name)
+    mirror = MirroredStorage(durable, study.study_name, storage_timeout)
     try:
         mirrored = optuna.Study(study_name=study.study_name, storage=mirror,
                                 sampler=study.sampler, pruner=study.pruner)

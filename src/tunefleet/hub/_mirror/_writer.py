@@ -15,6 +15,10 @@ class _Writer:
     """Writes rounds to one kind of durable storage; holds the memory -> durable trial ids and
     what the storage has of each unfinished trial. Used by the writer thread only."""
 
+    #: Whether a round that failed may be written again: true only where a round is one
+    #: transaction that leaves nothing behind when it fails (one call per change here does).
+    retry_safe = False
+
     def __init__(self, durable: BaseStorage) -> None:
         self.durable = durable
         self.ids: dict[int, int] = {}  # memory trial id -> durable id, unfinished trials only
@@ -37,7 +41,9 @@ class _Writer:
             self.open[change.memory_id] = _Written.of(durable_id, change.trial)
 
     def write(self, rnd: _Round) -> None:
-        self._write(rnd)
+        if rnd.changes or rnd.study_ops:
+            self._write(rnd)
+            rnd.changes, rnd.study_ops = [], []  # written: a retry runs only what follows
         for op in rnd.after:
             if op[0] == "heartbeat":
                 self.durable.record_heartbeat(op[1])  # type: ignore[attr-defined]
