@@ -98,7 +98,7 @@ def test_signal_and_requeue_finish_a_study_three_times_the_time_limit(slurm_clus
     printed = cli(*args, cwd=tmp_path, env=slurm_cluster.env)
     assert printed.returncode == 0, printed.stderr
     text = printed.stdout
-    assert "#SBATCH --signal=TERM@30" in text and "#SBATCH --requeue" in text
+    assert "#SBATCH --signal=B:USR1@30" in text and "#SBATCH --requeue" in text
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text and " --grace 5" in text
     assert subprocess.run(["bash", "-n", str(tmp_path / "tunefleet-pre.sbatch")]).returncode == 0
     if not slurm_cluster.running:

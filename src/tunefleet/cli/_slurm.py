@@ -118,11 +118,15 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
     when they hold ``%t``, the batch step (init, coordinator, best) writes its own (see
     ``_batch_log``). ``extra_sbatch`` lines come last, so that they can override ours.
 
-    ``signal``: Slurm sends SIGTERM to the workers (the ``srun`` tasks, not the batch shell)
-    this many seconds before the time limit; they hand their trials back after the next
-    ``checkpoint.save`` and exit 143. ``requeue``: the script then requeues its own job, which
-    continues the study's unfinished trials from their checkpoints. ``worker_args``: more
-    options of ``tunefleet worker`` (storage mode)."""
+    ``signal``: the workers get SIGTERM this many seconds before the time limit; they hand
+    their trials back after the next ``checkpoint.save`` and exit 143. Slurm's own warning
+    (``--signal=B:USR1@N``) goes to the batch shell, which sends SIGTERM to the job's steps
+    (``scancel --signal=TERM``; SIGTERM to ``srun`` itself kills the step at once) at the job's
+    end time minus N: Slurm may warn up to a minute early,
+    and a warning sent to the steps before ``srun`` started was lost (CI, stop 23).
+    ``requeue``: the script then requeues its own job, which continues the study's unfinished
+    trials from their checkpoints; a plain SIGTERM (``scancel``) ends it without a requeue.
+    ``worker_args``: more options of ``tunefleet worker`` (storage mode)."""
     gpu_lines, gpu = _gpu_lines(nodes, tasks_per_node, gpus_per_task, trials_per_gpu)
     sbatch = [f"--job-name={job_name}", f"--nodes={nodes}", *gpu_lines]
     if cpus_per_task:
@@ -134,7 +138,7 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
         if value:
             sbatch.append(f"--{name}={value}")
     if signal is not None:
-        sbatch.append(f"--signal=TERM@{signal}")
+        sbatch.append(f"--signal=B:USR1@{signal}")
     if requeue:  # every run of the job logs into the same file
         sbatch += ["--requeue", "--open-mode=append"]
     sbatch += [f"--chdir={workdir}", f"--output={_batch_log(output or '%x-%j.out')}"]
@@ -163,6 +167,22 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
         'echo "tunefleet: job ${SLURM_JOB_ID:-?}: ${SLURM_NTASKS:-?} workers on '
         f'${{SLURM_JOB_NODELIST:-?}}, study $STUDY in "{_q(shown_url(storage))}',
     ]
+    if signal is not None and mode == "storage":
+        at = lines.index("set -euo pipefail") + 1
+        lines[at:at] = [
+            f"# Slurm's warning (--signal=B:USR1@{signal}) may come up to a minute early: stop "
+            f"the workers {signal} s",
+            "# before the job's end time, whenever it comes (before srun started too).",
+            'STOP_AT=""',
+            "STOPPED=0",
+            "warned() {",
+            '    local end',
+            '    end=$(squeue -h -j "$SLURM_JOB_ID" -o %e 2>/dev/null) || end=""',
+            '    end=$(date -d "$end" +%s 2>/dev/null) || end=$(date +%s)',
+            f"    STOP_AT=$((end - {signal}))",
+            "}",
+            "trap warned USR1",
+        ]
     spec = " ".join(_q(a) for a in spec_args)
     spec = f" {spec}" if spec else ""
     srun = 'srun --ntasks="$SLURM_NTASKS" --kill-on-bad-exit=0'
@@ -178,17 +198,33 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
             "# One worker per task; together they stop when the study holds N_TRIALS trials.",
             "# A worker stopped by SIGTERM hands its trial back and exits 143.",
             "set +e",
-            f'{srun} {gpu}"${{TUNEFLEET[@]}}" worker {_q(target)} --storage "$STORAGE" '
-            '--study "$STUDY" --n-trials "$N_TRIALS"'
-            + "".join(f" {_q(a)}" for a in worker_args),
-            "STATUS=$?",
-            "set -e",
         ]
+        workers = (f'{srun} {gpu}"${{TUNEFLEET[@]}}" worker {_q(target)} --storage "$STORAGE" '
+                   '--study "$STUDY" --n-trials "$N_TRIALS"'
+                   + "".join(f" {_q(a)}" for a in worker_args))
+        if signal is None:
+            lines += [workers, "STATUS=$?"]
+        else:
+            lines += [
+                f"{workers} &",
+                "SRUN=$!",
+                f"# SIGTERM to every worker {signal} s before the end (to the job's steps, not",
+                "# this shell; SIGTERM to srun itself would kill the step at once).",
+                "while kill -0 \"$SRUN\" 2>/dev/null; do",
+                '    if [ -n "$STOP_AT" ] && [ "$(date +%s)" -ge "$STOP_AT" ]; then',
+                '        scancel --signal=TERM "$SLURM_JOB_ID"; STOP_AT=""; STOPPED=1',
+                "    fi",
+                "    sleep 1",
+                "done",
+                'wait "$SRUN"',
+                "STATUS=$?",
+            ]
+        lines.append("set -e")
         if requeue:
             lines += [
                 "# Stopped before the time limit (--signal): run again, continuing the",
                 "# unfinished trials from their checkpoints. After scancel the job ends.",
-                'if [ "$STATUS" -eq 143 ]; then',
+                'if [ "$STATUS" -eq 143 ] && [ "$STOPPED" -eq 1 ]; then',
                 '    echo "tunefleet: job $SLURM_JOB_ID: workers stopped before the time limit; '
                 'requeued"',
                 '    scontrol requeue "$SLURM_JOB_ID" && exit 0',
@@ -314,8 +350,9 @@ def _worker_args(mode: str, signal_at: int | None, requeue: bool, grace: float |
 @click.option("--submit", is_flag=True, help="Submit it with sbatch instead of printing it.")
 @click.option("--signal", "signal_at", type=click.IntRange(1, 65535), default=None,
               help="Storage mode: SIGTERM to the workers this many seconds before the time limit "
-                   "(#SBATCH --signal=TERM@N; Slurm may send it up to a minute early): each "
-                   "hands its trial back after the trial's next checkpoint.save.")
+                   "(Slurm warns the batch shell, #SBATCH --signal=B:USR1@N, which stops the "
+                   "workers at the end time minus N): each hands its trial back after the "
+                   "trial's next checkpoint.save.")
 @click.option("--requeue", is_flag=True,
               help="Storage mode: when the workers were stopped by --signal, requeue the job "
                    "(#SBATCH --requeue); the next run continues the trials from their "
