@@ -54,6 +54,11 @@ from optuna.storages.journal._storage import JournalOperation  # noqa: E402
 # ``create_study``): the hub's mirror writes to the storage inside it.
 from optuna.storages._cached_storage import _CachedStorage as CachedStorage  # noqa: E402
 
+#: The private methods of RDBStorage that Optuna's cache calls (besides BaseStorage's public
+#: ones): storage mode makes them wait out a database outage (storage_mode/_patient.py).
+RDB_CACHE_CALLS = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids",
+                   "_get_trials", "_set_trial_param")
+
 def storage_location(storage: Any) -> str | None:
     """Where a storage keeps its data, as a URL (``sqlite:///x.db``, ``postgresql://...``) or a
     journal file's path; None for memory or a storage of unknown kind. Sees through Optuna's
@@ -320,7 +325,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "trial.Trial": ("_trial_id", "_cached_frozen_trial", "_relative_params", "_fixed_params",
                     "_get_latest_trial", "_is_relative_param", "_suggest"),
     "trial.FrozenTrial": ("_trial_id", "_system_attrs", "_user_attrs", "_distributions"),
-    "storages.RDBStorage": ("engine", "_get_stale_trial_ids"),
+    "storages.RDBStorage": ("engine", *RDB_CACHE_CALLS),
     "storages._cached_storage._CachedStorage": ("_backend", "_lock", "_studies",
                                                 "_add_trials_to_cache"),
     "storages.JournalStorage": ("_backend", "_thread_lock", "_replay_result",

@@ -9,6 +9,7 @@ import optuna
 from tunefleet import _attrs as attrs
 from tunefleet.errors import UsageError
 from tunefleet.storage_mode._backoff import is_schema_race, with_backoff
+from tunefleet.storage_mode._patient import wait_out_outages
 from tunefleet._studies import (SPEC_ATTR, StudySpec, _find_study, create_or_load_study,
                                open_storage)
 
@@ -33,10 +34,13 @@ def with_sqlite_timeout(url: str) -> str:
 
 
 def open_worker_storage(url: str | None, *, heartbeat_interval: int | None = None,
-                        grace_period: int | None = None) -> optuna.storages.BaseStorage:
+                        grace_period: int | None = None,
+                        storage_timeout: float | None = None) -> optuna.storages.BaseStorage:
     """The storage for a worker: SQLite with a long busy timeout, databases with Optuna's own
     heartbeat table when HEARTBEAT_INTERVAL is set (journal files get tunefleet's heartbeat,
-    see :mod:`.heartbeat`).
+    see :mod:`.heartbeat`). With STORAGE_TIMEOUT, a database that is away (now, or during any
+    later call) is waited for that many seconds (:mod:`.patient`); without it (``tunefleet
+    init``) it is an error at once, as a storage that cannot be opened.
 
     Workers started together on a fresh database all create its tables at once, and all but
     one lose that race ("table trials already exists" on SQLite, a duplicate pg_type row on
@@ -50,11 +54,14 @@ def open_worker_storage(url: str | None, *, heartbeat_interval: int | None = Non
     if url.startswith("sqlite:///"):
         url = with_sqlite_timeout(url)
     if is_rdb_url(url) and heartbeat_interval is not None:
-        return with_backoff(lambda: open_storage(url, heartbeat_interval=heartbeat_interval,
-                                                 grace_period=grace_period),
-                            what="open storage", retry_if=is_schema_race, max_wait=120)
-    return with_backoff(lambda: open_storage(url), what="open storage", retry_if=is_schema_race,
-                        max_wait=120)
+        store = with_backoff(lambda: open_storage(url, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=grace_period),
+                             what="open storage", retry_if=is_schema_race, max_wait=120,
+                             outage_wait=storage_timeout)
+    else:
+        store = with_backoff(lambda: open_storage(url), what="open storage",
+                             retry_if=is_schema_race, max_wait=120, outage_wait=storage_timeout)
+    return store if storage_timeout is None else wait_out_outages(store, storage_timeout)
 
 
 def init_study(url: str | None, study_name: str | None, spec: StudySpec,

@@ -18,9 +18,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet import _attrs as attrs
+from tunefleet._outage import is_outage
 from tunefleet._retry import retry_of
 from tunefleet._optuna import (BaseHeartbeat, UpdateFinishedTrialError, is_heartbeat_enabled,
                                rdb_models)
+from tunefleet.storage_mode._backoff import note_outage
 
 _log = logging.getLogger("tunefleet.storage")
 
@@ -58,7 +60,9 @@ class Heartbeat:
                     self.beat(trial_id)
                 except UpdateFinishedTrialError:
                     return  # someone declared us dead, or the trial just ended
-                except Exception as exc:  # a busy database: the next beat will do
+                except Exception as exc:  # a busy or absent database: the next beat will do
+                    if is_outage(exc):
+                        note_outage()  # the others' beats stopped too (see _reap)
                     _log.debug("heartbeat of trial id %s failed: %s", trial_id, exc)
 
         self._thread = threading.Thread(target=loop, name="tunefleet-heartbeat", daemon=True)

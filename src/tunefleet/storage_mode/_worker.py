@@ -11,7 +11,7 @@ import time
 import math
 import traceback
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -24,12 +24,15 @@ from tunefleet._retry import lineage
 from tunefleet.errors import ObjectiveFailed
 from tunefleet.samplers import Reseeder, SeededTrial
 from tunefleet.storage_mode._atomic import _rdb, create_within_budget, pop_waiting
-from tunefleet.storage_mode._backoff import is_transient, with_backoff
+from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT
+from tunefleet.storage_mode._backoff import is_transient, seconds_since_outage, with_backoff
+from tunefleet.storage_mode._patient import wait_out_outages
 from tunefleet.storage_mode._budget import Census, census, has_room, within_budget
 from tunefleet.storage_mode._heartbeat import Heartbeat, fail_trial, queue_retry
 from tunefleet.checkpoint import in_trial
 
 _log = logging.getLogger("tunefleet.storage")
+T = TypeVar("T")
 
 
 class WorkerStopped(BaseException):
@@ -110,6 +113,9 @@ class WorkerOptions:
     checkpoint_dir: str | None = None
     #: keep the checkpoints of trials that ended for good (default: removed).
     keep_checkpoints: bool = False
+    #: seconds every storage call waits out a database that is away (restarted, failed over,
+    #: unreachable) before the worker ends with ``StorageUnreachable``.
+    storage_timeout: float = DEFAULT_STORAGE_TIMEOUT
 
 
 @dataclasses.dataclass
@@ -136,6 +142,8 @@ class StorageWorker:
         self.objective = objective
         self.opts = options
         self.storage = study._storage
+        # the objective's own storage calls (trial.suggest_*, trial.report) wait out outages too
+        wait_out_outages(_rdb(self.storage) or self.storage, options.storage_timeout)
         self.heartbeat = Heartbeat(study, options.heartbeat_interval, options.grace_period)
         self.result = WorkerResult()
         self._last_reap = 0.0
@@ -151,27 +159,39 @@ class StorageWorker:
         if options.seed is not None:
             self._reseed = Reseeder(study.sampler, options.seed) or None
 
+    def _retry(self, call: Callable[[], T], what: str) -> T:
+        """CALL, run again on a busy storage, and while the database is away for up to the
+        storage timeout (then ``StorageUnreachable`` ends the worker)."""
+        return with_backoff(call, what=what, outage_wait=self.opts.storage_timeout)
+
     # -- reading -------------------------------------------------------------------------------
     def _trials(self) -> list[FrozenTrial]:
-        return with_backoff(lambda: self.storage.get_all_trials(self.study._study_id,
-                                                                deepcopy=False),
-                            what="read trials")
+        return self._retry(lambda: self.storage.get_all_trials(self.study._study_id,
+                                                               deepcopy=False),
+                           what="read trials")
 
     def _reap(self, trials: list[FrozenTrial], force: bool = False) -> None:
-        """Fail the trials of workers that stopped beating (at most once per interval)."""
+        """Fail the trials of workers that stopped beating (at most once per interval).
+
+        Not within a grace period after this process saw the database away: no worker could
+        beat meanwhile, and the live ones beat again within an interval of its return."""
         now = time.monotonic()
         if not force and now - self._last_reap < self.opts.heartbeat_interval:
             return
         self._last_reap = now
-        for t in with_backoff(lambda: self.heartbeat.stale(trials), what="find stale trials"):
+        if seconds_since_outage() < self.opts.grace_period:
+            return
+        # After an outage whose reply was lost, fail_trial may say False for the FAIL it wrote:
+        # the trial is failed all the same, only its retry is not queued (the budget holds).
+        for t in self._retry(lambda: self.heartbeat.stale(trials), what="find stale trials"):
             reason = (f"worker {t.system_attrs.get(attrs.WORKER, '?')} stopped sending "
                       f"heartbeats (grace period {self.opts.grace_period}s)")
-            if with_backoff(lambda: fail_trial(self.study, t, reason), what="fail stale trial"):
+            if self._retry(lambda: fail_trial(self.study, t, reason), what="fail stale trial"):
                 self.result.reaped += 1
                 _log.warning("trial %d: %s; failed it", t.number, reason)
-                if with_backoff(lambda: queue_retry(self.study, t, self.opts.max_retries,
-                                                    self.opts.n_trials),
-                                what="queue retry"):
+                if self._retry(lambda: queue_retry(self.study, t, self.opts.max_retries,
+                                                   self.opts.n_trials),
+                               what="queue retry"):
                     self.result.retries_queued += 1
                 else:
                     self._forget(t)
@@ -191,20 +211,20 @@ class StorageWorker:
         study._thread_local.cached_all_trials = None
         now = time.time()
         total = self.opts.n_trials
-        popped = with_backoff(lambda: pop_waiting(study, lambda n: last.rank(n) < total),
-                              what="claim waiting trial")
+        popped = self._retry(lambda: pop_waiting(study, lambda n: last.rank(n) < total),
+                             what="claim waiting trial")
         if popped is not None:
             trial_id = popped[0]
             for key, value in ((attrs.STARTED, now), (attrs.WORKER, self.opts.worker_id),
                                (attrs.HOST, self.host)):
-                with_backoff(lambda: self.storage.set_trial_system_attr(trial_id, key, value),
-                             what="record worker")
+                self._retry(lambda: self.storage.set_trial_system_attr(trial_id, key, value),
+                            what="record worker")
             return popped
         system_attrs = {attrs.WORKER: self.opts.worker_id, attrs.HOST: self.host,
                         attrs.STARTED: now}
-        return with_backoff(lambda: create_within_budget(self.storage, study._study_id,
-                                                         system_attrs, total),
-                            what="create trial")
+        return self._retry(lambda: create_within_budget(self.storage, study._study_id,
+                                                        system_attrs, total),
+                           what="create trial")
 
     def _void(self, trial_id: int) -> None:
         def close() -> None:
@@ -214,7 +234,7 @@ class StorageWorker:
                 "over budget: other workers took the last places first; not run")
             self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
-        with_backoff(close, what="close trial over budget")
+        self._retry(close, what="close trial over budget")
         self.result.void += 1
 
     # -- running -------------------------------------------------------------------------------
@@ -231,13 +251,17 @@ class StorageWorker:
             return self.study.tell(trial, values, state=state)
 
         try:
-            frozen = with_backoff(tell, what="report trial")
+            frozen = self._retry(tell, what="report trial")
         except (UpdateFinishedTrialError, ValueError) as exc:
             # Optuna: "Cannot tell a FAIL trial" (ValueError) or UpdateFinishedTrialError
-            if not self._taken_over(trial):
+            landed = self._landed(trial, state)
+            if landed is not None:
+                frozen = landed
+            elif not self._taken_over(trial):
                 raise
-            self._dropped(trial, exc)
-            return False
+            else:
+                self._dropped(trial, exc)
+                return False
         final = frozen.state
         if not ended:
             return True
@@ -279,21 +303,30 @@ class StorageWorker:
         reason = f"preempted: the worker was stopped (SIGTERM) and handed the trial back; {why}"
         if not self._finish(trial, TrialState.FAIL, reason=reason, ended=False):
             return
-        frozen = with_backoff(lambda: self.storage.get_trial(trial._trial_id), what="read trial")
-        if with_backoff(lambda: queue_retry(self.study, frozen, self.opts.max_retries,
-                                            self.opts.n_trials, handed_back=True),
-                        what="queue retry"):
+        frozen = self._retry(lambda: self.storage.get_trial(trial._trial_id), what="read trial")
+        if self._retry(lambda: queue_retry(self.study, frozen, self.opts.max_retries,
+                                           self.opts.n_trials, handed_back=True),
+                       what="queue retry"):
             self.result.handed_back += 1
             _log.warning("trial %d handed back (%s)", trial.number, why)
         else:
             self._forget(frozen)
 
+    def _landed(self, trial: optuna.Trial, state: TrialState) -> FrozenTrial | None:
+        """The trial as stored when the COMPLETE or PRUNED just told was written by this worker
+        (the database went away after the commit and before its reply, and telling it again
+        found it finished: others only ever FAIL a trial), else None."""
+        if state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            return None
+        frozen = self._retry(lambda: self.storage.get_trial(trial._trial_id), what="read trial")
+        return frozen if frozen.state == state else None
+
     def _taken_over(self, trial: optuna.Trial) -> bool:
         """Whether another worker failed this trial (we were silent past the grace period:
         stopped, swapped out, cut off by the network) and it is no longer ours to report."""
         try:
-            state = with_backoff(lambda: self.storage.get_trial(trial._trial_id).state,
-                                 what="read trial")
+            state = self._retry(lambda: self.storage.get_trial(trial._trial_id).state,
+                                what="read trial")
         except Exception:
             return False
         return state != TrialState.RUNNING
@@ -315,7 +348,7 @@ class StorageWorker:
     def _run_one(self, trial_id: int, number: int) -> None:
         self.heartbeat.start(trial_id)
         try:
-            trial = with_backoff(lambda: self._new_trial(trial_id, number), what="start trial")
+            trial = self._retry(lambda: self._new_trial(trial_id, number), what="start trial")
             try:
                 value = self._call(trial)
             except checkpoint.Preempted as exc:
@@ -413,9 +446,9 @@ class StorageWorker:
             if last.rank(number) >= total:
                 # Near the end: decide on a fresh read (which also fills the study's per-trial
                 # cache that the sampler reuses).
-                view = with_backoff(lambda: self.study._get_trials(deepcopy=False,
-                                                                   use_cache=True),
-                                    what="read trials")
+                view = self._retry(lambda: self.study._get_trials(deepcopy=False,
+                                                                  use_cache=True),
+                                   what="read trials")
                 if not within_budget(view, number, total):
                     self._void(trial_id)
                     last = None
