@@ -59,6 +59,7 @@ from optuna.storages._cached_storage import _CachedStorage as CachedStorage  # n
 RDB_CACHE_CALLS = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids",
                    "_get_trials", "_set_trial_param")
 
+
 def storage_location(storage: Any) -> str | None:
     """Where a storage keeps its data, as a URL (``sqlite:///x.db``, ``postgresql://...``) or a
     journal file's path; None for memory or a storage of unknown kind. Sees through Optuna's
