@@ -10,8 +10,10 @@ GPU's memory. A worker process that tunefleet owns (a local worker, ``tunefleet 
   re-parented to the worker, not to init, so the worker still finds it;
 * after each trial (:func:`trial_started` / :func:`trial_ended`), ends the processes started
   during the trial that are still running, except the pools multiprocessing still tracks
-  (``multiprocessing.active_children()``: a pool the objective keeps for its next trial) and
-  its helpers (resource trackers, the fork server); what ran before the trial (started by
+  (``multiprocessing.active_children()``: a pool the objective keeps for its next trial), its
+  helpers (resource trackers, the fork server), and services that lead a session of their own
+  (started with ``setsid``: W&B's ``wandb-core``, which the next trial's ``wandb.init`` talks
+  to; ended, it made that ``wandb.init`` fail); what ran before the trial (started by
   ``setup``) stays;
 * at its exit (:func:`end_children`), ends every process below it: SIGTERM, a bounded wait,
   then SIGKILL.
@@ -97,19 +99,27 @@ def trial_ended(grace: float = 1.0) -> None:
         _state["kept"] = set()
         return
     tree = _tree(os.getpid())
-    keep = _below(tree, set(_state["kept"] or ()) | _tracked())  # type: ignore[arg-type]
+    services = {pid for pid in tree if _leads_own_session(pid)}
+    keep = _below(tree, set(_state["kept"] or ()) | _tracked() | services)  # type: ignore[arg-type]
     leftovers = [pid for pid in tree if pid not in keep]
     if leftovers:
         _end(leftovers, grace)
     _state["kept"] = {pid for pid in keep if pid in tree}
 
 
-def end_children(grace: float = 2.0) -> None:
+def end_children(grace: float = 2.0, services: bool = True) -> None:
     """The worker exits: end every process below it (SIGTERM, up to ``grace`` seconds for them
-    to exit, then SIGKILL), and reap those multiprocessing does not."""
+    to exit, then SIGKILL), and reap those multiprocessing does not. ``services=False`` spares
+    those that lead a session of their own (and what they started): their library's exit
+    handler still has to say goodbye to them (W&B's ``teardown`` printed a traceback when its
+    service was gone); call again with ``services=True`` after the exit handlers."""
     if not _state["owned"] or not _has_children():
         return
     pids = descendants(os.getpid())
+    if not services:
+        tree = _tree(os.getpid())
+        spared = _below(tree, {pid for pid in tree if _leads_own_session(pid)})
+        pids = [pid for pid in pids if pid not in spared]
     if pids:
         _end(pids, grace, helpers=_helpers())
 
@@ -295,6 +305,15 @@ def _helpers() -> set[int]:
         if isinstance(pid, int):
             out.add(pid)
     return out
+
+
+def _leads_own_session(pid: int) -> bool:
+    """Whether ``pid`` made a session of its own (``setsid``, ``start_new_session=True``): a
+    service meant to outlive the call that started it, kept until the worker ends."""
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
 
 
 def _signal(pids: Iterable[int], signum: int) -> None:

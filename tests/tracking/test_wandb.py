@@ -73,3 +73,23 @@ def test_a_wandb_failure_is_a_warning_and_the_trial_completes(wandb_offline):
     with pytest.warns(TrackingWarning, match="wandb opening the run of trial 0 failed"):
         study.optimize(objective, n_trials=1)
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_hub_worker_opens_a_run_for_each_of_its_trials(wandb_offline):
+    """W&B's service process (wandb-core, started by a worker's first ``wandb.init`` in a
+    session of its own) is kept between trials: ending it with the trial's leftovers made the
+    worker's next ``wandb.init`` fail (MailboxClosedError), so only the first trial of each
+    worker had a run."""
+    import tunefleet
+
+    @track(WandbTracker(), study_name="hubwb")
+    def objective(trial: optuna.Trial) -> float:
+        x = trial.suggest_float("x", -2, 2)
+        log({"x": x}, step=0)
+        return x * x
+
+    study = optuna.create_study()
+    tunefleet.optimize(study, objective, n_trials=4, n_workers=1)
+    runs = read_runs(wandb_offline)
+    assert sorted(runs) == [f"hubwb-trial-{n}" for n in range(4)]
+    assert all(run["exit_code"] == 0 and run["history"] for run in runs.values())

@@ -27,7 +27,11 @@ def main() -> int:
     if THREADS_VAR in os.environ:
         limit_threads(int(os.environ[THREADS_VAR]))
     code = serve(PipeChannel(Connection(fd), parent_pid))
-    end_children()  # what the objective left running
+    end_children(services=False)  # what the objective left running; services once their
+    import atexit                 # libraries' exit handlers said goodbye to them
+
+    atexit._run_exitfuncs()
+    end_children()
     return code
 
 
