@@ -1,5 +1,6 @@
-"""Workers forked from the coordinator, or started as fresh interpreters when the parent has
-loaded a library that is not fork-safe (PyTorch's OpenMP pool hangs a forked child)."""
+"""Workers forked from the coordinator, or, when the parent has loaded a library that is not
+fork-safe (PyTorch's OpenMP pool hangs a forked child), forked from a fork server that imported
+tunefleet and torch once (or started as fresh interpreters with ``start_method="spawn"``)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_parent_that_ran_torch_gets_fresh_workers_that_do_not_hang(tmp_path):
+def test_a_parent_that_ran_torch_gets_workers_that_do_not_hang(tmp_path):
     script = tmp_path / "torch_objective.py"
     script.write_text(SCRIPT)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -44,15 +45,16 @@ def test_a_parent_that_ran_torch_gets_fresh_workers_that_do_not_hang(tmp_path):
     assert "trials 6 " in proc.stdout
 
 
-def test_default_start_method_is_fork_without_torch_and_spawn_with_it():
+def test_default_start_method_is_fork_without_torch_and_forkserver_with_it():
     code = ("from tunefleet.backends._processes import default_start_method as d; a = d(); "
             "import torch; print(a, d())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120).stdout.split()
-    assert out == ["fork", "spawn"]
+    assert out == ["fork", "forkserver"]
 
 
-def test_spawned_workers_are_separate_interpreters_and_replace_dead_ones():
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_workers_not_forked_from_the_parent_replace_dead_ones(start_method):
     def dies_once(trial):
         x = trial.suggest_float("x", 0, 1)
         if trial.number == 2:
@@ -60,7 +62,7 @@ def test_spawned_workers_are_separate_interpreters_and_replace_dead_ones():
         return x
 
     study = optuna.create_study()
-    tunefleet.optimize(study, dies_once, n_trials=8, n_workers=2, start_method="spawn")
+    tunefleet.optimize(study, dies_once, n_trials=8, n_workers=2, start_method=start_method)
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 8 and states.count("FAIL") == 1
     failed = next(t for t in study.trials if t.state.name == "FAIL")
@@ -109,7 +111,7 @@ def test_workers_of_a_parent_that_used_loky_do_not_hang_in_joblib(tmp_path):
     waited forever on the parent's executor (its manager thread is not in the child). The
     timeout guards against that hang; the run itself takes seconds."""
     proc = run_loky_script(tmp_path / "loky_parent.py", LOKY_SCRIPT)
-    assert "start method spawn" in proc.stdout
+    assert "start method forkserver" in proc.stdout
     assert "trials 4 end" in proc.stdout
 
 
@@ -119,3 +121,43 @@ def test_forked_worker_forgets_the_parents_loky_executor(tmp_path):
     proc = run_loky_script(tmp_path / "loky_fork.py", LOKY_SCRIPT.replace(
         "n_workers=2)", "n_workers=2, start_method='fork')"))
     assert "trials 4 end" in proc.stdout
+
+
+WARM_SCRIPT = textwrap.dedent("""
+    import os, sys, torch, optuna, tunefleet
+
+    def objective(trial):              # what the worker had imported before its first trial
+        trial.set_user_attr("warm", "torch._dynamo" in sys.modules)
+        trial.set_user_attr("ppid", os.getppid())
+        trial.set_user_attr("threads", torch.get_num_threads())
+        trial.set_user_attr("cwd", os.getcwd())
+        return trial.suggest_float("x", -1, 1) ** 2
+
+    os.chdir("elsewhere")               # after the fork server may have started: followed
+    study = optuna.create_study()
+    tunefleet.optimize(study, objective, n_trials=6, n_workers=2, threads_per_worker=1)
+    tunefleet.optimize(study, objective, n_trials=2, n_workers=2)   # the same server again
+    for t in study.trials:
+        a = t.user_attrs
+        print(t.state.name, a["warm"], a["ppid"] != os.getpid(), a["threads"], a["cwd"] == os.getcwd())
+    print("end")
+""")
+
+
+def test_workers_of_a_torch_parent_are_forked_warm_from_one_server(tmp_path):
+    """The workers of a parent that imported torch come from a fork server that imported torch
+    (and torch._dynamo, which PyTorch 2 imports when the first optimizer is built) once: the
+    objective finds it imported, its parent is the server and not the coordinator, the thread
+    limit and the coordinator's folder still hold."""
+    (tmp_path / "elsewhere").mkdir()
+    script = tmp_path / "warm.py"
+    script.write_text(WARM_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.split("end")[0].split("\n")
+    rows = [line.split() for line in lines if line]
+    assert len(rows) == 8, proc.stdout
+    assert all(r[0] == "COMPLETE" and r[1] == "True" and r[2] == "True" and r[4] == "True"
+               for r in rows), proc.stdout
+    assert {r[3] for r in rows[:6]} == {"1"}, proc.stdout  # threads_per_worker=1

@@ -4,11 +4,16 @@ By default a worker is forked from the coordinator, which has already imported O
 objective's modules and tunefleet: a worker is ready in milliseconds instead of paying a fresh
 interpreter's start-up on a busy machine. A parent that has imported PyTorch, JAX or TensorFlow
 cannot be forked safely (an OpenMP pool or a CUDA context inherited half-made hangs the child),
-so then the default is ``"spawn"``: each worker is a fresh ``python -m tunefleet.backends._child``
-that gets the objective by cloudpickle, without re-running the user's ``__main__`` (no
-``if __name__ == "__main__"`` guard needed). A parent that has used joblib's loky executor
-(scikit-learn with ``n_jobs>1``, ``joblib.Parallel``) gets fresh interpreters too: a forked child
-inherits the executor without its manager thread and hangs in its first ``joblib.Parallel``.
+and a parent that has used joblib's loky executor (scikit-learn with ``n_jobs>1``,
+``joblib.Parallel``) neither (a forked child inherits the executor without its manager thread
+and hangs in its first ``joblib.Parallel``). Then the default is ``"forkserver"``: one fresh
+interpreter, started once per process, imports tunefleet, Optuna and PyTorch (if the parent has
+it; never JAX or TensorFlow, never the user's ``__main__``) and forks each worker from there, so
+that no worker pays those imports again (a fresh interpreter that imports torch took 2-3 s per
+worker, all of them at once on a small machine). It never runs a torch operation, so nothing
+half-made is inherited. ``"spawn"``: each worker is a fresh ``python -m
+tunefleet.backends._child``. Either way a worker gets the objective by cloudpickle, without
+re-running the user's ``__main__`` (no ``if __name__ == "__main__"`` guard needed).
 ``start_method=`` overrides the choice.
 
 Each worker's OpenMP and BLAS pools are capped at ``threads_per_worker`` threads (default: the
@@ -20,6 +25,7 @@ set ``OMP_NUM_THREADS`` already; ``threads_per_worker=0`` leaves them alone. See
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -28,7 +34,7 @@ import subprocess
 import sys
 import time
 from multiprocessing.connection import Connection
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from tunefleet._children import end_children, kill_tree, own_children
 from tunefleet.backends._base import Backend
@@ -38,8 +44,11 @@ from tunefleet.hub import THREAD_VARS
 from tunefleet.transport import Link, PipeChannel, PipeLink, PipeListener
 
 
-def _process_main(conn: Connection, parent_pid: int, env: dict[str, str]) -> None:
+def _process_main(conn: Connection, parent_pid: int, env: dict[str, str],
+                  cwd: str | None = None) -> None:
     os.environ.update(env)
+    if cwd is not None and cwd != os.getcwd():  # a fork server's folder is from its start
+        os.chdir(cwd)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the coordinator's to handle
     _own_group()
     own_children()  # SIGTERM's default (not the coordinator's handler); the objective's processes
@@ -56,8 +65,9 @@ def _process_main(conn: Connection, parent_pid: int, env: dict[str, str]) -> Non
     # serve() shuts down the pools the objective started; then this worker's atexit handlers,
     # and multiprocessing's own clean-up, which waits for threads the objective left running.
     code = serve(PipeChannel(conn, parent_pid))
-    end_children()  # what the objective left running (before multiprocessing's own clean-up)
-    atexit._run_exitfuncs()
+    end_children(services=False)  # what the objective left running (before multiprocessing's
+    atexit._run_exitfuncs()        # own clean-up); services once their libraries said goodbye
+    end_children()
     sys.exit(code)
 
 
@@ -99,8 +109,10 @@ class ProcessBackend(Backend):
                  start_method: str | None = None, threads_per_worker: int | None = None) -> None:
         method = start_method or default_start_method()
         if method not in ("fork", "spawn", "forkserver"):
-            raise UsageError(f"start_method {start_method!r}: choose fork or spawn")
-        self._fork = mp.get_context("fork") if method == "fork" else None
+            raise UsageError(f"start_method {start_method!r}: choose fork, forkserver or spawn")
+        self._fork = forkserver_context() if method == "forkserver" else (
+            mp.get_context("fork") if method == "fork" else None)
+        self._method = method
         self._gpus = list(gpus) if gpus else None
         self.listener = PipeListener()
         self._procs: dict[PipeLink, tuple[int, _Proc]] = {}
@@ -139,10 +151,13 @@ class ProcessBackend(Backend):
             env[THREADS_VAR] = str(self._threads)
             env.update({var: str(self._threads) for var in THREAD_VARS})
         if self._fork is not None:
+            if self._method == "forkserver":  # the server's environment is from its start
+                env = {**os.environ, **env}
             parent_conn, child_conn = self._fork.Pipe(duplex=True)
             mp_proc = self._fork.Process(target=_process_main, name=f"tunefleet-worker-{slot}",
-                                         args=(child_conn, os.getpid(), env))
-            mp_proc.start()
+                                         args=(child_conn, os.getpid(), env, os.getcwd()))
+            with _main_not_imported_again():
+                mp_proc.start()
             _set_group(mp_proc.pid)
             child_conn.close()
             proc: _Proc = _ForkedProc(mp_proc)
@@ -226,13 +241,56 @@ _NOT_FORK_SAFE = ("torch", "jax", "tensorflow")
 
 def default_start_method() -> str:
     """``fork`` (fast: the parent's imports are shared) unless a library that is not fork-safe
-    is loaded in the parent, or the parent has a loky executor, or fork does not exist; then
-    ``spawn``."""
+    is loaded in the parent, or the parent has a loky executor; then ``forkserver`` (its
+    imports are shared too), or ``spawn`` where neither exists."""
     methods = mp.get_all_start_methods()
     if ("fork" in methods and not any(name in sys.modules for name in _NOT_FORK_SAFE)
             and not _loky_executor_started()):
         return "fork"
-    return "spawn"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+#: What the fork server imports before it forks workers: what every worker needs, and PyTorch,
+#: whose import (2-3 s) is safe to share as long as no torch operation has run, which the
+#: server never does. ``torch._dynamo`` too: PyTorch 2 imports it (with sympy, about 820
+#: modules) when the first optimizer is built, so that a worker's first trial took several
+#: times its later ones. JAX and TensorFlow start threads when imported: their workers import
+#: them themselves.
+_PRELOAD = ["tunefleet.backends._processes", "tunefleet.hub", "optuna", "cloudpickle"]
+_PRELOAD_TORCH = ["torch", "torch._dynamo"]
+
+
+@contextlib.contextmanager
+def _main_not_imported_again() -> Iterator[None]:
+    """While a worker is started through the fork server, its preparation leaves out the
+    user's ``__main__``: multiprocessing would import the script again in the worker (as
+    spawn does), running a script without an ``if __name__ == "__main__"`` guard once more.
+    The worker needs nothing of it: the objective arrives by cloudpickle."""
+    from multiprocessing import spawn
+
+    prepare = spawn.get_preparation_data
+
+    def without_main(name: str) -> dict:
+        data = prepare(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = without_main  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = prepare  # type: ignore[assignment]
+
+
+def forkserver_context() -> mp.context.BaseContext:
+    """multiprocessing's fork server, told once what to preload (never ``__main__``, which
+    multiprocessing would import again as spawn does). The server starts with the first worker
+    and serves every later run of this process; its preload is fixed then."""
+    ctx = mp.get_context("forkserver")
+    preload = _PRELOAD + (_PRELOAD_TORCH if "torch" in sys.modules else [])
+    ctx.set_forkserver_preload(preload)
+    return ctx
 
 
 def _loky_executor_started() -> bool:

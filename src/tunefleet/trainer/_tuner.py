@@ -87,10 +87,11 @@ class Tuner:
         if client is None:
             from tunefleet.backends._processes import default_start_method
 
-            start_method = start_method or default_start_method()  # "spawn": torch is loaded
+            start_method = start_method or default_start_method()  # torch: "forkserver"
         if (threads_per_worker or 1) > 1 and client is None and start_method == "fork":
-            raise UsageError("threads_per_worker > 1 needs start_method='spawn': a worker forked "
-                             "from a process that ran torch hangs in its second CPU thread")
+            raise UsageError("threads_per_worker > 1 needs start_method='forkserver' or "
+                             "'spawn': a worker forked from a process that ran torch hangs in "
+                             "its second CPU thread")
         self.study_name = study_name
         self.metric = metric
         self.direction = (direction or direction_for(metric)).lower()
