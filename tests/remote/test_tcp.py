@@ -110,14 +110,22 @@ def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_
     left_running = count(tmp_path, TrialState.RUNNING)
     assert left_running >= 1  # the workers were in the middle of trials
     again = procs.serve(f"{TARGET}:sleepy", port, *args, "--reclaim-window", "120")
-    out, err = finish(again)
-    summary = json.loads(out.strip().splitlines()[-1])
-    study = load(tmp_path)
-    states = [t.state for t in study.trials]
-    assert states.count(TrialState.COMPLETE) == 40 and summary["states"]["complete"] == 40
-    assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-    assert TrialState.FAIL not in states  # every trial left running was handed back whole
-    assert [t.number for t in study.trials] == list(range(len(study.trials)))
+    try:
+        out, err = finish(again)
+        summary = json.loads(out.strip().splitlines()[-1])
+        study = load(tmp_path)
+        states = [t.state for t in study.trials]
+        assert states.count(TrialState.COMPLETE) == 40 and summary["states"]["complete"] == 40
+        assert TrialState.RUNNING not in states and TrialState.WAITING not in states
+        assert TrialState.FAIL not in states, (  # every trial left running was handed back whole
+            [t.system_attrs for t in study.trials if t.state == TrialState.FAIL], err[-3000:])
+        assert [t.number for t in study.trials] == list(range(len(study.trials)))
+    except BaseException as exc:  # what the workers said tells why
+        said = []
+        for w in workers:
+            w.kill()
+            said.append(w.communicate(timeout=30)[1][-3000:])
+        raise AssertionError(f"{exc}\nworkers said: {said}") from exc
     for w in workers:
         finish(w, timeout=60)
 
