@@ -46,6 +46,29 @@ def mariadb():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def restartable_postgres():
+    """A PostgreSQL server of the test module's own, for tests that restart, kill or stop it.
+    Synchronous commits (``fsync=True``): a server killed with SIGKILL keeps every commit it
+    acknowledged; with ``synchronous_commit=off`` it may lose the last ones, which no client can
+    wait out (it was told its trial is stored)."""
+    from tests.services import Postgres
+
+    server = Postgres(fsync=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def restartable_mariadb():
+    """A MariaDB server of the test module's own, for tests that restart or stop it."""
+    from tests.services import MariaDB
+
+    server = MariaDB().start()
+    yield server
+    server.stop()
+
+
 _databases = iter(range(10**6))
 
 

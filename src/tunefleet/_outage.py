@@ -4,6 +4,8 @@ connections taken) is normal: the hub and the storage-mode workers wait it out f
 
 from __future__ import annotations
 
+from typing import Iterator
+
 #: Seconds an outage is waited out by default: a restart of PostgreSQL or MariaDB (an upgrade,
 #: a failover) takes seconds to a minute; five minutes covers one on a loaded machine.
 DEFAULT_STORAGE_TIMEOUT = 300.0
@@ -37,9 +39,9 @@ _PHRASES = (
 )
 
 
-def outage_words(exc: BaseException) -> str | None:
-    """The words that show ``exc`` (or an exception it came from) to be the database being
-    away, or None: anything else (a bug, a constraint, a full disk) is not waited out."""
+def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc`` and every exception it came from (``__cause__``, ``__context__``, and the
+    driver's own error that SQLAlchemy keeps in ``.orig``), each once."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -47,13 +49,20 @@ def outage_words(exc: BaseException) -> str | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+
+
+def outage_words(exc: BaseException) -> str | None:
+    """The words that show ``exc`` (or an exception it came from) to be the database being
+    away, or None: anything else (a bug, a constraint, a full disk) is not waited out."""
+    for e in exception_chain(exc):
         text = str(e).lower()
         for words in _PHRASES:
             if words in text:
                 return words
         if getattr(e, "connection_invalidated", False):  # SQLAlchemy saw the connection go
             return "the connection was lost"
-        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
     return None
 
 
@@ -74,10 +83,4 @@ class StorageOutage(Exception):
 
 def find_outage(exc: BaseException | None) -> StorageOutage | None:
     """The :class:`StorageOutage` that ``exc`` is or came from, if any."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, StorageOutage):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return None
+    return next((e for e in exception_chain(exc) if isinstance(e, StorageOutage)), None)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 
+from tunefleet._outage import exception_chain
+
 #: errno -> (the cause, what to do); the database drivers' messages below say the same.
 _ERRNOS = {
     errno.ENOSPC: ("its disk is full", "free some space on it (or move the file to a bigger "
@@ -33,18 +35,11 @@ _MESSAGES = (
 def unwritable_cause(exc: BaseException) -> tuple[str, str] | None:
     """(the cause, what to do) when ``exc`` or an exception it came from says that the storage
     cannot be written; None for anything else (a bug must keep its traceback)."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in exception_chain(exc):
         if isinstance(e, OSError) and e.errno in _ERRNOS:
             return _ERRNOS[e.errno]
         text = str(e).lower()
         for words, code in _MESSAGES:
             if words in text:
                 return _ERRNOS[code]
-        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]  # SQLAlchemy's driver
     return None

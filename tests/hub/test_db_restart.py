@@ -4,7 +4,7 @@ on, their results wait in the coordinator's memory, no new trial starts while th
 and everything is written once the server is back: the exact budget, nothing RUNNING, nothing
 failed. Past ``--storage-timeout`` the run stops with one line, and the rerun finishes.
 
-Each test has a server of its own (it is restarted), on loopback, with real clients.
+The module has servers of its own (they are restarted), on loopback, with real clients.
 """
 
 from __future__ import annotations
@@ -15,23 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.hub.test_durable import Run, cli_args, states
-from tests.services import MariaDB, Postgres
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def own_postgres():
-    server = Postgres().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def own_mariadb():
-    server = MariaDB().start()
-    yield server
-    server.stop()
 
 
 def _assert_exact(url: str, run: Run, n_trials: int) -> None:
@@ -42,13 +27,13 @@ def _assert_exact(url: str, run: Run, n_trials: int) -> None:
     assert run.shown() == n_trials  # what the progress bar counted is what the storage holds
 
 
-def test_postgres_restarted_twice_and_killed_once_under_the_hub(own_postgres, tmp_path: Path):
-    url = own_postgres.new_database("hub_restarts")
+def test_postgres_restarted_twice_and_killed_once_under_the_hub(restartable_postgres, tmp_path: Path):
+    url = restartable_postgres.new_database("hub_restarts")
     n_trials = 48
     run = Run(tmp_path, *cli_args(url, n_trials, "steady", 4))
     for shown, kill in ((6, False), (18, True), (30, False)):
         run.wait_shown(shown)
-        own_postgres.restart(kill=kill, down=2)
+        restartable_postgres.restart(kill=kill, down=2)
     assert run.finish() == 0, run.err[-3000:]
     _assert_exact(url, run, n_trials)
     assert run.err.count("the durable storage is unreachable") >= 3, run.err[-3000:]
@@ -56,12 +41,12 @@ def test_postgres_restarted_twice_and_killed_once_under_the_hub(own_postgres, tm
     assert "Traceback" not in run.err
 
 
-def test_mariadb_restarted_under_the_hub(own_mariadb, tmp_path: Path):
-    url = own_mariadb.new_database("hub_restart")
+def test_mariadb_restarted_under_the_hub(restartable_mariadb, tmp_path: Path):
+    url = restartable_mariadb.new_database("hub_restart")
     n_trials = 24
     run = Run(tmp_path, *cli_args(url, n_trials, "steady", 4))
     run.wait_shown(6)
-    own_mariadb.restart(down=2)
+    restartable_mariadb.restart(down=2)
     assert run.finish() == 0, run.err[-3000:]
     _assert_exact(url, run, n_trials)
     assert "the durable storage is unreachable" in run.err, run.err[-3000:]
@@ -69,16 +54,16 @@ def test_mariadb_restarted_under_the_hub(own_mariadb, tmp_path: Path):
 
 
 def test_a_database_away_past_the_storage_timeout_stops_the_run_in_one_line(
-        own_postgres, tmp_path: Path):
-    url = own_postgres.new_database("hub_gone")
+        restartable_postgres, tmp_path: Path):
+    url = restartable_postgres.new_database("hub_gone")
     n_trials = 24
     run = Run(tmp_path, *cli_args(url, n_trials, "steady", 2), "--storage-timeout", "5")
     run.wait_shown(4)
-    own_postgres.halt()
+    restartable_postgres.halt()
     try:
         assert run.finish(timeout=120) == 1, run.err[-3000:]
     finally:
-        own_postgres.resume()
+        restartable_postgres.resume()
     last = run.err.strip().splitlines()[-1]
     assert last.startswith("tunefleet: the run stopped: the storage postgresql") and \
         "could not be reached for" in last and "run the same command again" in last, run.err

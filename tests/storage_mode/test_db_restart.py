@@ -31,20 +31,13 @@ LOG_LINE = re.compile(r"^\[tunefleet \d\d:\d\d:\d\d\] ")
 
 
 @pytest.fixture(scope="module")
-def pg():
-    # Synchronous commits (fsync=True): a server killed with SIGKILL keeps every commit it
-    # acknowledged. With synchronous_commit=off it may lose the last ones, which no client can
-    # wait out (a worker was told its trial is stored).
-    server = Postgres(fsync=True).start()
-    yield server
-    server.stop()
+def pg(restartable_postgres):
+    return restartable_postgres
 
 
 @pytest.fixture(scope="module")
-def maria():
-    server = MariaDB().start()
-    yield server
-    server.stop()
+def maria(restartable_mariadb):
+    return restartable_mariadb
 
 
 def start(n: int, url: str, total: int, *extra: str) -> list[subprocess.Popen]:
