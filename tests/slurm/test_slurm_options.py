@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from tests.slurm.test_slurm import (OBJECTIVES, assert_study_holds, not_running_note,
                                     sbatch_parses, submit_and_wait)
 
@@ -39,6 +41,18 @@ def test_every_option_becomes_its_sbatch_line(cli, tmp_path):
     assert "tail -f logs/tunefleet-tunefleet-JOB-batch.out" in r.stderr
     assert subprocess.run(["bash", "-n", str(tmp_path / "tunefleet-tunefleet.sbatch")]
                           ).returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["storage", "hub"])
+def test_the_storage_timeout_reaches_who_opens_the_storage(cli, tmp_path, mode):
+    """Storage mode: every worker; hub mode: the coordinator (workers never open it)."""
+    r = cli("slurm", f"{OBJECTIVES}:slow", "--n-trials", "10", "--mode", mode,
+            "--storage-timeout", "900", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if "--storage-timeout" in l)
+    assert line.split('"${TUNEFLEET[@]}" ')[1].startswith("worker" if mode == "storage"
+                                                          else "serve"), line
+    assert "--storage-timeout 900" in line
 
 
 def test_option_mistakes_are_one_line(cli, tmp_path):

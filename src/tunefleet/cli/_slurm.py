@@ -111,7 +111,8 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
                   output: str | None = None, error: str | None = None,
                   binds: tuple[str, ...] = (), trials_per_gpu: int | None = None,
                   signal: int | None = None, requeue: bool = False,
-                  worker_args: tuple[str, ...] = ()) -> str:
+                  worker_args: tuple[str, ...] = (),
+                  storage_timeout: float | None = None) -> str:
     """The sbatch script text; every value is shell-quoted.
 
     ``output``/``error`` are Slurm file patterns: the workers' ``srun`` writes one file per task
@@ -126,7 +127,9 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
     and a warning sent to the steps before ``srun`` started was lost (CI, stop 23).
     ``requeue``: the script then requeues its own job, which continues the study's unfinished
     trials from their checkpoints; a plain SIGTERM (``scancel``) ends it without a requeue.
-    ``worker_args``: more options of ``tunefleet worker`` (storage mode)."""
+    ``worker_args``: more options of ``tunefleet worker`` (storage mode). ``storage_timeout``:
+    how long the workers (storage mode) or the coordinator (hub mode) wait out the database."""
+    waits = f" --storage-timeout {storage_timeout:g}" if storage_timeout is not None else ""
     gpu_lines, gpu = _gpu_lines(nodes, tasks_per_node, gpus_per_task, trials_per_gpu)
     sbatch = [f"--job-name={job_name}", f"--nodes={nodes}", *gpu_lines]
     if cpus_per_task:
@@ -201,7 +204,7 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
         ]
         workers = (f'{srun} {gpu}"${{TUNEFLEET[@]}}" worker {_q(target)} --storage "$STORAGE" '
                    '--study "$STUDY" --n-trials "$N_TRIALS"'
-                   + "".join(f" {_q(a)}" for a in worker_args))
+                   + "".join(f" {_q(a)}" for a in worker_args) + waits)
         if signal is None:
             lines += [workers, "STATUS=$?"]
         else:
@@ -244,7 +247,7 @@ def render_script(*, target: str, nodes: int, tasks_per_node: int, gpus_per_task
             "# The coordinator runs in the batch step: the only process that opens the storage.",
             f'"${{TUNEFLEET[@]}}" serve {_q(target)} --listen "tcp://$HUB_HOST:$PORT" '
             f'--key-file "$KEY_FILE" --n-trials "$N_TRIALS" --storage "$STORAGE" '
-            f'--study "$STUDY"{spec} --no-progress &',
+            f'--study "$STUDY"{spec}{waits} --no-progress &',
             "HUB_PID=$!",
             "# One worker per task, connected to the coordinator over TCP.",
             f'{srun} {gpu}"${{TUNEFLEET[@]}}" worker --connect "tcp://$HUB_HOST:$PORT" '
@@ -361,6 +364,9 @@ def _worker_args(mode: str, signal_at: int | None, requeue: bool, grace: float |
               help="Storage mode: seconds a worker's trial gets after SIGTERM to reach its next "
                    "checkpoint.save (tunefleet worker --grace; default 20). Keep it under "
                    "--signal and Slurm's KillWait.")
+@click.option("--storage-timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds a database server may stay away (restart, failover) before the "
+                   "workers (storage mode) or the coordinator (hub mode) stop; default 300.")
 @checkpoint_options
 def slurm(target: str, storage: str | None, study_name: str | None,
           directions: tuple[str, ...], sampler: str | None, seed: int | None,
@@ -373,7 +379,7 @@ def slurm(target: str, storage: str | None, study_name: str | None,
           job_name: str | None, script_path: str | None, submit: bool,
           trials_per_gpu: int | None, signal_at: int | None = None, requeue: bool = False,
           grace: float | None = None, checkpoint_dir: str | None = None,
-          keep_checkpoints: bool = False) -> None:
+          keep_checkpoints: bool = False, storage_timeout: float | None = None) -> None:
     """Write the sbatch script that runs TARGET on NODES x TASKS-PER-NODE workers of one study;
     print it, or --submit it and say how to follow it."""
     from tunefleet._studies import DEFAULT_STORAGE, DEFAULT_STUDY
@@ -407,7 +413,7 @@ def slurm(target: str, storage: str | None, study_name: str | None,
         key_file=key_file or f".tunefleet-{safe}.key", account=account, qos=qos, mem=mem,
         gres=gres, constraint=constraint, extra_sbatch=extra_sbatch, output=output, error=error,
         binds=binds, trials_per_gpu=trials_per_gpu, signal=signal_at, requeue=requeue,
-        worker_args=worker_args)
+        worker_args=worker_args, storage_timeout=storage_timeout)
     path = script_path or f"tunefleet-{safe}.sbatch"
     with open(path, "w") as f:
         f.write(text)
