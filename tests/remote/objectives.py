@@ -81,6 +81,13 @@ def sleepy(trial: optuna.Trial) -> float:
     return (x - 2) ** 2
 
 
+def sleepy_noted(trial: optuna.Trial) -> float:
+    """``sleepy`` that notes each trial number it starts in ./started/ (the worker's folder)."""
+    Path("started").mkdir(exist_ok=True)
+    (Path("started") / str(trial.number)).touch()
+    return sleepy(trial)
+
+
 
 def _wait_until_joined(n: int) -> None:
     """Hold a worker process's trial until ``n`` worker processes (same folder) have each

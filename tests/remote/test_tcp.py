@@ -94,14 +94,19 @@ def test_workers_exit_when_the_coordinator_is_killed(procs, tmp_path):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "intermittent on a loaded machine (2 of 4 loaded runs): the workers did not rejoin the "
-    "serve started again within its 120 s reclaim window; not understood yet (issue 20)"))
+    "intermittent on a loaded machine (about 1 run in 4 beside other tests): the workers "
+    "rejoin the serve started again, and it answers their first Next with Stop (no error), so "
+    "they exit 0 and the serve waits out its reclaim window; the coordinator-side cause is not "
+    "found yet (issue 20)"))
 def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_path):
     """Workers outlive their coordinator: they finish their trials, join the coordinator
     started again on the same study, and hand the results over; nothing finished is lost and
-    the budget ends exact."""
+    the budget ends exact. A trial the dead coordinator had stored as RUNNING and sent, but no
+    worker received (it died in between), is the only kind failed, when the reclaim window
+    closes, and retried: every trial a worker started was handed back whole. (Before the test
+    knew which trials were started, that case read as an intermittent failure under load.)"""
     args = ("--n-trials", "40", "--sampler", "random")
-    serve = procs.serve(f"{TARGET}:sleepy", 0, *args)
+    serve = procs.serve(f"{TARGET}:sleepy_noted", 0, *args)
     port = procs.port_of(serve)  # the one started again listens there too
     workers = [procs.worker(port, "hub.key", "--reconnect-timeout", "300") for _ in range(2)]
     wait_until(lambda: count(tmp_path, TrialState.COMPLETE) >= 6, 120, "some trials")
@@ -109,7 +114,7 @@ def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_
     serve.wait(10)
     left_running = count(tmp_path, TrialState.RUNNING)
     assert left_running >= 1  # the workers were in the middle of trials
-    again = procs.serve(f"{TARGET}:sleepy", port, *args, "--reclaim-window", "120")
+    again = procs.serve(f"{TARGET}:sleepy_noted", port, *args, "--reclaim-window", "120")
     try:
         out, err = finish(again)
         summary = json.loads(out.strip().splitlines()[-1])
@@ -117,8 +122,14 @@ def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_
         states = [t.state for t in study.trials]
         assert states.count(TrialState.COMPLETE) == 40 and summary["states"]["complete"] == 40
         assert TrialState.RUNNING not in states and TrialState.WAITING not in states
-        assert TrialState.FAIL not in states, (  # every trial left running was handed back whole
-            [t.system_attrs for t in study.trials if t.state == TrialState.FAIL], err[-3000:])
+        started = {int(p.name) for p in (tmp_path / "started").iterdir()}
+        for failed in (t for t in study.trials if t.state == TrialState.FAIL):
+            assert failed.number not in started, (failed.number, err[-3000:])  # never run
+            assert failed.system_attrs[attrs.FAIL_REASON] == \
+                "its coordinator died before the trial ended"
+            retry = next(t for t in study.trials
+                         if t.system_attrs.get(attrs.RETRY_OF) == failed.number)
+            assert retry.state == TrialState.COMPLETE
         assert [t.number for t in study.trials] == list(range(len(study.trials)))
     except BaseException as exc:  # what the workers said tells why
         said = []
@@ -147,6 +158,33 @@ def test_a_worker_tries_again_when_the_coordinator_does_not_greet_it(procs, tmp_
     finish(worker, 60)
     assert {t.system_attrs[attrs.WORKER] for t in load(tmp_path).trials} \
         == {f"{socket.gethostname()}/{worker.pid}"}
+
+
+def test_a_worker_tries_again_when_the_coordinator_greets_it_then_falls_silent(procs,
+                                                                                tmp_path):
+    """A coordinator that greets a new connection and then does not answer the worker's proof
+    within the socket's timeout (a restarted serve busy loading its study on a loaded machine)
+    is tried again, not given up on: reconnecting workers gave up there and exited 0, and the
+    restarted serve waited for them for ever."""
+    from tunefleet.transport._tcp import MAGIC, NONCE, _frame
+
+    procs.key()
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        busy.settimeout(60)
+        port = busy.getsockname()[1]
+        worker = procs.worker(port, "hub.key")
+        conn, _ = busy.accept()
+        conn.sendall(_frame(MAGIC + os.urandom(NONCE)))  # a greeting, then silence
+        conn.settimeout(60)
+        conn.recv(1024)  # the worker's proof, left unanswered
+        # The worker's side times out (10 s) and tries again: a second connection comes.
+        again, _ = busy.accept()
+        again.close()
+        conn.close()
+    serve = procs.serve(f"{TARGET}:sleepy", port, "--n-trials", "3", "--sampler", "random")
+    out, _ = finish(serve)
+    assert json.loads(out.strip().splitlines()[-1])["states"]["complete"] == 3
+    finish(worker, 60)
 
 
 def test_a_worker_before_its_coordinator_says_it_waits_then_joins(procs, tmp_path):

@@ -50,7 +50,12 @@ def run_worker(address: str, key_file: str | None = None, *, key: bytes | None =
     def reconnect() -> TcpChannel:
         print(f"tunefleet worker: the coordinator at {address} is gone; trying for "
               f"{reconnect_timeout:g} s to join it again", file=sys.stderr)
-        return TcpChannel(address, secret, connect_timeout=reconnect_timeout)
+        try:
+            return TcpChannel(address, secret, connect_timeout=reconnect_timeout)
+        except CoordinatorGone as exc:  # the worker ends (exit 0): never without a word
+            print(f"tunefleet worker: gave up joining the coordinator again: {exc}",
+                  file=sys.stderr)
+            raise
 
     return serve(channel, label=label, reconnect=reconnect)
 

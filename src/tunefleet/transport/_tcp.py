@@ -378,6 +378,10 @@ class _NotYet(Exception):
     """The coordinator did not greet a new connection; another try may meet it."""
 
 
+class _Silent(CoordinatorGone):
+    """The coordinator said nothing within the socket's timeout (the handshake's only)."""
+
+
 class TcpChannel(Channel):
     """A worker's connection to a coordinator, authenticated both ways."""
 
@@ -460,6 +464,12 @@ class TcpChannel(Channel):
             self.sock.sendall(_frame(client_nonce + _mac(key, b"client", server_nonce,
                                                          client_nonce)))
             proof = self._recv_frame(limit=MAC)
+        except _Silent as exc:
+            # Greeted, then no answer to our proof within the timeout: a coordinator busy
+            # starting on a loaded machine (a restarted serve loading its study). A wrong key
+            # closes the connection instead. Seen in CI: the reconnecting workers gave up here
+            # and exited, and the restarted serve waited for ever.
+            raise _NotYet(str(exc)) from None
         except OSError as exc:
             raise CoordinatorGone(f"coordinator connection lost during the handshake: {exc} "
                                   "(is the key the coordinator's?)") from None
@@ -474,6 +484,8 @@ class TcpChannel(Channel):
         while n:
             try:
                 chunk = self.sock.recv(min(n, 1 << 20))
+            except TimeoutError as exc:
+                raise _Silent(f"coordinator connection lost: {exc}") from None
             except OSError as exc:
                 raise CoordinatorGone(f"coordinator connection lost: {exc}") from None
             if not chunk:
