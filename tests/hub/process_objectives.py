@@ -19,7 +19,8 @@ def square(v: float) -> float:
 
 
 def slow(trial: optuna.Trial) -> float:
-    """0.3 s per trial. With TF_SLEEPING_DIR, the file ``<dir>/<pid>`` exists while it sleeps,
+    """0.3 s per trial (TF_SLOW_S seconds if set). With TF_SLEEPING_DIR, the file
+    ``<dir>/<pid>`` exists while it sleeps,
     so that a test stops a worker in its sleep and never in the middle of a storage write
     (a SQLite writer stopped mid-transaction holds the file's lock, and every writer waits)."""
     x = trial.suggest_float("x", 0, 1)
@@ -27,7 +28,7 @@ def slow(trial: optuna.Trial) -> float:
     mark = Path(folder) / str(os.getpid()) if folder else None
     if mark is not None:
         mark.touch()
-    time.sleep(0.3)
+    time.sleep(float(os.environ.get("TF_SLOW_S", "0.3")))
     if mark is not None:
         mark.unlink()
     return x

@@ -94,8 +94,9 @@ def test_a_partitioned_hub_worker_loses_its_trial_and_its_late_result(netlab, tm
         number, step = map(int, mark.read_text().split())
         return number if step >= 1 else None
 
-    wait_until(lambda: victim_in_a_trial() is not None, 240, "w2's worker in a trial")
-    number = victim_in_a_trial()
+    # The number found, kept: asked again, the worker may be between trials (CI: "trial None").
+    (number,) = wait_until(lambda: (lambda n: None if n is None else (n,))(victim_in_a_trial()),
+                           240, "w2's worker in a trial")
     victim_host.partition()
     try:
         wait_until(lambda: any(t.number == number and t.state == TrialState.FAIL

@@ -38,7 +38,7 @@ def test_a_stopped_worker_holds_neither_the_others_nor_a_trial(tmp_path):
     sleeping = tmp_path / "sleeping"
     sleeping.mkdir()
     procs = start_workers(3, url, "s", total, target=f"{OBJECTIVES}:slow",
-                          env={"TF_SLEEPING_DIR": str(sleeping)})
+                          env={"TF_SLEEPING_DIR": str(sleeping), "TF_SLOW_S": "1.5"})
     by_id = {f"{socket.gethostname()}/{p.pid}": p for p in procs}
 
     def stop_one_mid_trial() -> subprocess.Popen | None:
