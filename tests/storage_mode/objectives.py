@@ -19,6 +19,15 @@ def slow(trial: optuna.Trial) -> float:
     return x * x + y
 
 
+def slow_when_two_joined(trial: optuna.Trial) -> float:
+    """``slow`` once two worker processes (same folder) have each begun a trial: both take
+    trials however slowly one of them starts on a loaded machine."""
+    from tests.remote.objectives import _wait_until_joined
+
+    _wait_until_joined(2)
+    return slow(trial)
+
+
 def flaky(trial: optuna.Trial) -> float:
     """Raises on every third trial number."""
     x = trial.suggest_float("x", -10, 10)

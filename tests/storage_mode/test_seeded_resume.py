@@ -36,13 +36,17 @@ def worker(url: str, *args: str, sleep: str = "0") -> None:
     assert r.returncode == 0, r.stderr
 
 
-def workers(n: int, url: str, total: int) -> set[str]:
-    """N workers at once on the study until it holds TOTAL trials; the workers that ran one."""
-    env = {**os.environ, "TF_SLEEP": "0.3"}
-    cmd = [sys.executable, "-m", "tunefleet", "worker", SLOW, "--storage", url, "-q",
-           "--n-trials", str(total)]
+def workers(n: int, url: str, total: int, folder: Path) -> set[str]:
+    """N workers at once on the study until it holds TOTAL trials, each trial held until both
+    have begun one (in FOLDER: a fresh one each time); the workers that ran one."""
+    folder.mkdir()
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "TF_SLEEP": "0.3",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "tunefleet", "worker", f"{SLOW}_when_two_joined",
+           "--storage", url, "-q", "--n-trials", str(total)]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(n)]
+                              text=True, cwd=folder) for _ in range(n)]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -104,8 +108,8 @@ def test_random_draws_by_trial_number_with_two_workers(tmp_path):
     halves, whole = f"sqlite:///{tmp_path / 'halves.db'}", f"sqlite:///{tmp_path / 'whole.db'}"
     r = run_cli("init", "--storage", halves, "--sampler", "random", "--seed", "11")
     assert r.returncode == 0, r.stderr
-    first = workers(2, halves, 8)
-    second = workers(2, halves, 16)
+    first = workers(2, halves, 8, tmp_path / "first")
+    second = workers(2, halves, 16, tmp_path / "second")
     worker(whole, "--sampler", "random", "--seed", "11", "--n-trials", "16")
     got, want = done(halves), done(whole)
     assert sorted(want) == list(range(16))
