@@ -55,9 +55,13 @@ from optuna.storages.journal._storage import JournalOperation  # noqa: E402
 from optuna.storages._cached_storage import _CachedStorage as CachedStorage  # noqa: E402
 
 #: The private methods of RDBStorage that Optuna's cache calls (besides BaseStorage's public
-#: ones): storage mode makes them wait out a database outage (storage_mode/_patient.py).
-RDB_CACHE_CALLS = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids",
-                   "_get_trials", "_set_trial_param")
+#: ones): storage mode makes them wait out a database outage (storage_mode/_patient.py). The
+#: first three exist in every Optuna we support (checked below); the others only in newer ones
+#: (Optuna 4.0.0 has neither ``_get_best_trial_id`` nor ``_set_trial_param``).
+_RDB_CACHE_CALLS_ALWAYS = ("_create_new_trial", "_get_stale_trial_ids", "_get_trials")
+RDB_CACHE_CALLS = _RDB_CACHE_CALLS_ALWAYS + tuple(
+    name for name in ("_get_best_trial_id", "_set_trial_param")
+    if hasattr(optuna.storages.RDBStorage, name))
 
 
 def storage_location(storage: Any) -> str | None:
@@ -326,7 +330,7 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "trial.Trial": ("_trial_id", "_cached_frozen_trial", "_relative_params", "_fixed_params",
                     "_get_latest_trial", "_is_relative_param", "_suggest"),
     "trial.FrozenTrial": ("_trial_id", "_system_attrs", "_user_attrs", "_distributions"),
-    "storages.RDBStorage": ("engine", *RDB_CACHE_CALLS),
+    "storages.RDBStorage": ("engine", *_RDB_CACHE_CALLS_ALWAYS),
     "storages._cached_storage._CachedStorage": ("_backend", "_lock", "_studies",
                                                 "_add_trials_to_cache"),
     "storages.JournalStorage": ("_backend", "_thread_lock", "_replay_result",
