@@ -208,7 +208,7 @@ class Coordinator:
         if self._held and (self._history_ready() or not self._may_dispatch()):
             held, self._held = self._held, []
             self._dispatch_again(held)
-        if self._idle and (self._may_dispatch() or not self._running):
+        if self._idle and (self._may_dispatch() or not (self._running or self._orphans)):
             idle, self._idle = self._idle, []
             self._dispatch_again(idle)  # a retry to run, or the end: Stop
         if self.progress.enabled:
@@ -356,7 +356,12 @@ class Coordinator:
     def _dispatch(self, link: Link, state: _WorkerState) -> None:
         if not self._may_dispatch():
             state.trial_id = None
-            if self._running and not self.fleet.starts_workers and self._error is None:
+            # Kept while trials run or orphans wait for the reclaim window: a trial the dead
+            # coordinator handed out but no worker received is retried when the window closes,
+            # and needs a worker then (told to stop, the workers had left a restarted serve
+            # waiting for ever).
+            if (self._running or self._orphans) and not self.fleet.starts_workers \
+                    and self._error is None:
                 self._idle.append(link)
             else:
                 link.send(self._stop())
