@@ -4,7 +4,8 @@ connections taken) is normal: the hub and the storage-mode workers wait it out f
 
 from __future__ import annotations
 
-from typing import Iterator
+import logging
+from typing import Any, Iterator
 
 #: Seconds an outage is waited out by default: a restart of PostgreSQL or MariaDB (an upgrade,
 #: a failover) takes seconds to a minute; five minutes covers one on a loaded machine.
@@ -84,3 +85,33 @@ class StorageOutage(Exception):
 def find_outage(exc: BaseException | None) -> StorageOutage | None:
     """The :class:`StorageOutage` that ``exc`` is or came from, if any."""
     return next((e for e in exception_chain(exc) if isinstance(e, StorageOutage)), None)
+
+
+class _OutageNoise(logging.Filter):
+    """Drops the logs that an outage makes the libraries write, each a traceback or six lines
+    of SQL, since the wait is said in one line: Optuna's "Caught an error from sqlalchemy ...
+    Falling back to a slower alternative" (the slower read fails as well) and SQLAlchemy's
+    "Exception during reset or similar" (the pool could not roll back a connection whose
+    server had gone; it drops the connection, which is right)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and is_outage(record.exc_info[1]):
+            return False
+        return outage_words(Exception(record.getMessage())) is None
+
+
+_OUTAGE_NOISE = _OutageNoise()
+
+
+def quiet_outage_noise(engine: Any) -> None:
+    """Keeps the outage logs of Optuna's RDB storage and of ENGINE's connection pool (a
+    SQLAlchemy engine) off the user's screen (see :class:`_OutageNoise`)."""
+    import optuna
+
+    loggers = [logging.getLogger(optuna.storages.RDBStorage.__module__)]
+    pool_logger = getattr(getattr(engine, "pool", None), "logger", None)
+    if pool_logger is not None:  # a logging.Logger, or SQLAlchemy's InstanceLogger around one
+        loggers.append(getattr(pool_logger, "logger", pool_logger))
+    for logger in loggers:
+        if _OUTAGE_NOISE not in logger.filters:
+            logger.addFilter(_OUTAGE_NOISE)

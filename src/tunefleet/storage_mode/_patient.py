@@ -30,13 +30,12 @@ went through and only its reply was lost (the server died in between):
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any, Callable
 
 import optuna
 
 from tunefleet._optuna import RDB_CACHE_CALLS
-from tunefleet._outage import outage_words
+from tunefleet._outage import quiet_outage_noise
 from tunefleet.storage_mode._backoff import with_backoff
 
 #: The calls of an RDBStorage that reach the database: BaseStorage's, and the private ones
@@ -70,27 +69,15 @@ for _name in _CALLS:
     setattr(PatientRDBStorage, _name, _waiting_out_outages(_name))
 
 
-class _NoOutageNoise(logging.Filter):
-    """Drops Optuna's "Caught an error from sqlalchemy ... Falling back to a slower
-    alternative" (six lines with the SQL) when the error is the database being away: the
-    slower read fails as well, and the wait is said in one line (:func:`.backoff.with_backoff`)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return outage_words(Exception(record.getMessage())) is None
-
-
-_NO_OUTAGE_NOISE = _NoOutageNoise()
-
-
 def wait_out_outages(storage: optuna.storages.BaseStorage,
                      storage_timeout: float) -> optuna.storages.BaseStorage:
     """STORAGE, whose database calls from now on wait out an outage for up to STORAGE_TIMEOUT
     seconds (see the module). Journal files and memory have no server to be away: as they are."""
-    logging.getLogger(optuna.storages.RDBStorage.__module__).addFilter(_NO_OUTAGE_NOISE)
     if type(storage) is optuna.storages.RDBStorage:
         # The storage is made by tunefleet._studies.open_storage (SQLite's template, WAL, the
         # drivers' errors); its class is switched rather than the storage made twice.
         storage.__class__ = PatientRDBStorage
     if isinstance(storage, PatientRDBStorage):
         storage.storage_timeout = storage_timeout
+        quiet_outage_noise(storage.engine)
     return storage

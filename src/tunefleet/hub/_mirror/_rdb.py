@@ -11,6 +11,7 @@ import optuna
 from optuna.distributions import distribution_to_json
 
 from tunefleet._optuna import rdb_models, rdb_time
+from tunefleet._outage import quiet_outage_noise
 from tunefleet.errors import MirrorError
 from tunefleet.hub._mirror._rounds import _Change, _Round, _Written
 from tunefleet.hub._mirror._writer import _Writer
@@ -64,6 +65,8 @@ class _RDBWriter(_Writer):
         # A database server may be away for a while (restart, failover): a round is one
         # transaction, so it is written again once it is back. SQLite is a file: no outage.
         self.retry_safe = dialect.name != "sqlite"
+        if self.retry_safe:
+            quiet_outage_noise(self.engine)
         self.plans: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
         if self.raw:
             try:  # the compiled form's parts used are SQLAlchemy's, not public API
