@@ -44,8 +44,8 @@ def continuation(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
 
 
 def no_checkpoint_left(folder: Path) -> bool:
-    """The checkpoints of finished trials were removed (the study's folder holds none)."""
-    return not [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else True
+    """The checkpoints of finished trials were removed, and the folders they left empty."""
+    return not folder.exists()
 
 
 @pytest.fixture
@@ -291,3 +291,14 @@ def test_optunas_pytorch_checkpoint_recipe_works_in_hub_mode(tmp_path, monkeypat
     plain.optimize(torch_recipe, n_trials=1)
     assert retry.value == pytest.approx(plain.trials[0].value, rel=1e-5)
     assert list(retry.intermediate_values) == list(range(4, EPOCHS))
+
+
+def _no_checkpoint(trial: optuna.Trial) -> float:
+    return trial.suggest_float("x", -1, 1) ** 2
+
+
+def test_a_study_that_never_checkpoints_leaves_no_folder_beside_its_storage(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/plain.db")
+    tunefleet.optimize(study, _no_checkpoint, n_trials=4, n_workers=2)
+    assert len(study.trials) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.db"]

@@ -53,15 +53,16 @@ class CheckpointKeeper:
     the checkpoints of trials that ended for good.
 
     Args:
-        root: the folder (created if needed).
+        root: the folder (made by the first save; removed at :meth:`close` when empty).
         keep: keep the checkpoints of finished trials.
         temporary: the folder was made for this run only: removed at :meth:`close`.
     """
 
     def __init__(self, root: str | os.PathLike[str], keep: bool = False,
                  temporary: bool = False) -> None:
+        # Made by the first save (FolderStore.begin), not here: most studies never checkpoint,
+        # and an empty folder beside every storage file is litter.
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.store = FolderStore(self.root)
         self.keep = keep
         self.temporary = temporary
@@ -133,6 +134,16 @@ class CheckpointKeeper:
         self._uploads.clear()
         if self.temporary and not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
+            return
+        # What is left empty goes: the study's folder, and the ".checkpoints" folder beside a
+        # storage file (never a folder the user named).
+        for folder in (self.root, self.root.parent):
+            if folder is self.root.parent and not folder.name.endswith(".checkpoints"):
+                break
+            try:
+                folder.rmdir()  # only an empty one
+            except OSError:
+                break
 
 
 class RemoteSession(Session):
