@@ -29,6 +29,7 @@ def optimize(
     seed: int | None = None,
     deterministic: bool = False,
     checkpoint_dir: str | None = None,
+    checkpoint_store: Any = None,
     keep_checkpoints: bool = False,
     gc_after_trial: bool = False,
     max_worker_memory: int | str | None = None,
@@ -84,6 +85,11 @@ def optimize(
             on other hosts stream theirs here through their connection). Default: a folder
             beside the study's SQLite or journal file (``NAME.db.checkpoints/STUDY``), else a
             folder of this run's own.
+        checkpoint_store: an Optuna artifact store (``optuna.artifacts.FileSystemArtifactStore``,
+            ``Boto3ArtifactStore``, ...) to keep checkpoints in instead of a folder: every
+            worker streams its checkpoints to the coordinator, which uploads them; the study's
+            storage holds their index, so a rerun continues from them. Not with
+            ``checkpoint_dir``.
         keep_checkpoints: keep the checkpoints of trials that finished (default: removed).
         max_worker_memory: bytes, or a size such as ``"2GB"`` or ``"500MB"``: a worker whose
             resident memory is above it after a trial is replaced by a fresh process, as is
@@ -146,6 +152,7 @@ def optimize(
         seed=seed,
         deterministic=deterministic,
         checkpoint_dir=checkpoint_dir,
+        checkpoint_store=checkpoint_store,
         keep_checkpoints=keep_checkpoints,
         max_worker_memory=max_worker_memory,
         storage_timeout=storage_timeout,

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import psutil
@@ -220,10 +221,12 @@ def _write_json(path: Path, value: dict) -> None:
 
 def run_with_kills(folder: Path, *, save: bool = True, n_trials: int = 9, n_workers: int = 3,
                    kills: int = 6, every: float = 1.5, n_steps: int = 20, pause: float = 0.1,
-                   seed: int = 0) -> tuple[optuna.Study, list[tuple[int, int, int]], float]:
+                   seed: int = 0, **options: Any,
+                   ) -> tuple[optuna.Study, list[tuple[int, int, int]], float]:
     """``steps`` on a hub of ``n_workers`` local workers while a :class:`Killer` SIGKILLs one
     every ``every`` seconds; the study (in ``folder/ck.db``), the kills and the run's seconds.
-    The objective's settings go through the environment, restored afterwards."""
+    The objective's settings go through the environment, restored afterwards; OPTIONS go to
+    ``tunefleet.optimize``."""
     log = folder / "log"
     log.mkdir(parents=True, exist_ok=True)
     settings = {"TF_CK_LOG": str(log), "TF_CK_SAVE": "1" if save else "0",
@@ -238,7 +241,7 @@ def run_with_kills(folder: Path, *, save: bool = True, n_trials: int = 9, n_work
     killer.start()
     try:
         tunefleet.optimize(study, steps, n_trials=n_trials, n_workers=n_workers,
-                           max_retries=kills)
+                           max_retries=kills, **options)
     finally:
         ended.set()
         for k, v in before.items():

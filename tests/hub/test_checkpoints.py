@@ -302,3 +302,138 @@ def test_a_study_that_never_checkpoints_leaves_no_folder_beside_its_storage(tmp_
     tunefleet.optimize(study, _no_checkpoint, n_trials=4, n_workers=2)
     assert len(study.trials) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.db"]
+
+
+# -- 7. checkpoints in an Optuna artifact store ------------------------------------------------
+
+def _artifact_index(study: optuna.Study) -> dict[str, object]:
+    attrs_ = study._storage.get_study_system_attrs(study._study_id)
+    return {k: v for k, v in attrs_.items() if k.startswith("tunefleet:checkpoint:")}
+
+
+@pytest.mark.timeout(300)
+def test_checkpoints_in_an_artifact_store_follow_killed_workers(tmp_path):
+    """``checkpoint_store=FileSystemArtifactStore(...)``: every worker streams its checkpoints
+    to the coordinator, which uploads them; retries of killed workers continue from them, and
+    the artifacts of finished trials are removed."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    study, killed, _ = co.run_with_kills(tmp_path, kills=3, every=1.0,
+                                         checkpoint_store=FileSystemArtifactStore(bucket))
+    assert len(killed) == 3, killed
+    got = states(study)
+    assert got == {"COMPLETE": 9, "FAIL": 3}, got
+    for _, number, step in killed:
+        retry = continuation(study, number)  # (it may have been killed in turn)
+        if step >= 2:  # a checkpoint of step (step - 1) was surely uploaded before the kill
+            assert retry.user_attrs["start"] >= step, (number, step, retry.user_attrs)
+    assert any(continuation(study, n).user_attrs["start"] > 0 for _, n, _ in killed)
+    assert len(co.recorded(tmp_path / "log")) <= 1.1 * 9 * 20
+    # Finished trials' checkpoints are gone from the bucket, and their index entries too.
+    assert list(bucket.iterdir()) == []
+    stored = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path}/ck.db")
+    index = _artifact_index(stored)
+    assert index and all(v["files"] == [] for v in index.values()), index
+    assert not (tmp_path / "ck.db.checkpoints").exists()  # nothing went beside the file
+
+
+def test_checkpoint_store_is_checked_in_one_line(tmp_path):
+    study = optuna.create_study()
+    with pytest.raises(tunefleet.OptionError, match="must be an Optuna artifact store"):
+        tunefleet.optimize(study, _no_checkpoint, n_trials=1, checkpoint_store=str(tmp_path))
+    with pytest.raises(tunefleet.OptionError, match="not both"):
+        tunefleet.optimize(study, _no_checkpoint, n_trials=1, checkpoint_dir=str(tmp_path),
+                           checkpoint_store=object())
+    assert study.trials == []
+
+
+ARTIFACT_RUN = """
+import optuna, tunefleet
+from optuna.artifacts import FileSystemArtifactStore
+from tests.hub import checkpoint_objectives as co
+study = optuna.create_study(study_name="tunefleet", storage="sqlite:///run.db",
+                            load_if_exists=True, sampler=optuna.samplers.RandomSampler())
+tunefleet.optimize(study, co.steps, n_trials=6, n_workers=2, max_retries=3,
+                   checkpoint_store=FileSystemArtifactStore("bucket"))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_run_run_again_continues_from_the_artifact_store(tmp_path):
+    """The index of the checkpoints is in the study's storage: a run killed whole (coordinator
+    and workers at once) and run again continues its cut trials from the artifact store."""
+    log = tmp_path / "log"
+    log.mkdir()
+    (tmp_path / "bucket").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CK_LOG=str(log), TF_CK_STEPS="15")
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", ARTIFACT_RUN], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    first = start()
+
+    def two_busy() -> bool:
+        if first.poll() is not None:
+            raise AssertionError(f"the run ended early: {first.communicate()[1][-2000:]}")
+        return sum(3 <= s < 8 for _, s in co.now(log).values()) == 2
+
+    wait_until(two_busy, 120, "both workers past step 3 of a trial", interval=0.02)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.communicate(timeout=60)
+    wait_until(lambda: not any(co.alive(pid) for pid in co.now(log)), 30,
+               "the first run's workers to exit")
+    cut = {n for _, (n, s) in co.now(log).items() if s < 14}
+    assert len(cut) == 2, co.now(log)
+    assert list((tmp_path / "bucket").iterdir())  # their checkpoints are in the bucket
+    second = start()
+    _, err = second.communicate(timeout=240)
+    assert second.returncode == 0, err[-3000:]
+    study = _study(tmp_path)
+    got = states(study)
+    assert got.get("COMPLETE") == 6 and "RUNNING" not in got and "WAITING" not in got, got
+    for number in cut:
+        lineage = [t for t in study.trials if t.system_attrs.get("failed_trial") == number]
+        [done] = [t for t in lineage if t.state == TrialState.COMPLETE]
+        assert done.user_attrs["start"] >= 3, (number, done.user_attrs)
+    assert list((tmp_path / "bucket").iterdir()) == []
+
+
+def test_an_upload_cut_short_is_removed_when_the_study_is_run_again(tmp_path):
+    """A coordinator killed in the middle of an upload: the files it wrote are found by the
+    prefix the index named before the upload began, and removed by the next run; a whole
+    checkpoint stays and is read back byte for byte."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from tunefleet.checkpoint import ArtifactCheckpoints
+
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    artifacts = FileSystemArtifactStore(bucket)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db")
+    first = ArtifactCheckpoints(artifacts, study._storage, study._study_id)
+    saved = first.begin(0)
+    (saved / "sub").mkdir()
+    (saved / "sub" / "state.bin").write_bytes(b"x" * 3000)
+    (saved / "step").write_text("4")
+    first.commit(0, saved, 0)
+    assert len(list(bucket.iterdir())) == 2
+    cut = first.begin(0)  # the next save: its upload is cut after one file
+    _, prefix = first._uploads[cut]
+    with open(tmp_path / "partial", "wb+") as f:  # what the cut upload wrote
+        f.write(b"y" * 10)
+        f.seek(0)
+        artifacts.write(f"{prefix}-0", f)
+    assert len(list(bucket.iterdir())) == 3
+    again = ArtifactCheckpoints(artifacts, study._storage, study._study_id)  # the rerun
+    assert len(list(bucket.iterdir())) == 2
+    version, files = again.manifest(0)
+    assert files == [("step", 1), ("sub/state.bin", 3000)]
+    assert again.read(0, version, "sub/state.bin", 0, 1000) == b"x" * 1000
+    assert again.read(0, version, "sub/state.bin", 1000, 5000) == b"x" * 2000
+    assert again.read(0, version, "step", 0, 10) == b"4"
+    again.remove(0)
+    assert list(bucket.iterdir()) == [] and again.manifest(0) is None

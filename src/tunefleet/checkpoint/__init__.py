@@ -13,12 +13,13 @@ per trial (``running``).
 """
 
 from tunefleet.checkpoint._api import load, save
+from tunefleet.checkpoint._artifacts import ArtifactCheckpoints
 from tunefleet.checkpoint._preemption import in_trial, install_preemption
 from tunefleet.checkpoint._session import (LocalSession, Preempted, Session, current,
                                            request_stop, reset_stop, running, stop_deadline,
                                            stop_requested)
 from tunefleet.checkpoint._store import FolderStore, default_root
 
-__all__ = ["load", "save", "FolderStore", "default_root", "Session", "LocalSession",
+__all__ = ["load", "save", "ArtifactCheckpoints", "FolderStore", "default_root", "Session", "LocalSession",
            "Preempted", "current", "running", "request_stop", "reset_stop", "stop_deadline",
            "stop_requested", "install_preemption", "in_trial"]

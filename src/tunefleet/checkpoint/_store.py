@@ -63,6 +63,25 @@ class FolderStore:
         """Remove every checkpoint of ``lineage`` (its trial has finished)."""
         shutil.rmtree(self._dir(lineage), ignore_errors=True)
 
+    def manifest(self, lineage: int) -> tuple[str, list[tuple[str, int]]] | None:
+        """The latest checkpoint of ``lineage``: its version (the directory's name) and its
+        files (paths relative to it, POSIX) with their sizes; None when it has none."""
+        latest = self.latest(lineage)
+        if latest is None:
+            return None
+        return latest.name, [(p.relative_to(latest).as_posix(), p.stat().st_size)
+                             for p in sorted(latest.rglob("*")) if p.is_file()]
+
+    def read(self, lineage: int, version: str, path: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of file ``path`` (relative, already checked) of
+        checkpoint ``version`` of ``lineage``."""
+        with open(self._dir(lineage) / version / path, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+    def close(self) -> None:
+        """Nothing is held open between calls."""
+
 
 def _fsync_dir(path: Path) -> None:
     try:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from tunefleet.checkpoint import FolderStore, Session
+from tunefleet.checkpoint import ArtifactCheckpoints, FolderStore, Session
 from tunefleet.hub import _protocol as P
 
 #: Bytes per round trip of a streamed checkpoint.
@@ -53,17 +53,24 @@ class CheckpointKeeper:
     the checkpoints of trials that ended for good.
 
     Args:
-        root: the folder (made by the first save; removed at :meth:`close` when empty).
+        root: the folder (made by the first save; removed at :meth:`close` when empty), which
+            workers on this machine write themselves; None with ``store``.
         keep: keep the checkpoints of finished trials.
         temporary: the folder was made for this run only: removed at :meth:`close`.
+        store: checkpoints in an Optuna artifact store instead of a folder: every worker
+            streams them here, and they are uploaded from here.
     """
 
-    def __init__(self, root: str | os.PathLike[str], keep: bool = False,
-                 temporary: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None, keep: bool = False,
+                 temporary: bool = False, store: ArtifactCheckpoints | None = None) -> None:
         # Made by the first save (FolderStore.begin), not here: most studies never checkpoint,
         # and an empty folder beside every storage file is litter.
-        self.root = Path(root)
-        self.store = FolderStore(self.root)
+        self.root = Path(root) if root is not None else None
+        self.store: FolderStore | ArtifactCheckpoints = (
+            store if store is not None else FolderStore(self.root))
+        #: The index of the checkpoints is in the study's storage: a save is whole once the
+        #: storage holds it (the coordinator replies to a commit then).
+        self.indexed = store is not None
         self.keep = keep
         self.temporary = temporary
         self._uploads: dict[int, _Upload] = {}
@@ -83,18 +90,11 @@ class CheckpointKeeper:
             f.write(request.data)
             return None
         if kind is P.CkptRead:
-            name = str(_relative(request.version))
-            path = self.store.root / str(lineage) / name / _relative(request.path)
-            with open(path, "rb") as f:
-                f.seek(request.offset)
-                return f.read(max(0, min(request.size, CHUNK)))
+            version = str(_relative(request.version))
+            return self.store.read(lineage, version, str(_relative(request.path)),
+                                   request.offset, max(0, min(request.size, CHUNK)))
         if kind is P.CkptLatest:
-            latest = self.store.latest(lineage)
-            if latest is None:
-                return None
-            files = [(p.relative_to(latest).as_posix(), p.stat().st_size)
-                     for p in sorted(latest.rglob("*")) if p.is_file()]
-            return latest.name, files
+            return self.store.manifest(lineage)
         if kind is P.CkptBegin:
             upload_id = next(self._ids)
             self._uploads[upload_id] = _Upload(lineage, number, trial_id,
@@ -115,7 +115,7 @@ class CheckpointKeeper:
         return upload
 
     def has(self, lineage: int) -> bool:
-        return self.store.latest(lineage) is not None
+        return self.store.manifest(lineage) is not None
 
     def trial_ended(self, trial_id: int, lineage: int, for_good: bool) -> None:
         """The trial ``trial_id`` ended: its unfinished uploads go, and, when the lineage will
@@ -132,6 +132,9 @@ class CheckpointKeeper:
         for upload in self._uploads.values():
             upload.close()
         self._uploads.clear()
+        self.store.close()
+        if self.root is None:
+            return
         if self.temporary and not self.keep:
             shutil.rmtree(self.root, ignore_errors=True)
             return

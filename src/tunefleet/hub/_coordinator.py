@@ -32,6 +32,7 @@ from tunefleet.hub._fleet import Fleet
 from tunefleet.hub._mirror import MirroredStorage
 from tunefleet.hub._ownership import recover_orphans
 from tunefleet.hub._progress import Progress
+from tunefleet.hub._requests import answer, apply_ops
 from tunefleet.hub._signals import StopSignals
 from tunefleet.hub._state import (Limits, _Ended, _Running, _WorkerState, drain, log_ended,
                                   say)
@@ -70,7 +71,7 @@ class Coordinator:
         self._storage = study._storage
         self._payload = cloudpickle.dumps(WorkerConfig(
             objective, catch, len(study.directions), setup, grace,
-            str(checkpoints.root) if checkpoints is not None else None))
+            str(checkpoints.root) if checkpoints is not None and checkpoints.root else None))
         # --deterministic: trial k waits for every trial numbered k - n_workers or lower, and
         # its sampler and pruner see only those (see hub/_ordered.py).
         self.drawer = Drawer(study, seed, n_workers if deterministic else 0)
@@ -96,6 +97,8 @@ class Coordinator:
         # before their next trial, as a thread of Study.optimize does: a callback that stops
         # the study (MaxTrialsCallback) stops it before they start another.
         self._awaiting: list[tuple[int, Link]] = []
+        # Replies sent once the storage holds what they confirm: (change, link, encoded reply).
+        self._unsent: list[tuple[int, Link, Any]] = []
         self._held: list[Link] = []  # --deterministic: waiting for the trials before theirs
         # Workers that joined by themselves, kept (not told to stop) while trials still run:
         # a retry may come, and no fleet would start a worker for it.
@@ -180,7 +183,7 @@ class Coordinator:
         return self.mirror is not None and self.mirror.lag() > 0.1
 
     def _waiting_on_storage(self) -> bool:
-        return bool(self._unannounced or self._parked or self._awaiting)
+        return bool(self._unannounced or self._parked or self._awaiting or self._unsent)
 
     def _done(self) -> bool:
         if self._error is not None:
@@ -200,7 +203,7 @@ class Coordinator:
                 if failure is not None:
                     self._error = WorkerStartError(failure)
         self._announce()
-        if self._awaiting:
+        if self._awaiting or self._unsent:
             self._release_awaiting()
         if self._parked and not self._storage_behind():
             parked, self._parked = self._parked, []
@@ -312,12 +315,16 @@ class Coordinator:
         self._dispatch(link, state)
 
     def _release_awaiting(self) -> None:
-        """Workers whose last trial is stored and announced (its callbacks ran) ask again."""
+        """Workers whose last trial is stored and announced (its callbacks ran) ask again, and
+        replies held until the storage holds what they confirm are sent."""
         durable = self.mirror.durable_seq if self.mirror is not None else None
         ready = [link for seq, link in self._awaiting if durable is None or seq <= durable]
         if ready:
             self._awaiting = [(s, l) for s, l in self._awaiting if l not in ready]
             self._dispatch_again(ready)
+        for seq, link, reply in [u for u in self._unsent if durable is None or u[0] <= durable]:
+            self._unsent.remove((seq, link, reply))
+            link.send(reply)  # (a worker lost meanwhile has no entry left: see _on_lost)
 
     def _on_call(self, link: Link, state: _WorkerState, msg: P.Call) -> None:
         try:
@@ -326,6 +333,12 @@ class Coordinator:
             reply = P.Reply(True, self._answer(run, msg.request))
         except Exception as exc:
             reply = P.Reply(False, exc)
+        if (reply.ok and type(msg.request) is P.CkptCommit and self.mirror is not None
+                and self.checkpoints is not None and self.checkpoints.indexed):
+            # The checkpoint's index is a study attribute: the save returns once it is stored.
+            self._unsent.append((self.mirror.seq, link, P.encode(reply)))
+            self.mirror.hurry()
+            return
         link.send(P.encode(reply))
 
     def _on_ops(self, link: Link, state: _WorkerState, msg: P.Ops) -> None:
@@ -400,40 +413,10 @@ class Coordinator:
         return self.drawer.history_ready(unfinished + list(self._orphans))
 
     def _apply_ops(self, run: _Running, ops: list[P.Op]) -> None:
-        trial = run.trial
-        cached = trial._cached_frozen_trial
-        for op in ops:
-            kind = type(op)
-            if kind is P.Param:
-                if op.name not in cached.distributions:
-                    self._storage.set_trial_param(trial._trial_id, op.name,
-                                                  op.dist.to_internal_repr(op.value), op.dist)
-                    cached.distributions[op.name] = op.dist
-                    cached.params[op.name] = op.value
-                    self.drawer.learn(op.name, op.dist)
-            elif kind is P.Report:
-                trial.report(op.value, op.step)
-            elif kind is P.UserAttr:
-                trial.set_user_attr(op.key, op.value)
-            elif kind is P.Constraint:
-                trial.set_constraint(op.key, op.value)
+        apply_ops(self._storage, self.drawer, run, ops)
 
     def _answer(self, run: _Running, request: P.Request) -> Any:
-        kind = type(request)
-        if kind is P.Suggest:
-            return self.drawer.suggest(run.trial, request.name, request.dist)
-        if kind is P.Prune:
-            return run.trial.should_prune()
-        if kind is P.StudyGet:
-            return getattr(self.study, request.attr)
-        if kind is P.StudyCall:
-            return getattr(self.study, request.method)(*request.args, **request.kwargs)
-        if kind is P.StorageCall:  # trial.storage in a worker (integrations, optuna.artifacts)
-            return P.answer_storage(self._storage, request)
-        if self.checkpoints is not None:  # a remote worker's checkpoint, streamed
-            return self.checkpoints.answer(run.trial._trial_id, run.trial.number, run.lineage,
-                                           request)
-        raise ValueError(f"unknown request {kind.__name__}")
+        return answer(self.study, self._storage, self.drawer, self.checkpoints, run, request)
 
     # -- ends of trials -------------------------------------------------------------------------
     def _finish(self, link: Link, result: P.Result) -> None:
@@ -524,6 +507,7 @@ class Coordinator:
         if link in self._idle:
             self._idle.remove(link)
         self._awaiting = [(s, l) for s, l in self._awaiting if l is not link]
+        self._unsent = [u for u in self._unsent if u[1] is not link]
         reason = link.exit_reason()
         self.fleet.on_lost(link)
         if state is not None and state.trial_id is not None:

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet._optuna import storage_location
 from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT
-from tunefleet.checkpoint import default_root
+from tunefleet.checkpoint import ArtifactCheckpoints, default_root
 from tunefleet.errors import Interrupted, MirrorError, OptionError
 from tunefleet.hub._checkpoints import CheckpointKeeper
 from tunefleet.hub._beat import BEAT_INTERVAL
@@ -77,8 +77,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
             setup: Callable[[], Any] | None, grace: float = 5.0,
             worker_timeout: float | None = None, reclaim_window: float | None = None,
             seed: int | None = None, deterministic: bool = False,
-            checkpoint_dir: str | None = None, keep_checkpoints: bool = False,
-            max_worker_memory: int | str | None = None,
+            checkpoint_dir: str | None = None, checkpoint_store: Any = None,
+            keep_checkpoints: bool = False, max_worker_memory: int | str | None = None,
             storage_timeout: float | None = None) -> optuna.Study:
     """What ``tunefleet.optimize`` does; see there. ``make_fleet`` builds the fleet of workers
     (a backend of ``tunefleet.backends``), once the options are known to be good."""
@@ -109,6 +109,16 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         if not random_states(study.sampler):
             raise OptionError(f"deterministic=True needs a sampler with a random state to seed "
                              f"({type(study.sampler).__name__} has none)")
+    if checkpoint_store is not None:
+        if checkpoint_dir is not None:
+            raise OptionError("give checkpoint_dir (a folder) or checkpoint_store (an Optuna "
+                             "artifact store), not both")
+        missing = [m for m in ("open_reader", "write", "remove")
+                   if not callable(getattr(checkpoint_store, m, None))]
+        if missing:
+            raise OptionError(f"checkpoint_store must be an Optuna artifact store (such as "
+                             f"optuna.artifacts.FileSystemArtifactStore); "
+                             f"{type(checkpoint_store).__name__} has no {', '.join(missing)}")
     if max_worker_memory is not None:
         try:
             objective = MemoryLimited(objective, parse_size(max_worker_memory))
@@ -142,7 +152,8 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         if mirror is not None:
             mirror.close()
         raise
-    checkpoints = _checkpoint_keeper(study, checkpoint_dir, keep_checkpoints)
+    checkpoints = _checkpoint_keeper(study, run_study, mirror, checkpoint_dir,
+                                     checkpoint_store, keep_checkpoints)
     progress = Progress(show_progress_bar, n_trials, timeout, study.directions)
     coordinator = Coordinator(run_study, objective, fleet, n_workers=workers,
                               limits=Limits(n_trials, timeout), callbacks=callbacks, catch=catch,
@@ -156,27 +167,44 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
     finally:
         study._thread_local.in_optimize_loop = run_study._thread_local.in_optimize_loop = False
         release(run_study)
-        checkpoints.close()
-        if mirror is not None:
-            running = sys.exc_info()[1]
-            if running is None or isinstance(running, Interrupted):
-                mirror.close()  # waits for the durable storage; raises MirrorError on failure
-                _ENDS[study] = _run_end(run_study)  # all of it stored: memory says it right
-            else:
-                try:
-                    mirror.close()
-                except MirrorError as exc:
-                    if exc.__cause__ is running:  # the storage stopped the run: say that
-                        raise exc from running
-                    _logger.warning(f"{exc}")  # do not hide the run's own error
-                except Exception as exc:
-                    _logger.warning(f"{exc}")
+        try:
+            if mirror is not None:
+                _close_mirror(study, run_study, mirror, sys.exc_info()[1])
+        finally:
+            # After the mirror: replaced checkpoints in an artifact store go once the storage
+            # holds what replaced them.
+            checkpoints.close()
     return study
 
 
-def _checkpoint_keeper(study: optuna.Study, folder: str | None, keep: bool) -> CheckpointKeeper:
-    """The study's checkpoints: in ``folder``/STUDY, else beside its storage file (SQLite,
-    journal), else (a server, memory) in a folder of this run's own, removed at its end."""
+def _close_mirror(study: optuna.Study, run_study: optuna.Study, mirror: Any,
+                  running: BaseException | None) -> None:
+    """Wait for the durable storage to hold the run; its failure is raised unless the run is
+    already failing of something else (``running``), which is not hidden by it."""
+    if running is None or isinstance(running, Interrupted):
+        mirror.close()  # waits for the durable storage; raises MirrorError on failure
+        _ENDS[study] = _run_end(run_study)  # all of it stored: memory says it right
+        return
+    try:
+        mirror.close()
+    except MirrorError as exc:
+        if exc.__cause__ is running:  # the storage stopped the run: say that
+            raise exc from running
+        _logger.warning(f"{exc}")  # do not hide the run's own error
+    except Exception as exc:
+        _logger.warning(f"{exc}")
+
+
+def _checkpoint_keeper(study: optuna.Study, run_study: optuna.Study, mirror: Any,
+                       folder: str | None, artifacts: Any, keep: bool) -> CheckpointKeeper:
+    """The study's checkpoints: in the artifact store ``artifacts``, indexed in the study that
+    the run writes (``run_study``; through the mirror, when there is one, to the durable
+    storage), else in ``folder``/STUDY, else beside its storage file (SQLite, journal), else (a
+    server, memory) in a folder of this run's own, removed at its end."""
+    if artifacts is not None:
+        seq = (lambda: (mirror.seq, mirror.durable_seq)) if mirror is not None else None
+        return CheckpointKeeper(None, keep=keep, store=ArtifactCheckpoints(
+            artifacts, run_study._storage, run_study._study_id, seq))
     root = default_root(storage_location(study._storage), study.study_name, folder)
     if root is not None:
         return CheckpointKeeper(root, keep=keep)

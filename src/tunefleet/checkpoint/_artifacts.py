@@ -1,0 +1,220 @@
+"""Checkpoints in an Optuna artifact store (``FileSystemArtifactStore``, ``Boto3ArtifactStore``,
+``GCSArtifactStore``, ...): for users whose models belong in a bucket, not beside the study's
+storage file.
+
+An artifact store writes, reads and removes an artifact by id, and can neither list nor rename.
+So each file of a checkpoint is one artifact under a fresh id, and the index of a lineage's
+latest checkpoint (its version and its files' ids) is a study system attribute,
+``tunefleet:checkpoint:<lineage>``, set only once every file is written: a checkpoint is whole
+or absent, and a rerun of the study finds it in the storage. The artifacts of the checkpoint it
+replaces are removed only once the storage holds the new index (``seq``): a coordinator killed
+in between leaves an index whose files all exist.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+#: The study system attribute of a lineage's latest checkpoint (its first trial's number).
+INDEX_KEY = "tunefleet:checkpoint:"
+
+
+class ArtifactCheckpoints:
+    """A lineage's checkpoints in ``artifacts`` (any Optuna artifact store), indexed in the
+    study ``study_id`` of ``storage``. The same calls as :class:`.FolderStore` (``begin``,
+    ``commit``, ``abort``, ``remove``, ``manifest``, ``read``), so the hub's keeper serves
+    either.
+
+    Args:
+        seq: ``() -> (changes made, changes the durable storage holds)`` when ``storage`` is
+            written through to a durable one later (the hub's mirror); None when a write to
+            ``storage`` is already durable.
+    """
+
+    def __init__(self, artifacts: Any, storage: Any, study_id: int,
+                 seq: Callable[[], tuple[int, int]] | None = None) -> None:
+        self.artifacts = artifacts
+        self._storage = storage
+        self._study_id = study_id
+        self._seq = seq
+        self._index: dict[int, dict[str, Any]] = {}
+        self._doomed: list[tuple[int, list[str]]] = []  # (change, artifact ids) to remove
+        self._readers: dict[str, tuple[BinaryIO, int]] = {}  # artifact id: (reader, position)
+        # A save's folder: its lineage and the prefix of its artifacts' ids.
+        self._uploads: dict[Path, tuple[int, str]] = {}
+        self._entries: dict[int, dict[str, Any]] = {}  # every lineage's entry, as stored
+        stale: list[str] = []
+        for key, value in storage.get_study_system_attrs(study_id).items():
+            if key.startswith(INDEX_KEY) and value:
+                lineage = int(key[len(INDEX_KEY):])
+                # What a previous run, stopped, left: the files of checkpoints it replaced,
+                # and those of uploads it had begun.
+                stale += value.get("replaced", [])
+                for prefix in value.get("uploading", []):
+                    stale += self._uploaded(prefix)
+                entry = {"version": value.get("version"), "files": value.get("files", [])}
+                self._entries[lineage] = entry
+                if entry["files"]:
+                    self._index[lineage] = entry
+        self._remove_now(stale)
+
+    def begin(self, lineage: int) -> Path:
+        """A local, empty directory the next checkpoint is written into before its upload.
+        The prefix of its artifacts' ids goes into the index now: a run stopped during the
+        upload leaves no file that a rerun cannot find and remove."""
+        tmp = Path(tempfile.mkdtemp(prefix=f"tunefleet-checkpoint-{int(lineage)}-"))
+        self._uploads[tmp] = lineage, f"tunefleet-checkpoint-{uuid.uuid4().hex}"
+        self._set(lineage, dict(self._entries.get(lineage, {"version": None, "files": []})))
+        return tmp
+
+    def abort(self, tmp: Path) -> None:
+        self._uploads.pop(tmp, None)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def commit(self, lineage: int, tmp: Path, number: int) -> None:
+        """Upload the checkpoint written in ``tmp`` (from :meth:`begin`), one artifact per
+        file, then make it the latest of ``lineage`` in the index."""
+        version = f"{int(number):09d}-{time.time_ns():020d}"
+        _, prefix = self._uploads.pop(tmp)
+        files: list[list[Any]] = []
+        try:
+            for i, file in enumerate(sorted(p for p in tmp.rglob("*") if p.is_file())):
+                artifact_id = f"{prefix}-{i}"
+                with open(file, "rb") as f:  # streamed: never whole in memory
+                    self.artifacts.write(artifact_id, f)
+                files.append([file.relative_to(tmp).as_posix(), file.stat().st_size,
+                              artifact_id])
+        except BaseException:
+            self._remove_now([f[2] for f in files])
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        old = self._index.get(lineage)
+        if old is not None and old["version"] > version:  # a late save of a trial handed on
+            self._remove_now([f[2] for f in files])
+            return
+        # The replaced checkpoint's files are named in the new entry until they are removed:
+        # a run killed before that removes them when the study is run again.
+        self._set(lineage, {"version": version, "files": files,
+                            "replaced": _ids(old) if old is not None else []})
+        if old is not None:
+            self._drop(old)
+
+    def remove(self, lineage: int) -> None:
+        """Remove every checkpoint of ``lineage`` (its trial has finished)."""
+        old = self._index.get(lineage)
+        if old is not None:
+            self._set(lineage, {"files": [], "replaced": _ids(old)})
+            self._drop(old)
+
+    def manifest(self, lineage: int) -> tuple[str, list[tuple[str, int]]] | None:
+        """The latest checkpoint of ``lineage``: its version and its files with their sizes."""
+        entry = self._index.get(lineage)
+        if entry is None:
+            return None
+        return entry["version"], [(path, size) for path, size, _ in entry["files"]]
+
+    def read(self, lineage: int, version: str, path: str, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` of file ``path`` of checkpoint ``version``. A
+        file is read from start to end by one reader kept between calls (an S3 body cannot
+        seek)."""
+        entry = self._index.get(lineage)
+        found = [a for p, _, a in (entry["files"] if entry and entry["version"] == version
+                                   else []) if p == path]
+        if not found:
+            raise FileNotFoundError(f"no file {path} in checkpoint {version} of trial "
+                                    f"{lineage}: a newer checkpoint replaced it")
+        artifact_id = found[0]
+        reader, position = self._readers.pop(artifact_id, (None, 0))
+        if reader is not None and position != offset:
+            reader.close()
+            reader = None
+        if reader is None:
+            reader, position = self.artifacts.open_reader(artifact_id), 0
+            try:
+                reader.seek(offset)
+                position = offset
+            except (AttributeError, OSError, io.UnsupportedOperation):
+                pass
+            while position < offset:  # skip forward
+                skipped = reader.read(min(offset - position, 1 << 20))
+                if not skipped:
+                    break
+                position += len(skipped)
+        data = reader.read(size)
+        if len(data) < size:
+            reader.close()  # the end of the file
+        else:
+            self._readers[artifact_id] = (reader, position + len(data))
+        return data
+
+    def close(self) -> None:
+        """The run ends: readers close, and replaced checkpoints whose replacement the storage
+        now holds are removed (the rest stay, still indexed in what the storage holds)."""
+        for reader, _ in self._readers.values():
+            reader.close()
+        self._readers.clear()
+        self._collect()
+
+    def _set(self, lineage: int, entry: dict[str, Any]) -> None:
+        self._entries[lineage] = entry
+        if entry["files"]:
+            self._index[lineage] = entry
+        else:
+            self._index.pop(lineage, None)
+        uploading = [prefix for of, prefix in self._uploads.values() if of == lineage]
+        self._storage.set_study_system_attr(self._study_id, f"{INDEX_KEY}{int(lineage)}",
+                                            {**entry, "uploading": uploading})
+
+    def _uploaded(self, prefix: str) -> list[str]:
+        """The ids of the files an upload under ``prefix`` wrote (numbered from 0)."""
+        ids = []
+        while True:
+            artifact_id = f"{prefix}-{len(ids)}"
+            try:
+                self.artifacts.open_reader(artifact_id).close()
+            except Exception:  # ArtifactNotFound: the upload wrote no more
+                return ids
+            ids.append(artifact_id)
+
+    def _drop(self, entry: dict[str, Any]) -> None:
+        ids = _ids(entry)
+        for artifact_id in ids:
+            reader = self._readers.pop(artifact_id, None)
+            if reader is not None:
+                reader[0].close()
+        if self._seq is None:
+            self._remove_now(ids)
+        else:
+            self._doomed.append((self._seq()[0], ids))
+            self._collect()
+
+    def _collect(self) -> None:
+        if not self._doomed:
+            return
+        durable = self._seq()[1] if self._seq is not None else None
+        keep = []
+        for change, ids in self._doomed:
+            if durable is None or change <= durable:
+                self._remove_now(ids)
+            else:
+                keep.append((change, ids))
+        self._doomed = keep
+
+    def _remove_now(self, ids: list[str]) -> None:
+        for artifact_id in ids:
+            try:
+                self.artifacts.remove(artifact_id)
+            except Exception:
+                pass  # already gone (ArtifactNotFound), or the store is away: an orphan file
+
+
+def _ids(entry: dict[str, Any]) -> list[str]:
+    """The artifact ids of an index entry's files."""
+    return [f[2] for f in entry["files"]]
