@@ -3,7 +3,8 @@ and Slurm tests of trials that survive their workers.
 
 Every step it runs is one line ``trial step`` appended to TF_STEP_LOG/<pid> (one write, so the
 files always hold whole lines): the tests count the steps run against the ideal, and wait for
-a worker seen mid-trial before they kill or stop it."""
+a worker seen mid-trial before they kill or stop it. With TF_BEGUN_LOG, TF_BEGUN_LOG/<pid>
+holds the step begun last (``trial step``), written before its sleep."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ def stepping(trial: optuna.Trial) -> float:
     ckpt = tunefleet.checkpoint.load(trial)
     start = int((ckpt / "step").read_text()) + 1 if ckpt else 0
     log = os.path.join(os.environ["TF_STEP_LOG"], str(os.getpid()))
+    begun = os.environ.get("TF_BEGUN_LOG")  # "trial step" of the step now begun, if set
     for step in range(start, steps):
+        if begun:
+            with open(os.path.join(begun, str(os.getpid())), "w") as f:
+                f.write(f"{trial.number} {step}")
         time.sleep(float(os.environ.get("TF_SLEEP", "0.1")))
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:

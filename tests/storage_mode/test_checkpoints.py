@@ -122,13 +122,16 @@ def test_the_grace_period_ends_a_trial_that_does_not_save(cli, tmp_path):
     assert cli("init", "--storage", url, "--study", "ck", "--sampler", "random").returncode == 0
     log = tmp_path / "steps"
     log.mkdir()
-    env = {"TF_STEP_LOG": str(log), "TF_STEPS": "3"}
+    begun = tmp_path / "begun"
+    begun.mkdir()
+    env = {"TF_STEP_LOG": str(log), "TF_STEPS": "3", "TF_BEGUN_LOG": str(begun)}
     [proc] = start_workers(1, url, "ck", 1, target=STEPPING, sleep="3", extra=("--grace", "0.5"),
                            env=env)
-    saved = tmp_path / "study.db.checkpoints" / "ck" / "0"
-    wait_until(lambda: saved.exists() and [n for n in saved.iterdir()
-                                           if not n.name.startswith(".")],
-               60, "the first step's checkpoint")
+    # Step 1 has begun (its 3 s sleep): step 0's checkpoint is saved, and no save comes
+    # before the grace period ends. (Stopped inside step 0's save, it would be handed back
+    # at that save's end instead.)
+    wait_until(lambda: any(p.read_text() == "0 1" for p in begun.iterdir()), 60,
+               "step 1 to begin")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 143, err
