@@ -164,14 +164,10 @@ def _study(tmp_path: Path) -> optuna.Study:
     return optuna.load_study(study_name="tunefleet", storage=f"sqlite:///{tmp_path}/run.db")
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("how", ["sigkill-all", "sigterm"])
-def test_a_stopped_run_run_again_continues_its_trials(tmp_path, how):
-    """``sigkill-all``: the run and its workers killed at once (the job's processes ended).
-    ``sigterm``: the coordinator stopped as ``kill`` or Slurm stops it, with a short grace."""
-    log = tmp_path / "log"
-    log.mkdir()
-    first = _start(tmp_path, log)
+def _stop_when_two_are_busy(first: subprocess.Popen, log: Path, how: str) -> set[int]:
+    """Once both workers of FIRST (a run of 15-step trials) are past step 3 of a trial, kill
+    the run and its workers at once (``sigkill-all``) or SIGTERM the run (``sigterm``); the
+    trials cut short, once every process of the run has gone."""
 
     def two_busy() -> bool:
         if first.poll() is not None:
@@ -184,11 +180,21 @@ def test_a_stopped_run_run_again_continues_its_trials(tmp_path, how):
     else:
         os.kill(first.pid, signal.SIGTERM)
     first.communicate(timeout=60)
-    # Every process of the first run has gone before the second starts.
     wait_until(lambda: not any(co.alive(pid) for pid in co.now(log)), 30,
                "the first run's workers to exit")
     cut = {n for _, (n, s) in co.now(log).items() if s < 14}
     assert len(cut) == 2, co.now(log)
+    return cut
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["sigkill-all", "sigterm"])
+def test_a_stopped_run_run_again_continues_its_trials(tmp_path, how):
+    """``sigkill-all``: the run and its workers killed at once (the job's processes ended).
+    ``sigterm``: the coordinator stopped as ``kill`` or Slurm stops it, with a short grace."""
+    log = tmp_path / "log"
+    log.mkdir()
+    cut = _stop_when_two_are_busy(_start(tmp_path, log), log, how)
     second = _start(tmp_path, log)
     _, err = second.communicate(timeout=240)
     assert second.returncode == 0, err[-3000:]
@@ -374,20 +380,7 @@ def test_a_killed_run_run_again_continues_from_the_artifact_store(tmp_path):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
 
-    first = start()
-
-    def two_busy() -> bool:
-        if first.poll() is not None:
-            raise AssertionError(f"the run ended early: {first.communicate()[1][-2000:]}")
-        return sum(3 <= s < 8 for _, s in co.now(log).values()) == 2
-
-    wait_until(two_busy, 120, "both workers past step 3 of a trial", interval=0.02)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.communicate(timeout=60)
-    wait_until(lambda: not any(co.alive(pid) for pid in co.now(log)), 30,
-               "the first run's workers to exit")
-    cut = {n for _, (n, s) in co.now(log).items() if s < 14}
-    assert len(cut) == 2, co.now(log)
+    cut = _stop_when_two_are_busy(start(), log, "sigkill-all")
     assert list((tmp_path / "bucket").iterdir())  # their checkpoints are in the bucket
     second = start()
     _, err = second.communicate(timeout=240)

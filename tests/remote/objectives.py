@@ -81,6 +81,15 @@ def sleepy(trial: optuna.Trial) -> float:
     return (x - 2) ** 2
 
 
+def reports_steadily(trial: optuna.Trial) -> float:
+    """20 reports, 0.1 s apart: the worker sends them on their own every 0.5 s."""
+    x = trial.suggest_float("x", -10, 10)
+    for step in range(20):
+        trial.report(x + step, step)
+        time.sleep(0.1)
+    return (x - 2) ** 2
+
+
 def sleepy_noted(trial: optuna.Trial) -> float:
     """``sleepy`` that notes each trial number it starts in ./started/ (the worker's folder)."""
     Path("started").mkdir(exist_ok=True)

@@ -285,3 +285,80 @@ def test_one_worker_command_forks_several_workers_that_share_the_study(procs, tm
     used = {t.system_attrs[attrs.WORKER] for t in load(tmp_path).trials}
     assert len(used) == 4  # each forked worker took trials, under its own pid
     finish(worker, timeout=30)  # the parent exits 0 once its workers saw the study done
+
+
+def test_a_worker_keeps_its_result_through_a_rejoin_that_fails(procs, tmp_path):
+    """A worker whose coordinator died keeps the result of the trial it was running, for the
+    coordinator started again to reclaim. A rejoin that fails after its Hello (that
+    coordinator drops it, or dies in turn) must not lose it: the next Hello still carries it.
+    It was dropped there, and the trial then waited out the reclaim window and was failed and
+    run again (the lab's hub-host test, once in a CI rehearsal)."""
+    from tunefleet.hub import _protocol as P
+    from tunefleet.transport import TcpListener, load_key
+
+    serve = procs.serve(f"{TARGET}:sleepy", 0, "--n-trials", "20", "--sampler", "random")
+    port = procs.port_of(serve)
+    worker = procs.worker(port, "hub.key", "--reconnect-timeout", "120")
+    def past_its_suggest() -> bool:  # (a trial cut at its suggest has no result to keep)
+        try:
+            return any(t.state == TrialState.RUNNING and "x" in t.params
+                       for t in load(tmp_path).get_trials(deepcopy=False))
+        except Exception:  # the study is not created yet
+            return False
+
+    wait_until(past_its_suggest, 120, "a trial past its suggest", interval=0.02)
+    serve.kill()  # in the middle of the worker's trial (0.3 s)
+    serve.communicate(timeout=30)
+    listener = TcpListener(f"tcp://127.0.0.1:{port}", load_key(str(tmp_path / "hub.key")))
+    hellos: list[P.Hello] = []
+    try:
+        def next_hello() -> bool:
+            if worker.poll() is not None:
+                raise AssertionError(f"the worker exited: {worker.communicate()[1][-2000:]}")
+            for link, raw in listener.poll(0.1):
+                if raw is not None and type(P.decode(raw)) is P.Hello:
+                    hellos.append(P.decode(raw))
+                    listener.drop(link)  # dropped right after its Hello
+                    return True
+            return False
+
+        for n in (1, 2):
+            wait_until(next_hello, 120, f"the worker's Hello number {n}")
+    finally:
+        listener.close()
+        worker.kill()
+        worker.communicate(timeout=30)
+    numbers = [[number for number, _ in hello.reclaim] for hello in hellos]
+    assert numbers[0] and numbers[1] == numbers[0], numbers
+
+
+@pytest.mark.timeout(300)
+def test_a_trial_whose_coordinator_died_between_reports_is_finished_and_reclaimed(procs,
+                                                                                  tmp_path):
+    """The coordinator dies while a rejoining worker's trial reports (the reports go out on
+    their own, with no reply): the trial runs on, and the coordinator started again keeps its
+    result with every report, instead of the trial ending at its next report and being failed
+    once the reclaim window closed (the lab's hub-host test, once in a CI rehearsal)."""
+    args = ("--n-trials", "3", "--sampler", "random")
+    serve = procs.serve(f"{TARGET}:reports_steadily", 0, *args)
+    port = procs.port_of(serve)
+    worker = procs.worker(port, "hub.key", "--reconnect-timeout", "120")
+
+    def reporting() -> bool:  # a trial whose first reports the coordinator has stored
+        try:
+            return any(t.state == TrialState.RUNNING and len(t.intermediate_values) >= 3
+                       for t in load(tmp_path).get_trials(deepcopy=False))
+        except Exception:  # the study is not created yet
+            return False
+
+    wait_until(reporting, 120, "a trial's first reports stored", interval=0.02)
+    serve.kill()
+    serve.communicate(timeout=30)
+    again = procs.serve(f"{TARGET}:reports_steadily", port, *args, "--reclaim-window", "120")
+    out, err = finish(again, timeout=240)
+    finish(worker, 60)
+    trials = load(tmp_path).trials
+    # No FAIL and no retry: the cut trial kept its number and got its result.
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, err[-3000:]
+    for t in trials:
+        assert sorted(t.intermediate_values) == list(range(20)), t.intermediate_values

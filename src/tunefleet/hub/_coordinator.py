@@ -242,9 +242,13 @@ class Coordinator:
                 self._finish(link, result)
             return
         trial = optuna.Trial(self.study, trial_id)
-        self._running[trial_id] = _Running(trial, link, {}, lineage(trial._cached_frozen_trial))
+        frozen = trial._cached_frozen_trial
+        self._running[trial_id] = _Running(trial, link, {}, lineage(frozen))
         _logger.info(f"Trial {number}: result reclaimed from worker {link.name}")
-        self._finish(link, result._replace(trial_id=trial_id))
+        # Its ops include those the dead coordinator may have had: reports stored are skipped.
+        ops = [op for op in result.ops
+               if not (type(op) is P.Report and op.step in frozen.intermediate_values)]
+        self._finish(link, result._replace(trial_id=trial_id, ops=ops))
 
     def _settle_orphans(self, force: bool = False) -> None:
         """Close the reclaim window: fail the orphans nobody brought back, and retry them."""

@@ -25,7 +25,7 @@ import optuna
 from optuna import distributions as D
 
 from tunefleet._optuna import ThreadLocalStudyAttribute, optuna_warn, single_value
-from tunefleet.errors import NotInWorker
+from tunefleet.errors import CoordinatorGone, NotInWorker
 from tunefleet.hub import _protocol as P
 
 FLUSH_EVERY = 0.5  # seconds: buffered reports older than this go out without waiting
@@ -56,7 +56,9 @@ class ProxyTrial(optuna.trial.Trial):
                  trial_id: int, number: int, datetime_start: datetime.datetime | None,
                  fixed_params: dict[str, Any], presampled: dict[str, Any],
                  space: dict[str, D.BaseDistribution], user_attrs: dict[str, Any],
-                 study_info: StudyInfo | None = None) -> None:
+                 study_info: StudyInfo | None = None, rejoins: bool = False) -> None:
+        """``rejoins``: the worker joins a coordinator started again and hands it the result,
+        so a trial whose coordinator died between calls runs on instead of ending there."""
         # Deliberately not calling Trial.__init__: it needs the study and its storage.
         self._call = call
         self._send_ops = send_ops
@@ -67,6 +69,12 @@ class ProxyTrial(optuna.trial.Trial):
         self._space = space
         self._cached_frozen_trial = _LocalTrialState(number, datetime_start, user_attrs)
         self._ops: list[P.Op] = []
+        # Ops sent on their own since the last reply: a coordinator that died may not have
+        # them, so a result kept for the coordinator started again carries them (see
+        # hub/_worker.py). Once it is gone, ops wait in _ops and the trial runs on.
+        self._unconfirmed: list[P.Op] = []
+        self._gone = False
+        self._rejoins = rejoins
         self._last_flush = time.monotonic()
         self._constraints: dict[str, float] = {}
         self._study_info = study_info or StudyInfo()
@@ -199,14 +207,24 @@ class ProxyTrial(optuna.trial.Trial):
     def _rpc(self, request: P.Request) -> Any:
         ops, self._ops = self._ops, []
         self._last_flush = time.monotonic()
-        return self._call(self._trial_id, ops, request)
+        answer = self._call(self._trial_id, ops, request)
+        self._unconfirmed = []  # a reply: the coordinator has every op sent before it
+        return answer
 
     def _maybe_flush(self) -> None:
         now = time.monotonic()
-        if now - self._last_flush >= FLUSH_EVERY:
+        if now - self._last_flush >= FLUSH_EVERY and not self._gone:
             ops, self._ops = self._ops, []
             self._last_flush = now
-            self._send_ops(self._trial_id, ops)
+            try:
+                self._send_ops(self._trial_id, ops)
+            except CoordinatorGone:  # the trial runs on; its result is kept for a new one
+                if not self._rejoins:
+                    raise
+                self._gone = True
+                self._ops = ops + self._ops
+                return
+            self._unconfirmed += ops
 
     def _take_ops(self) -> list[P.Op]:
         ops, self._ops = self._ops, []

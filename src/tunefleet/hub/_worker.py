@@ -159,6 +159,7 @@ def serve(channel: Channel, label: str | None = None,
             try:
                 channel.send(P.encode(P.Hello(os.getpid(), socket.gethostname(), label, reclaim)))
                 msg = P.decode(channel.recv())
+                reclaim = []  # answered: the coordinator has kept them
                 if type(msg) is P.Stop:
                     return _stopped(msg, isinstance(channel, PipeChannel))
                 if config is None:
@@ -175,11 +176,13 @@ def serve(channel: Channel, label: str | None = None,
                 local = isinstance(channel, PipeChannel)
                 channel = BeatingChannel(channel)  # liveness for the coordinator's timeout
                 checkpoint.install_preemption(config.grace)
-                return _trial_loop(channel, config, local)
+                return _trial_loop(channel, config, local, rejoins=reconnect is not None)
             except CoordinatorGone as exc:
                 if reconnect is None:
                     return 0
-                reclaim = [exc.result] if isinstance(exc, _Lost) and exc.result else []
+                if isinstance(exc, _Lost):  # lost while running trials: its last result
+                    reclaim = [exc.result] if exc.result else []
+                # else lost before the Hello was answered: the results it carried are kept
                 channel.close()
                 channel = reconnect()  # CoordinatorGone once it gives up: exit 0
     except CoordinatorGone:
@@ -202,7 +205,8 @@ def _stopped(msg: P.Stop, local: bool = False) -> int:
     return 1
 
 
-def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
+def _trial_loop(channel: Channel, config: WorkerConfig, local: bool,
+                rejoins: bool = False) -> int:
     def call(trial_id: int, ops: list[P.Op], request: P.Request) -> Any:
         channel.send(P.encode(P.Call(trial_id, ops, request)))
         reply = P.decode(channel.recv())
@@ -217,6 +221,7 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
         channel.send(P.encode(P.Ops(trial_id, ops)))
 
     result: P.Result | None = None
+    unconfirmed: list[P.Op] = []  # the last trial's ops that no reply confirmed
     number = -1
     space: dict = {}  # the search space known to the coordinator, sent when it changes
     study_info = StudyInfo()
@@ -228,7 +233,9 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
             channel.send(P.encode(P.Next(result, leaving)))
             msg = P.decode(channel.recv())  # a reply means the coordinator has the result
         except CoordinatorGone as exc:
-            raise _Lost(str(exc), (number, result) if result is not None else None) from None
+            kept = (number, result._replace(ops=unconfirmed + list(result.ops))) \
+                if result is not None else None
+            raise _Lost(str(exc), kept) from None
         if type(msg) is not P.NewTrial:
             return _stopped(msg, local) if type(msg) is P.Stop else 0
         number = msg.number
@@ -236,12 +243,13 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool) -> int:
             space = msg.space
         trial = ProxyTrial(call, send_ops, config.n_objectives, msg.trial_id, number,
                            msg.datetime_start, msg.fixed_params, msg.presampled, space,
-                           msg.user_attrs, study_info)
+                           msg.user_attrs, study_info, rejoins)
         session = (checkpoint.LocalSession(store, number, msg.lineage) if store is not None
                    else RemoteSession(trial._rpc, number, msg.lineage))
         with checkpoint.running(session):  # load/save find the session while the objective runs
             children.trial_started()
             result = run_objective(config, trial)
+        unconfirmed = trial._unconfirmed
         children.trial_ended()  # processes the trial left running end with it
         # Only a process the fleet started here is replaced; one that joined over TCP, or
         # runs inside an engine's long-lived process, would just be gone.
