@@ -105,7 +105,8 @@ def _sqlite_path(url: str) -> str | None:
 
 def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
                  grace_period: int | None = None, sqlite_wal: bool = False,
-                 create: bool = True) -> optuna.storages.BaseStorage:
+                 create: bool = True,
+                 idle_transaction_limit: float | None = None) -> optuna.storages.BaseStorage:
     """Return the storage a URL names: ``sqlite://``, ``postgresql://``, ``mysql://``,
     ``journal:///path`` or a path ending in ``.log`` (Optuna's journal file), or ``:memory:``.
 
@@ -115,7 +116,12 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
     file on a local disk (WAL needs shared memory, which network file systems lack).
 
     ``create=False`` is for commands that only read (``best``, ``report``): a SQLite or journal
-    file that does not exist is an error there, not a new empty study database."""
+    file that does not exist is an error there, not a new empty study database.
+
+    ``idle_transaction_limit`` (seconds; PostgreSQL): the server ends this client's session
+    when it leaves a transaction open that long. A worker cut off by the network in the middle
+    of a write otherwise holds its locks until the server's TCP keepalive notices, hours later,
+    and the workers that fail its trial wait on them."""
     url = url or DEFAULT_STORAGE
     if url in (":memory:", "memory", "inmemory"):
         return optuna.storages.InMemoryStorage()
@@ -147,6 +153,13 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None,
     if heartbeat_interval is not None:
         kwargs["heartbeat_interval"] = heartbeat_interval
         kwargs["grace_period"] = grace_period
+    if idle_transaction_limit is not None and engine_url.startswith("postgresql"):
+        from sqlalchemy.engine import make_url
+
+        given = make_url(engine_url).query.get("options")  # the user's own -c settings stay
+        limit = f"-c idle_in_transaction_session_timeout={int(idle_transaction_limit * 1000)}"
+        options = f"{given} {limit}" if isinstance(given, str) else limit
+        kwargs["engine_kwargs"] = {"connect_args": {"options": options}}
     try:
         if sqlite_file is not None and create:
             # Two processes that create a new file's tables at once fail ("UNIQUE constraint

@@ -93,3 +93,40 @@ def test_what_the_objective_leaves_running_ends_with_the_worker(tmp_path):
         except psutil.Error:
             continue
     assert not left
+
+
+def test_a_worker_cut_off_inside_a_transaction_holds_no_lock_past_the_grace_period(postgres):
+    """PostgreSQL: a worker cut off by the network inside a write to its trial (Optuna's
+    writes lock the trial's row: SELECT ... FOR UPDATE) leaves its transaction open on the
+    server, which keeps it, and the lock, until its TCP keepalive notices, hours later. The
+    other workers, failing that trial, waited on the lock for as long. The server now ends such
+    a session after the grace period."""
+    import threading
+
+    import optuna
+    from sqlalchemy import text
+
+    from tunefleet.storage_mode._db import open_worker_storage
+
+    url = postgres.new_database("cut_off_in_a_transaction")
+    storage = open_worker_storage(url, heartbeat_interval=1, grace_period=3)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial_id = storage.create_new_trial(study._study_id)
+    storage.record_heartbeat(trial_id)
+    held = storage.engine.connect()  # the cut-off worker's connection
+    held.begin()
+    held.execute(text("SELECT trial_id FROM trials WHERE trial_id = :t FOR UPDATE"),
+                 {"t": trial_id})  # as in trial.report: then the network goes
+    other = optuna.storages.RDBStorage(url)  # another worker failing the trial
+    done = threading.Event()
+
+    def fail_it() -> None:
+        other.set_trial_state_values(trial_id, TrialState.FAIL)
+        done.set()
+
+    threading.Thread(target=fail_it, daemon=True).start()
+    assert done.wait(60), "the other worker still waits on the cut-off worker's lock"
+    assert other.get_trial(trial_id).state == TrialState.FAIL
+    with pytest.raises(Exception):  # the server ended the cut-off session
+        held.execute(text("SELECT 1"))
+    held.invalidate()

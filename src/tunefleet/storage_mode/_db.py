@@ -54,8 +54,13 @@ def open_worker_storage(url: str | None, *, heartbeat_interval: int | None = Non
     if url.startswith("sqlite:///"):
         url = with_sqlite_timeout(url)
     if is_rdb_url(url) and heartbeat_interval is not None:
+        # A worker cut off in the middle of a write must not hold its locks past the grace
+        # period: the others then fail its trial (an UPDATE of its heartbeat locks the trial's
+        # row against their SELECT ... FOR UPDATE).
+        limit = float(grace_period) if grace_period else None
         store = with_backoff(lambda: open_storage(url, heartbeat_interval=heartbeat_interval,
-                                                  grace_period=grace_period),
+                                                  grace_period=grace_period,
+                                                  idle_transaction_limit=limit),
                              what="open storage", retry_if=is_schema_race, max_wait=120,
                              outage_wait=storage_timeout)
     else:
