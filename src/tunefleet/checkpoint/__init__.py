@@ -20,6 +20,6 @@ from tunefleet.checkpoint._session import (LocalSession, Preempted, Session, cur
                                            stop_requested)
 from tunefleet.checkpoint._store import FolderStore, default_root
 
-__all__ = ["load", "save", "ArtifactCheckpoints", "FolderStore", "default_root", "Session", "LocalSession",
-           "Preempted", "current", "running", "request_stop", "reset_stop", "stop_deadline",
+__all__ = ["load", "save", "ArtifactCheckpoints", "FolderStore", "default_root", "Session",
+           "LocalSession", "Preempted", "current", "running", "request_stop", "reset_stop", "stop_deadline",
            "stop_requested", "install_preemption", "in_trial"]

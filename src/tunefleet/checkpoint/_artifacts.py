@@ -43,12 +43,12 @@ class ArtifactCheckpoints:
         self._storage = storage
         self._study_id = study_id
         self._seq = seq
-        self._index: dict[int, dict[str, Any]] = {}
         self._doomed: list[tuple[int, list[str]]] = []  # (change, artifact ids) to remove
         self._readers: dict[str, tuple[BinaryIO, int]] = {}  # artifact id: (reader, position)
         # A save's folder: its lineage and the prefix of its artifacts' ids.
         self._uploads: dict[Path, tuple[int, str]] = {}
-        self._entries: dict[int, dict[str, Any]] = {}  # every lineage's entry, as stored
+        # Every lineage's entry, as stored; one with files names its latest checkpoint.
+        self._entries: dict[int, dict[str, Any]] = {}
         stale: list[str] = []
         for key, value in storage.get_study_system_attrs(study_id).items():
             if key.startswith(INDEX_KEY) and value:
@@ -58,10 +58,8 @@ class ArtifactCheckpoints:
                 stale += value.get("replaced", [])
                 for prefix in value.get("uploading", []):
                     stale += self._uploaded(prefix)
-                entry = {"version": value.get("version"), "files": value.get("files", [])}
-                self._entries[lineage] = entry
-                if entry["files"]:
-                    self._index[lineage] = entry
+                self._entries[lineage] = {"version": value.get("version"),
+                                          "files": value.get("files", [])}
         self._remove_now(stale)
 
     def begin(self, lineage: int) -> Path:
@@ -91,13 +89,13 @@ class ArtifactCheckpoints:
                 files.append([file.relative_to(tmp).as_posix(), file.stat().st_size,
                               artifact_id])
         except BaseException:
-            self._remove_now([f[2] for f in files])
+            self._remove_now(_ids({"files": files}))
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        old = self._index.get(lineage)
+        old = self._latest(lineage)
         if old is not None and old["version"] > version:  # a late save of a trial handed on
-            self._remove_now([f[2] for f in files])
+            self._remove_now(_ids({"files": files}))
             return
         # The replaced checkpoint's files are named in the new entry until they are removed:
         # a run killed before that removes them when the study is run again.
@@ -108,14 +106,14 @@ class ArtifactCheckpoints:
 
     def remove(self, lineage: int) -> None:
         """Remove every checkpoint of ``lineage`` (its trial has finished)."""
-        old = self._index.get(lineage)
+        old = self._latest(lineage)
         if old is not None:
             self._set(lineage, {"files": [], "replaced": _ids(old)})
             self._drop(old)
 
     def manifest(self, lineage: int) -> tuple[str, list[tuple[str, int]]] | None:
         """The latest checkpoint of ``lineage``: its version and its files with their sizes."""
-        entry = self._index.get(lineage)
+        entry = self._latest(lineage)
         if entry is None:
             return None
         return entry["version"], [(path, size) for path, size, _ in entry["files"]]
@@ -124,7 +122,7 @@ class ArtifactCheckpoints:
         """Up to ``size`` bytes at ``offset`` of file ``path`` of checkpoint ``version``. A
         file is read from start to end by one reader kept between calls (an S3 body cannot
         seek)."""
-        entry = self._index.get(lineage)
+        entry = self._latest(lineage)
         found = [a for p, _, a in (entry["files"] if entry and entry["version"] == version
                                    else []) if p == path]
         if not found:
@@ -162,12 +160,13 @@ class ArtifactCheckpoints:
         self._readers.clear()
         self._collect()
 
+    def _latest(self, lineage: int) -> dict[str, Any] | None:
+        """The entry of ``lineage``'s latest checkpoint, or None when it has none."""
+        entry = self._entries.get(lineage)
+        return entry if entry is not None and entry["files"] else None
+
     def _set(self, lineage: int, entry: dict[str, Any]) -> None:
         self._entries[lineage] = entry
-        if entry["files"]:
-            self._index[lineage] = entry
-        else:
-            self._index.pop(lineage, None)
         uploading = [prefix for of, prefix in self._uploads.values() if of == lineage]
         self._storage.set_study_system_attr(self._study_id, f"{INDEX_KEY}{int(lineage)}",
                                             {**entry, "uploading": uploading})

@@ -326,9 +326,11 @@ class Coordinator:
         if ready:
             self._awaiting = [(s, l) for s, l in self._awaiting if l not in ready]
             self._dispatch_again(ready)
-        for seq, link, reply in [u for u in self._unsent if durable is None or u[0] <= durable]:
-            self._unsent.remove((seq, link, reply))
-            link.send(reply)  # (a worker lost meanwhile has no entry left: see _on_lost)
+        stored = [u for u in self._unsent if durable is None or u[0] <= durable]
+        if stored:
+            self._unsent = [u for u in self._unsent if u not in stored]
+            for _, link, reply in stored:  # (a worker lost meanwhile has none: see _on_lost)
+                link.send(reply)
 
     def _on_call(self, link: Link, state: _WorkerState, msg: P.Call) -> None:
         try:
