@@ -4,19 +4,26 @@ using up no retry (issue 19)."""
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 from collections import Counter
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import TrialState
 
 from tests.helpers import wait_until
 from tests.storage_mode.test_fleet import start_workers, trials_of, wait_all
 from tunefleet import _attrs as attrs
+from tunefleet._studies import open_storage
+from tunefleet.checkpoint import ArtifactCheckpoints
+from tunefleet.checkpoint._artifacts import INDEX_KEY
 
 STEPPING = f"{Path(__file__).parent / 'checkpointed.py'}:stepping"
+BUCKET = f"{Path(__file__).parent / 'checkpointed.py'}:bucket"
 TRIALS, STEPS = 9, 20
 
 
@@ -50,7 +57,8 @@ def fleet(tmp_path: Path, n: int, extra: tuple[str, ...] = ()):
     log = tmp_path / "steps"
     log.mkdir()
     procs = start_workers(n, url, "ck", TRIALS, target=STEPPING, sleep="0.1", extra=extra,
-                          env={"TF_STEP_LOG": str(log), "TF_STEPS": str(STEPS)})
+                          env={"TF_STEP_LOG": str(log), "TF_STEPS": str(STEPS),
+                               "TF_BUCKET": str(tmp_path / "bucket")})
     return url, log, procs
 
 
@@ -58,17 +66,26 @@ def assert_all_complete(url: str, tmp_path: Path) -> list:
     trials = trials_of(url, "ck")
     assert sum(t.state == TrialState.COMPLETE for t in trials) == TRIALS
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    # Every trial ended for good: its checkpoints are gone.
+    # Every trial ended for good: its checkpoints are gone, from the folder or the bucket.
     root = tmp_path / "study.db.checkpoints" / "ck"
     assert not list(root.iterdir()) if root.exists() else True
+    bucket = tmp_path / "bucket"
+    assert not list(bucket.iterdir()) if bucket.exists() else True
     return trials
 
 
 @pytest.mark.timeout(180)
-def test_a_killed_workers_trial_continues_from_its_checkpoint(cli, tmp_path):
+@pytest.mark.parametrize("store", ["folder", "artifact-store"])
+def test_a_killed_workers_trial_continues_from_its_checkpoint(cli, tmp_path, store):
+    """With the folder beside the SQLite file, and with ``--checkpoint-store`` (an Optuna
+    artifact store, as workers that share no disk use)."""
     assert cli("init", "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--study", "ck",
                "--sampler", "random").returncode == 0
-    url, log, procs = fleet(tmp_path, 3)
+    extra: tuple[str, ...] = ()
+    if store == "artifact-store":
+        (tmp_path / "bucket").mkdir()
+        extra = ("--checkpoint-store", BUCKET)
+    url, log, procs = fleet(tmp_path, 3, extra)
     victim = mid_trial(log, procs)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -85,6 +102,54 @@ def test_a_killed_workers_trial_continues_from_its_checkpoint(cli, tmp_path):
     assert runs[retry.number, 0] == 0 and runs[retry.number, killed_at + 1] == 1
     assert runs[number, 0] == 1
     assert sum(runs.values()) <= 1.1 * TRIALS * STEPS, sum(runs.values())
+    if store == "artifact-store":
+        assert list(tmp_path.glob("*.checkpoints")) == []  # nothing went to a folder
+        study = optuna.load_study(study_name="ck", storage=url)
+        entries = {k: v for k, v in study._storage.get_study_system_attrs(study._study_id).items()
+                   if k.startswith(INDEX_KEY)}
+        assert entries and all(not v["files"] and not v.get("uploading") for v in
+                               entries.values()), entries
+
+
+def test_a_later_attempt_takes_its_lineage_over_in_a_shared_artifact_store(tmp_path):
+    """Storage mode's index on an artifact store, two workers' views of one SQLite study: the
+    worker that continues a lineage removes the upload its dead predecessor cut short, and a
+    late save of that predecessor (stopped, then woken) is dropped, files and all."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(storage=url, study_name="ck")
+    first, second = (ArtifactCheckpoints(FileSystemArtifactStore(str(bucket)),
+                                         open_storage(url), study._study_id, shared=True)
+                     for _ in range(2))
+    # Trial 0 (lineage 0) saves once, then begins a second save and stops mid-upload.
+    saved = first.session(0, 0)
+    with_file(saved.begin(), "a", b"step 1", commit=saved.commit)
+    late = saved.begin()
+    (late / "a").write_bytes(b"step 2")
+    stale_prefix = first._uploads[late][1]
+    first.artifacts.write(f"{stale_prefix}-0", io.BytesIO(b"cut"))  # its upload, cut short
+    # Trial 5 continues lineage 0 on the other worker: it loads step 1, and the cut upload goes.
+    retry = second.session(5, 0)
+    loaded = retry.latest()
+    assert (loaded / "a").read_bytes() == b"step 1"
+    assert not (bucket / f"{stale_prefix}-0").exists()
+    with_file(retry.begin(), "a", b"step 3", commit=retry.commit)
+    # Trial 0's worker wakes up and finishes its save: dropped, as trial 5 owns the lineage.
+    saved.commit(late)
+    check = second.session(6, 0)
+    assert (check.latest() / "a").read_bytes() == b"step 3"
+    check.close()
+    retry.close()
+    assert len(list(bucket.iterdir())) == 1  # step 3's file alone
+    second.remove(0)
+    assert list(bucket.iterdir()) == []
+    assert study._storage.get_study_system_attrs(study._study_id)[f"{INDEX_KEY}0"]["files"] == []
+
+
+def with_file(folder: Path, name: str, data: bytes, commit) -> None:
+    (folder / name).write_bytes(data)
+    commit(folder)
 
 
 @pytest.mark.timeout(180)
@@ -142,3 +207,36 @@ def test_the_grace_period_ends_a_trial_that_does_not_save(cli, tmp_path):
     wait_all(start_workers(1, url, "ck", 1, target=STEPPING, sleep="0.1", env=env), timeout=60)
     runs = steps_run(log)
     assert runs == Counter({(0, 0): 1, (1, 1): 1, (1, 2): 1})
+
+
+@pytest.mark.parametrize("command", ["worker", "run"])
+def test_the_checkpoint_store_of_the_command_line_keeps_the_checkpoints(cli, tmp_path, command):
+    """``--checkpoint-store module:function``, in storage mode (``worker``) and hub mode
+    (``run``): with ``--keep-checkpoints`` the bucket holds each trial's last checkpoint."""
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    log = tmp_path / "steps"
+    log.mkdir()
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = cli(command, STEPPING, "--storage", url, "--study", "ck", "--n-trials", "2",
+                 "--checkpoint-store", BUCKET, "--keep-checkpoints", "-q"
+                 if command == "worker" else "--no-progress",
+                 env={"TF_STEP_LOG": str(log), "TF_STEPS": "3", "TF_SLEEP": "0",
+                      "TF_BUCKET": str(bucket)})
+    assert result.returncode == 0, result.stderr
+    assert len(list(bucket.iterdir())) == 2  # one file ("step") per trial
+    assert list(tmp_path.glob("*.checkpoints")) == []
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--checkpoint-store", "ftp://host/x"), "unknown scheme ftp://"),
+    (("--checkpoint-store", "s3://bucket/folder"), "give a bucket alone (s3://BUCKET)"),
+    (("--checkpoint-store", "optuna:create_study"), "Study has no open_reader, write, remove"),
+    (("--checkpoint-store", BUCKET, "--checkpoint-dir", "x"), "or --checkpoint-store, not both"),
+])
+def test_a_wrong_checkpoint_store_is_one_line(cli, tmp_path, args, says):
+    result = cli("worker", STEPPING, "--storage", f"sqlite:///{tmp_path / 's.db'}",
+                 "--n-trials", "1", *args, env={"TF_BUCKET": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -16,6 +16,10 @@ import shutil
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tunefleet.checkpoint._session import Session
 
 _TMP = ".tmp-"
 
@@ -25,6 +29,13 @@ class FolderStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+
+    def session(self, number: int, lineage: int) -> Session:
+        """The checkpoints of trial ``number`` (of ``lineage``) for a worker that reaches this
+        folder."""
+        from tunefleet.checkpoint._session import LocalSession
+
+        return LocalSession(self, number, lineage)
 
     def _dir(self, lineage: int) -> Path:
         return self.root / str(int(lineage))

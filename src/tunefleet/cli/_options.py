@@ -55,17 +55,35 @@ def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def checkpoint_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--checkpoint-dir`` and ``--keep-checkpoints``: where ``tunefleet.checkpoint`` keeps
-    trials' checkpoints, in every command that runs trials."""
+    """``--checkpoint-dir``, ``--checkpoint-store`` and ``--keep-checkpoints``: where
+    ``tunefleet.checkpoint`` keeps trials' checkpoints, in every command that runs trials."""
     func = click.option(
         "--keep-checkpoints", is_flag=True,
         help="Keep the checkpoints of trials that ended (default: removed).")(func)
+    func = click.option(
+        "--checkpoint-store", default=None, metavar="URL|MODULE:NAME",
+        help="Keep trials' checkpoints in an Optuna artifact store instead of a folder: "
+             "s3://BUCKET (boto3's credentials and endpoint settings), gs://BUCKET, or "
+             "path/file.py:name naming a store (or a function that makes one). For workers "
+             "that share no disk with each other.")(func)
     return click.option(
         "--checkpoint-dir", default=None,
         help="Where trials' checkpoints live (tunefleet.checkpoint). Default: beside the "
              "SQLite or journal file (STORAGE.checkpoints/STUDY). With a database server: "
              "in hub mode the coordinator's own folder (remote workers stream theirs there); "
              "in storage mode give a folder every worker reaches.")(func)
+
+
+def artifact_store(spec: str | None, checkpoint_dir: str | None) -> Any:
+    """The artifact store of ``--checkpoint-store`` (None when not given), checked against
+    ``--checkpoint-dir``."""
+    if spec is None:
+        return None
+    if checkpoint_dir is not None:
+        raise UsageError("give --checkpoint-dir (a folder) or --checkpoint-store, not both")
+    from tunefleet._targets import load_artifact_store
+
+    return load_artifact_store(spec)
 
 
 def spec_from_options(directions: tuple[str, ...], sampler: str | None, seed: int | None,

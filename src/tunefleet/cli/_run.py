@@ -6,8 +6,8 @@ import click
 
 from tunefleet.cli._hub import (MemorySize, hub_options, remaining_budget, run_hub_command,
                                 run_rounds)
-from tunefleet.cli._options import (checkpoint_options, parse_gpus, spec_from_options,
-                                    study_options)
+from tunefleet.cli._options import (artifact_store, checkpoint_options, parse_gpus,
+                                    spec_from_options, study_options)
 from tunefleet._gpus import gpu_layout
 from tunefleet._studies import create_or_load_study, open_storage
 from tunefleet._targets import load_target
@@ -49,7 +49,8 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
         storage: str | None, study_name: str | None, directions: tuple[str, ...],
         sampler: str | None, seed: int | None, pruner: str | None, gpus: str | None,
         trials_per_gpu: int | None, gpus_per_trial: int | None, deterministic: bool,
-        max_worker_memory: int | None, checkpoint_dir: str | None, keep_checkpoints: bool,
+        max_worker_memory: int | None, checkpoint_dir: str | None, checkpoint_store: str | None,
+        keep_checkpoints: bool,
         max_retries: int, grace: float, worker_timeout: float, storage_timeout: float,
         keep_going: bool, progress: bool, as_json: bool) -> None:
     """Run TARGET (path/to/file.py:name or package.module:name) on local worker processes.
@@ -66,6 +67,7 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
     gpu_spec = parse_gpus(gpus)
     gpu_layout(gpu_spec, trials_per_gpu, gpus_per_trial)  # one line, before the storage opens
     objective = load_target(target)
+    artifacts = artifact_store(checkpoint_store, checkpoint_dir)
     spec = spec_from_options(directions, sampler, seed, pruner)
     store = open_storage(storage, sqlite_wal=True)  # the coordinator is the only writer
     study = create_or_load_study(store, study_name, spec, directions_given=bool(directions))
@@ -77,8 +79,8 @@ def run(target: str, n_trials: int | None, n_workers: int | None, timeout: float
             gpus=gpu_spec, trials_per_gpu=trials_per_gpu, gpus_per_trial=gpus_per_trial,
             max_retries=max_retries, grace=grace,
             worker_timeout=worker_timeout, deterministic=deterministic,
-            checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
-            catch=(Exception,) if keep_going else (), show_progress_bar=progress,
+            checkpoint_dir=checkpoint_dir, checkpoint_store=artifacts,
+            keep_checkpoints=keep_checkpoints, catch=(Exception,) if keep_going else (), show_progress_bar=progress,
             max_worker_memory=max_worker_memory, storage_timeout=storage_timeout)
 
     # --keep-going: failed trials count in a round, not in --n-trials: rounds until it holds.

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from tunefleet.cli._hub import hub_options, remaining_budget, run_hub_command
-from tunefleet.cli._options import checkpoint_options, spec_from_options, study_options
+from tunefleet.cli._options import (artifact_store, checkpoint_options, spec_from_options,
+                                    study_options)
 from tunefleet._studies import create_or_load_study, open_storage
 from tunefleet._targets import load_target
 
@@ -31,7 +32,8 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
           storage: str | None, study_name: str | None, directions: tuple[str, ...],
           sampler: str | None, seed: int | None, pruner: str | None, max_retries: int,
           grace: float, worker_timeout: float, storage_timeout: float, reclaim_window: float,
-          checkpoint_dir: str | None, keep_checkpoints: bool, keep_going: bool,
+          checkpoint_dir: str | None, checkpoint_store: str | None, keep_checkpoints: bool,
+          keep_going: bool,
           progress: bool, as_json: bool) -> None:
     """Coordinate a study for workers that join with `tunefleet worker --connect`.
 
@@ -49,6 +51,7 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
     listener = TcpListener(listen, key)
     try:
         objective = load_target(target)
+        artifacts = artifact_store(checkpoint_store, checkpoint_dir)
         spec = spec_from_options(directions, sampler, seed, pruner)
         study = create_or_load_study(open_storage(storage, sqlite_wal=True), study_name, spec,
                                      directions_given=bool(directions))
@@ -63,6 +66,7 @@ def serve(target: str, listen: str, key_file: str, n_trials: int | None, timeout
         study, objective, n_trials=remaining, timeout=timeout, backend="tcp", listen=listen,
         key=key, listener=listener, max_retries=max_retries, grace=grace,
         worker_timeout=worker_timeout, reclaim_window=reclaim_window,
-        storage_timeout=storage_timeout, checkpoint_dir=checkpoint_dir, keep_checkpoints=keep_checkpoints,
+        storage_timeout=storage_timeout, checkpoint_dir=checkpoint_dir,
+        checkpoint_store=artifacts, keep_checkpoints=keep_checkpoints,
         catch=(Exception,) if keep_going else (), show_progress_bar=progress),
         n_trials=n_trials, timeout=timeout)

@@ -18,8 +18,8 @@ import sys
 
 import click
 
-from tunefleet.cli._options import (checkpoint_options, search_space_file, spec_from_options,
-                                    study_options)
+from tunefleet.cli._options import (artifact_store, checkpoint_options, search_space_file,
+                                    spec_from_options, study_options)
 from tunefleet._gpus import check_packing, pack
 from tunefleet.errors import UsageError
 from tunefleet._studies import shown_url
@@ -284,10 +284,12 @@ def expand_log(pattern: str, job_name: str, job: str | None = None) -> tuple[str
 
 
 def _worker_args(mode: str, signal_at: int | None, requeue: bool, grace: float | None,
-                 checkpoint_dir: str | None, keep_checkpoints: bool) -> tuple[str, ...]:
+                 checkpoint_dir: str | None, keep_checkpoints: bool,
+                 checkpoint_store: str | None = None) -> tuple[str, ...]:
     """The checkpoint and preemption options of the storage-mode workers, checked."""
     given = [name for name, value in (("--signal", signal_at), ("--requeue", requeue),
                                       ("--grace", grace), ("--checkpoint-dir", checkpoint_dir),
+                                      ("--checkpoint-store", checkpoint_store),
                                       ("--keep-checkpoints", keep_checkpoints))
              if value not in (None, False)]
     if mode != "storage" and given:
@@ -304,6 +306,9 @@ def _worker_args(mode: str, signal_at: int | None, requeue: bool, grace: float |
         args += ["--grace", f"{grace:g}"]
     if checkpoint_dir is not None:
         args += ["--checkpoint-dir", os.path.abspath(checkpoint_dir)]
+    if checkpoint_store is not None:
+        artifact_store(checkpoint_store, checkpoint_dir)  # one line now, not in every task
+        args += ["--checkpoint-store", checkpoint_store]
     if keep_checkpoints:
         args.append("--keep-checkpoints")
     return tuple(args)
@@ -379,7 +384,8 @@ def slurm(target: str, storage: str | None, study_name: str | None,
           job_name: str | None, script_path: str | None, submit: bool,
           trials_per_gpu: int | None, signal_at: int | None = None, requeue: bool = False,
           grace: float | None = None, checkpoint_dir: str | None = None,
-          keep_checkpoints: bool = False, storage_timeout: float | None = None) -> None:
+          keep_checkpoints: bool = False, storage_timeout: float | None = None,
+          checkpoint_store: str | None = None) -> None:
     """Write the sbatch script that runs TARGET on NODES x TASKS-PER-NODE workers of one study;
     print it, or --submit it and say how to follow it."""
     from tunefleet._studies import DEFAULT_STORAGE, DEFAULT_STUDY
@@ -398,7 +404,7 @@ def slurm(target: str, storage: str | None, study_name: str | None,
     for pattern in (output, error):
         _make_log_folder(pattern)
     worker_args = _worker_args(mode, signal_at, requeue, grace, checkpoint_dir,
-                               keep_checkpoints)
+                               keep_checkpoints, checkpoint_store)
     spec_from_options(directions, sampler, seed, pruner)  # checks the sampler before sbatch
     study = study_name or DEFAULT_STUDY
     storage = storage or DEFAULT_STORAGE

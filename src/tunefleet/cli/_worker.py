@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import click
 
 from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT
-from tunefleet.cli._options import checkpoint_options, spec_from_options, study_options
+from tunefleet.cli._options import (artifact_store, checkpoint_options, spec_from_options,
+                                    study_options)
 from tunefleet.errors import ObjectiveFailed, UsageError
 
 
@@ -58,13 +59,16 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
            pruner: str | None, n_trials: int | None, timeout: float | None, catch: bool,
            max_retries: int, heartbeat_interval: int, grace_period: int | None,
            preempt_grace: float, storage_timeout: float, checkpoint_dir: str | None,
-           keep_checkpoints: bool,
+           checkpoint_store: str | None, keep_checkpoints: bool,
            connect: str | None, key_file: str | None, processes: int, reconnect_timeout: float,
            quiet: bool) -> None:
     """Run TARGET (path/file.py:objective or pkg.module:objective) on the study in --storage
     until the study holds --n-trials complete-or-pruned trials; start as many workers as you
     like, anywhere that reaches the storage. With --connect, join a hub instead (no TARGET)."""
     if connect is not None:
+        if checkpoint_store is not None:
+            raise UsageError("--checkpoint-store is the coordinator's: a hub worker sends its "
+                             "checkpoints to it (give the option to `tunefleet serve`)")
         _join_hub(target, connect, key_file, processes, reconnect_timeout)
         return
     if target is None:
@@ -88,6 +92,7 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     objective = load_target(target)
+    artifacts = artifact_store(checkpoint_store, checkpoint_dir)
     grace = grace_period or 3 * heartbeat_interval
     if grace <= heartbeat_interval:
         raise UsageError(f"--grace-period {grace} must be longer than --heartbeat-interval "
@@ -109,7 +114,7 @@ def worker(target: str | None, storage: str | None, study_name: str | None,
     opts = WorkerOptions(n_trials=n_trials, timeout=timeout, catch=catch,
                          max_retries=max_retries, heartbeat_interval=heartbeat_interval,
                          grace_period=grace, seed=used.seed, checkpoint_dir=checkpoint_dir,
-                         keep_checkpoints=keep_checkpoints, storage_timeout=storage_timeout)
+                         checkpoint_store=artifacts, keep_checkpoints=keep_checkpoints, storage_timeout=storage_timeout)
 
     def stop(signum: int, frame: object) -> None:
         raise WorkerStopped(signal.Signals(signum).name)

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunefleet._optuna import storage_location
 from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT
-from tunefleet.checkpoint import ArtifactCheckpoints, default_root
+from tunefleet.checkpoint import ArtifactCheckpoints, check_artifact_store, default_root
 from tunefleet.errors import Interrupted, MirrorError, OptionError
 from tunefleet.hub._checkpoints import CheckpointKeeper
 from tunefleet.hub._beat import BEAT_INTERVAL
@@ -113,12 +113,7 @@ def run_hub(study: optuna.Study, objective: Callable[..., Any], make_fleet: Call
         if checkpoint_dir is not None:
             raise OptionError("give checkpoint_dir (a folder) or checkpoint_store (an Optuna "
                              "artifact store), not both")
-        missing = [m for m in ("open_reader", "write", "remove")
-                   if not callable(getattr(checkpoint_store, m, None))]
-        if missing:
-            raise OptionError(f"checkpoint_store must be an Optuna artifact store (such as "
-                             f"optuna.artifacts.FileSystemArtifactStore); "
-                             f"{type(checkpoint_store).__name__} has no {', '.join(missing)}")
+        check_artifact_store(checkpoint_store)
     if max_worker_memory is not None:
         try:
             objective = MemoryLimited(objective, parse_size(max_worker_memory))

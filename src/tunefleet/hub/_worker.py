@@ -244,7 +244,7 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool,
         trial = ProxyTrial(call, send_ops, config.n_objectives, msg.trial_id, number,
                            msg.datetime_start, msg.fixed_params, msg.presampled, space,
                            msg.user_attrs, study_info, rejoins)
-        session = (checkpoint.LocalSession(store, number, msg.lineage) if store is not None
+        session = (store.session(number, msg.lineage) if store is not None
                    else RemoteSession(trial._rpc, number, msg.lineage))
         with checkpoint.running(session):  # load/save find the session while the objective runs
             children.trial_started()

@@ -21,7 +21,7 @@ from tunefleet import _children as children
 from tunefleet import checkpoint
 from tunefleet._optuna import UpdateFinishedTrialError, storage_location
 from tunefleet._retry import lineage
-from tunefleet.errors import ObjectiveFailed
+from tunefleet.errors import ObjectiveFailed, OptionError
 from tunefleet.samplers import Reseeder, SeededTrial
 from tunefleet.storage_mode._atomic import _rdb, create_within_budget, pop_waiting
 from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT
@@ -111,6 +111,9 @@ class WorkerOptions:
     #: where ``tunefleet.checkpoint.save`` keeps trials' checkpoints, a folder every worker
     #: reaches; None: beside the storage's file (SQLite, journal), none for a server.
     checkpoint_dir: str | None = None
+    #: an Optuna artifact store (``FileSystemArtifactStore``, ``Boto3ArtifactStore``, ...)
+    #: every worker reaches, instead of a folder: for workers on hosts that share no disk.
+    checkpoint_store: Any = None
     #: keep the checkpoints of trials that ended for good (default: removed).
     keep_checkpoints: bool = False
     #: seconds every storage call waits out a database that is away (restarted, failed over,
@@ -133,6 +136,22 @@ class WorkerResult:
     reason: str = ""
 
 
+def _checkpoints(study: optuna.Study,
+                 options: WorkerOptions) -> checkpoint.FolderStore | checkpoint.ArtifactCheckpoints | None:
+    """Where the study's trials keep their checkpoints: the artifact store given, indexed in
+    the study (shared by every worker); else the folder given, or the one beside the storage's
+    file; None for a database server and no folder (``checkpoint.load`` is then always None)."""
+    if options.checkpoint_store is not None:
+        if options.checkpoint_dir is not None:
+            raise OptionError("give checkpoint_dir (a folder) or checkpoint_store (an Optuna "
+                              "artifact store), not both")
+        return checkpoint.ArtifactCheckpoints(options.checkpoint_store, study._storage,
+                                              study._study_id, shared=True)
+    root = checkpoint.default_root(storage_location(study._storage), study.study_name,
+                                   options.checkpoint_dir)
+    return checkpoint.FolderStore(root) if root is not None else None
+
+
 class StorageWorker:
     """One worker of a shared-storage study."""
 
@@ -152,9 +171,7 @@ class StorageWorker:
         # MariaDB, whose DATETIME columns keep whole seconds: only there is it worth a write.
         rdb = _rdb(self.storage)
         self._record_finish = rdb is not None and rdb.engine.dialect.name in ("mysql", "mariadb")
-        root = checkpoint.default_root(storage_location(self.storage), study.study_name,
-                                       options.checkpoint_dir)
-        self.checkpoints = checkpoint.FolderStore(root) if root is not None else None
+        self.checkpoints = _checkpoints(study, options)
         self._reseed: Reseeder | None = None
         if options.seed is not None:
             self._reseed = Reseeder(study.sampler, options.seed) or None
@@ -283,8 +300,7 @@ class StorageWorker:
     def _call(self, trial: optuna.Trial) -> Any:
         """The objective on TRIAL, with the trial's checkpoints (``tunefleet.checkpoint``) and
         SIGTERM's grace period (``tunefleet.checkpoint.install_preemption``)."""
-        session = (checkpoint.LocalSession(self.checkpoints, trial.number,
-                                           lineage(trial._cached_frozen_trial))
+        session = (self.checkpoints.session(trial.number, lineage(trial._cached_frozen_trial))
                    if self.checkpoints is not None else None)
         with checkpoint.running(session):
             in_trial(True)
