@@ -430,3 +430,43 @@ def test_an_upload_cut_short_is_removed_when_the_study_is_run_again(tmp_path):
     assert again.read(0, version, "step", 0, 10) == b"4"
     again.remove(0)
     assert list(bucket.iterdir()) == [] and again.manifest(0) is None
+
+
+def _saves_once_if_first(trial: optuna.Trial) -> float:
+    if trial.number == 0:
+        with tunefleet.checkpoint.save(trial) as d:
+            (d / "state").write_bytes(b"x" * 1000)
+    return float(trial.number)
+
+
+def test_an_upload_to_the_artifact_store_does_not_stop_the_other_trials(tmp_path):
+    """The keeper uploads on a thread of its own: while trial 0's save is uploading (a store
+    whose write waits), the other worker's trials go on and are stored; the upload is let go
+    by the callback of the fourth of them. With the upload on the coordinator's thread, no
+    trial would end meanwhile, and the write would give up waiting after 120 s."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    writing, release = threading.Event(), threading.Event()
+    released_by: list[str] = []
+
+    class SlowBucket(FileSystemArtifactStore):
+        def write(self, artifact_id, content_body):
+            writing.set()
+            if not release.wait(120):
+                released_by.append("timeout")
+            super().write(artifact_id, content_body)
+
+    def let_go(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        ended = sum(t.state == TrialState.COMPLETE and t.number != 0 for t in study.trials)
+        if writing.is_set() and ended >= 4 and not release.is_set():
+            released_by.append("callback")
+            release.set()
+
+    (tmp_path / "bucket").mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    tunefleet.optimize(study, _saves_once_if_first, n_trials=8, n_workers=2,
+                       checkpoint_store=SlowBucket(tmp_path / "bucket"), keep_checkpoints=True,
+                       callbacks=[let_go])
+    assert released_by == ["callback"]
+    assert states(study) == {"COMPLETE": 8}
+    assert len(list((tmp_path / "bucket").iterdir())) == 1  # trial 0's save, kept

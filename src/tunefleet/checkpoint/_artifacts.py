@@ -136,8 +136,13 @@ class ArtifactCheckpoints:
     def commit(self, lineage: int, tmp: Path, number: int) -> None:
         """Upload the checkpoint written in ``tmp`` (from :meth:`begin`), one artifact per
         file, then make it the latest of ``lineage`` in the index."""
-        version = f"{int(number):09d}-{time.time_ns():020d}"
-        _, prefix = self._uploads.pop(tmp)
+        self.index(lineage, tmp, number, self.upload(tmp))
+
+    def upload(self, tmp: Path) -> list[list[Any]]:
+        """Upload the files of the save written in ``tmp`` (from :meth:`begin`), one artifact
+        each, streamed; ``tmp`` goes. Safe on a thread of its own (the hub's keeper uploads
+        there); what a failed upload wrote is removed. Returns the files for :meth:`index`."""
+        _, prefix = self._uploads[tmp]
         files: list[list[Any]] = []
         try:
             for i, file in enumerate(sorted(p for p in tmp.rglob("*") if p.is_file())):
@@ -147,14 +152,21 @@ class ArtifactCheckpoints:
                 files.append([file.relative_to(tmp).as_posix(), file.stat().st_size,
                               artifact_id])
         except BaseException:
-            self._remove_now(_ids({"files": files}))
+            self.discard(files)
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        return files
+
+    def index(self, lineage: int, tmp: Path, number: int, files: list[list[Any]]) -> None:
+        """Make the uploaded ``files`` of the save begun as ``tmp`` the latest checkpoint of
+        ``lineage``, written by trial ``number``; the one it replaces goes."""
+        self._uploads.pop(tmp, None)
+        version = f"{int(number):09d}-{time.time_ns():020d}"
         old = self._latest(lineage)
         owner = self._entries.get(lineage, {}).get("trial", -1)
         if owner > number or (old is not None and old["version"] > version):
-            self._remove_now(_ids({"files": files}))  # a late save of a trial handed on
+            self.discard(files)  # a late save of a trial handed on
             return
         # The replaced checkpoint's files are named in the new entry until they are removed:
         # a run killed before that removes them when the study is run again.
@@ -165,6 +177,10 @@ class ArtifactCheckpoints:
         self._set(lineage, entry)
         if old is not None:
             self._drop(old)
+
+    def discard(self, files: list[list[Any]]) -> None:
+        """Remove uploaded ``files`` that no index names."""
+        self._remove_now(_ids({"files": files}))
 
     def remove(self, lineage: int) -> None:
         """Remove every checkpoint of ``lineage`` (its trial has finished)."""

@@ -7,14 +7,21 @@ its authenticated connection, one chunk per round trip (back-pressure: nothing i
 the previous chunk is written), and the coordinator's :class:`CheckpointKeeper` writes them
 into the same folder. Checkpoints of a trial that ended for good are removed, unless the user
 keeps them.
+
+With an Optuna artifact store every worker streams its checkpoints here, and the keeper uploads
+each save on a thread of its own: a save of gigabytes does not stop the coordinator. The save
+is indexed (a study attribute) on the coordinator's thread once uploaded, and its worker gets
+the reply once the storage holds the index.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -48,6 +55,15 @@ class _Upload:
         self.files.clear()
 
 
+@dataclass
+class _Pending:
+    """A save being uploaded to an artifact store, and the worker waiting for its reply."""
+
+    upload: _Upload
+    files: concurrent.futures.Future
+    worker: Any = None
+
+
 class CheckpointKeeper:
     """The coordinator's side: answers the checkpoint requests of remote workers, and removes
     the checkpoints of trials that ended for good.
@@ -75,6 +91,8 @@ class CheckpointKeeper:
         self.temporary = temporary
         self._uploads: dict[int, _Upload] = {}
         self._ids = itertools.count(1)
+        self._uploader: concurrent.futures.ThreadPoolExecutor | None = None  # made when used
+        self._pending: list[_Pending] = []
 
     def answer(self, trial_id: int, number: int, lineage: int, request: Any) -> Any:
         kind = type(request)
@@ -104,9 +122,46 @@ class CheckpointKeeper:
             upload = self._upload(request.upload, trial_id)
             upload.close()
             del self._uploads[request.upload]
-            self.store.commit(upload.lineage, upload.tmp, upload.number)
-            return None
+            if not isinstance(self.store, ArtifactCheckpoints):
+                self.store.commit(upload.lineage, upload.tmp, upload.number)
+                return None
+            if self._uploader is None:
+                self._uploader = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="tunefleet-upload")
+            # Answered by the caller once uploaded (reply_when_uploaded, uploaded).
+            return _Pending(upload, self._uploader.submit(self.store.upload, upload.tmp))
         raise ValueError(f"unknown checkpoint request {kind.__name__}")
+
+    @property
+    def uploading(self) -> bool:
+        """Saves are being uploaded, whose workers wait for a reply."""
+        return bool(self._pending)
+
+    def reply_when_uploaded(self, pending: _Pending, worker: Any) -> None:
+        """``worker`` (the caller's handle) gets its reply from :meth:`uploaded` later."""
+        pending.worker = worker
+        self._pending.append(pending)
+
+    def uploaded(self) -> list[tuple[Any, Exception | None]]:
+        """The saves whose upload ended since the last call, each indexed now (on the caller's
+        thread, the one that writes the study): ``(worker, None)``, or ``(worker, error)`` for
+        a save that failed (its files are gone, the previous checkpoint stays)."""
+        done = [p for p in self._pending if p.files.done()]
+        if not done:
+            return []
+        self._pending = [p for p in self._pending if p not in done]
+        answers = []
+        for pending in done:
+            upload = pending.upload
+            try:
+                files = pending.files.result()
+                self.store.index(upload.lineage, upload.tmp, upload.number, files)
+            except Exception as exc:
+                self.store.abort(upload.tmp)
+                answers.append((pending.worker, exc))
+            else:
+                answers.append((pending.worker, None))
+        return answers
 
     def _upload(self, upload_id: int, trial_id: int) -> _Upload:
         upload = self._uploads.get(upload_id)
@@ -132,6 +187,15 @@ class CheckpointKeeper:
         for upload in self._uploads.values():
             upload.close()
         self._uploads.clear()
+        if self._uploader is not None:
+            # Saves still uploading belong to workers that are gone (a worker waits for its
+            # save's reply): their files go, and their trials continue from the save before.
+            self._uploader.shutdown(wait=True, cancel_futures=True)
+            for pending in self._pending:
+                self.store.abort(pending.upload.tmp)
+                if not pending.files.cancelled() and pending.files.exception() is None:
+                    self.store.discard(pending.files.result())
+            self._pending.clear()
         self.store.close()
         if self.root is None:
             return

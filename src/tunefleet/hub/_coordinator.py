@@ -93,12 +93,11 @@ class Coordinator:
         self._aborted: str | None = None
         self._unannounced: deque[_Ended] = deque()
         self._parked: list[Link] = []  # workers waiting for a trial while the storage catches up
-        # Workers waiting for their last trial's callbacks (which run once it is stored)
-        # before their next trial, as a thread of Study.optimize does: a callback that stops
-        # the study (MaxTrialsCallback) stops it before they start another.
-        self._awaiting: list[tuple[int, Link]] = []
-        # Replies sent once the storage holds what they confirm: (change, link, encoded reply).
-        self._unsent: list[tuple[int, Link, Any]] = []
+        # Held until the storage holds change ``seq``: (seq, link, None), a worker waiting for
+        # its last trial's callbacks (which run once it is stored) before its next trial, as a
+        # thread of Study.optimize does (a callback that stops the study, MaxTrialsCallback,
+        # stops it before they start another); (seq, link, reply), a reply that confirms it.
+        self._awaiting: list[tuple[int, Link, bytes | None]] = []
         self._held: list[Link] = []  # --deterministic: waiting for the trials before theirs
         # Workers that joined by themselves, kept (not told to stop) while trials still run:
         # a retry may come, and no fleet would start a worker for it.
@@ -183,7 +182,8 @@ class Coordinator:
         return self.mirror is not None and self.mirror.lag() > 0.1
 
     def _waiting_on_storage(self) -> bool:
-        return bool(self._unannounced or self._parked or self._awaiting or self._unsent)
+        return bool(self._unannounced or self._parked or self._awaiting
+                    or (self.checkpoints is not None and self.checkpoints.uploading))
 
     def _done(self) -> bool:
         if self._error is not None:
@@ -203,7 +203,10 @@ class Coordinator:
                 if failure is not None:
                     self._error = WorkerStartError(failure)
         self._announce()
-        if self._awaiting or self._unsent:
+        if self.checkpoints is not None and self.checkpoints.uploading:
+            for link, error in self.checkpoints.uploaded():  # indexed: stored, then answered
+                self._reply_once_stored(link, P.Reply(error is None, error))
+        if self._awaiting:
             self._release_awaiting()
         if self._parked and not self._storage_behind():
             parked, self._parked = self._parked, []
@@ -313,7 +316,7 @@ class Coordinator:
             link.send(self._stop())
             return
         if msg.result is not None and self.callbacks and self._unannounced:
-            self._awaiting.append((self.mirror.seq, link))  # mirror: else nothing is unannounced
+            self._awaiting.append((self.mirror.seq, link, None))  # else nothing is unannounced
             self.mirror.hurry()
             return
         self._dispatch(link, state)
@@ -322,15 +325,14 @@ class Coordinator:
         """Workers whose last trial is stored and announced (its callbacks ran) ask again, and
         replies held until the storage holds what they confirm are sent."""
         durable = self.mirror.durable_seq if self.mirror is not None else None
-        ready = [link for seq, link in self._awaiting if durable is None or seq <= durable]
-        if ready:
-            self._awaiting = [(s, l) for s, l in self._awaiting if l not in ready]
-            self._dispatch_again(ready)
-        stored = [u for u in self._unsent if durable is None or u[0] <= durable]
-        if stored:
-            self._unsent = [u for u in self._unsent if u not in stored]
-            for _, link, reply in stored:  # (a worker lost meanwhile has none: see _on_lost)
+        if durable is not None and self._awaiting[0][0] > durable:
+            return  # (changes are stored in order, and held in order)
+        ready = [a for a in self._awaiting if durable is None or a[0] <= durable]
+        self._awaiting = self._awaiting[len(ready):]
+        for _, link, reply in ready:  # (a worker lost meanwhile has none: see _on_lost)
+            if reply is not None:
                 link.send(reply)
+        self._dispatch_again([link for _, link, reply in ready if reply is None])
 
     def _on_call(self, link: Link, state: _WorkerState, msg: P.Call) -> None:
         try:
@@ -339,13 +341,21 @@ class Coordinator:
             reply = P.Reply(True, self._answer(run, msg.request))
         except Exception as exc:
             reply = P.Reply(False, exc)
-        if (reply.ok and type(msg.request) is P.CkptCommit and self.mirror is not None
-                and self.checkpoints is not None and self.checkpoints.indexed):
-            # The checkpoint's index is a study attribute: the save returns once it is stored.
-            self._unsent.append((self.mirror.seq, link, P.encode(reply)))
-            self.mirror.hurry()
+        if reply.ok and type(msg.request) is P.CkptCommit and self.checkpoints.indexed:
+            # Uploaded on the keeper's thread, then indexed in a study attribute: the save
+            # returns once the storage holds it (_tick).
+            self.checkpoints.reply_when_uploaded(reply.value, link)
             return
         link.send(P.encode(reply))
+
+    def _reply_once_stored(self, link: Link, reply: P.Reply) -> None:
+        if link not in self._workers:
+            return  # lost meanwhile
+        if self.mirror is None or not reply.ok:
+            link.send(P.encode(reply))
+            return
+        self._awaiting.append((self.mirror.seq, link, P.encode(reply)))
+        self.mirror.hurry()
 
     def _on_ops(self, link: Link, state: _WorkerState, msg: P.Ops) -> None:
         run = self._running.get(msg.trial_id)
@@ -512,8 +522,7 @@ class Coordinator:
             self._parked.remove(link)
         if link in self._idle:
             self._idle.remove(link)
-        self._awaiting = [(s, l) for s, l in self._awaiting if l is not link]
-        self._unsent = [u for u in self._unsent if u[1] is not link]
+        self._awaiting = [a for a in self._awaiting if a[1] is not link]
         reason = link.exit_reason()
         self.fleet.on_lost(link)
         if state is not None and state.trial_id is not None:
