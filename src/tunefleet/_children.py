@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from typing import Iterable
 
@@ -43,21 +44,49 @@ def own_children() -> None:
     if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if not _state["owned"] and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_tunefleets_handlers_off)
+        os.register_at_fork(before=_block_fork_signals, after_in_parent=_unblock_fork_signals,
+                            after_in_child=_tunefleets_handlers_off)
     _become_subreaper()
     _state["owned"] = True
     _state["kept"] = None
+
+
+_FORK_SIGNALS = (signal.SIGTERM, signal.SIGALRM)  # those tunefleet handles in a worker
+_fork_mask = threading.local()  # the forking thread's signal mask before the fork
+
+
+def _block_fork_signals() -> None:
+    """Before a fork in a worker: block SIGTERM and SIGALRM in the forking thread, so that the
+    child starts with them blocked, until it has their default actions back. Sent to a child
+    that has not run yet (``Pool.terminate()`` just after ``Pool(2)`` on a busy machine), one
+    went to the worker's handler, inherited, whose pending flag the child's interpreter clears
+    after the fork: the pool process never died, and waited for ever for the queue's lock,
+    which ``terminate()`` holds, while ``terminate()`` waited for it."""
+    if hasattr(signal, "pthread_sigmask"):
+        _fork_mask.old = signal.pthread_sigmask(signal.SIG_BLOCK, _FORK_SIGNALS)
+
+
+def _unblock_fork_signals() -> None:
+    """After a fork, in the parent and (last) in the child: the mask from before the fork."""
+    old = getattr(_fork_mask, "old", None)
+    if old is not None:
+        _fork_mask.old = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _tunefleets_handlers_off() -> None:
     """In a process forked from a worker (a pool's): the signals tunefleet handles in the
     worker (SIGTERM's preemption, its SIGALRM) get their default action at once, before the
     child runs anything. A handler in Python runs only when the child runs Python code: one
-    blocked in C (a lock taken at the fork) would never die of ``Pool.terminate()``."""
-    for signum in (signal.SIGTERM, signal.SIGALRM):
-        handler = signal.getsignal(signum)
-        if getattr(handler, "__module__", "").startswith("tunefleet"):
-            signal.signal(signum, signal.SIG_DFL)
+    blocked in C (a lock taken at the fork) would never die of ``Pool.terminate()``. Then
+    they are unblocked (see ``_block_fork_signals``): one sent meanwhile ends the child now."""
+    try:
+        for signum in _FORK_SIGNALS:
+            handler = signal.getsignal(signum)
+            if getattr(handler, "__module__", "").startswith("tunefleet"):
+                signal.signal(signum, signal.SIG_DFL)
+    finally:
+        _unblock_fork_signals()
 
 
 def _become_subreaper() -> None:

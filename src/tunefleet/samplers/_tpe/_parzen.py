@@ -4,6 +4,7 @@ trial table keeps (``_ParzenEstimatorFastSigmas``; identical kernels)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +22,19 @@ from tunefleet._optuna import (  # Optuna's TPE internals (only where FAST_TPE: 
     unique_inverse_2d as _unique_inverse_2d,
 )
 
-try:  # Vectorized ndtr / log_ndtr; without SciPy Optuna's (partly per-element) routines are used.
-    from scipy.special import log_ndtr as _scipy_log_ndtr
-    from scipy.special import ndtr as _scipy_ndtr
-except ImportError:  # pragma: no cover - SciPy comes with the test and report extras
-    _scipy_log_ndtr = _scipy_ndtr = None
+
+
+@functools.cache
+def _scipy_ndtr() -> tuple[Any, Any] | None:
+    """SciPy's vectorized ``(ndtr, log_ndtr)``, or None without SciPy (Optuna's partly
+    per-element routines are used then). Imported at the first sampling, not with this
+    module: scipy.special alone takes 0.4 s to import, which every worker and command that
+    never samples with TPE would pay."""
+    try:
+        from scipy.special import log_ndtr, ndtr
+    except ImportError:  # pragma: no cover - SciPy comes with the test and report extras
+        return None
+    return ndtr, log_ndtr
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -37,8 +46,10 @@ _FAR = 9.0
 def _log_gauss_mass(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Optuna's ``_truncnorm._log_gauss_mass`` with SciPy's vectorized ``ndtr``/``log_ndtr`` in
     place of its per-element Python ones; equal to it up to rounding."""
-    if _scipy_log_ndtr is None:
+    scipy = _scipy_ndtr()
+    if scipy is None:
         return _truncnorm._log_gauss_mass(a, b)
+    ndtr, log_ndtr = scipy
     a, b = np.broadcast_arrays(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     out = np.zeros(a.shape)
     left = b <= 0
@@ -47,12 +58,12 @@ def _log_gauss_mass(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # log1p(-ndtr(a) - ndtr(-b)) is 0 there to within 1e-16, so skip the erf polynomials.
     central = ~(left | right | ((a < -_FAR) & (b > _FAR)))
     if left.any():
-        out[left] = _truncnorm._log_diff(_scipy_log_ndtr(b[left]), _scipy_log_ndtr(a[left]))
+        out[left] = _truncnorm._log_diff(log_ndtr(b[left]), log_ndtr(a[left]))
     if right.any():
-        out[right] = _truncnorm._log_diff(_scipy_log_ndtr(-a[right]), _scipy_log_ndtr(-b[right]))
+        out[right] = _truncnorm._log_diff(log_ndtr(-a[right]), log_ndtr(-b[right]))
     if central.any():
         ac, bc = a[central], b[central]
-        out[central] = np.log1p(-_scipy_ndtr(ac) - _scipy_ndtr(-bc))
+        out[central] = np.log1p(-ndtr(ac) - ndtr(-bc))
     return out
 
 
