@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import optuna
 
 from tunefleet._filelock import file_mutex
+from tunefleet._optuna import open_stamped_rdb
 from tunefleet.errors import UsageError
 
 DEFAULT_STORAGE = "sqlite:///tunefleet.db"
@@ -205,8 +206,7 @@ def _new_or_existing_sqlite(path: str, engine_url: str,
     template = _schema_template()
     if os.path.getsize(path) == 0 and template.is_file():
         shutil.copyfile(template, path)
-        return optuna.storages.RDBStorage(engine_url, skip_table_creation=True,
-                                          skip_compatibility_check=True, **kwargs)
+        return open_stamped_rdb(engine_url, **kwargs)
     new = os.path.getsize(path) == 0
     storage = optuna.storages.RDBStorage(engine_url, **kwargs)
     if new:

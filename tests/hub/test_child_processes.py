@@ -103,15 +103,7 @@ tunefleet.optimize(study, process_objectives.{name}, n_trials={n}, n_workers=2,
 """
 
 
-# A fork-context Pool inside a hub worker hangs now and then (3 runs in about 40): the objective
-# waits in Pool.map for a pool process stuck on a lock from its first instruction, which the
-# worker's beat thread keeps alive past worker_timeout. Known, not understood yet (issue 19
-# stays open for it): marked so that the run records it without failing on it.
-POOL_FORK = pytest.param("pool_fork", marks=pytest.mark.xfail(
-    strict=False, reason="intermittent hang of a fork-context Pool in a hub worker (issue 19)"))
-
-
-@pytest.mark.parametrize("name", [POOL_FORK, "pool_spawn", "executor", "joblib_parallel",
+@pytest.mark.parametrize("name", ["pool_fork", "pool_spawn", "executor", "joblib_parallel",
                                   "kept_executor", "leaves_sleep"])
 @pytest.mark.parametrize("how", ["cli", "spawned-workers"])
 def test_the_objectives_processes_work_and_end_with_the_run(tmp_path, name, how):
