@@ -123,3 +123,33 @@ def test_the_objectives_processes_work_and_end_with_the_run(tmp_path, name, how)
     assert not left, describe(left)
     if name != "leaves_sleep":  # under plain Optuna its sleeps would stay: not run here
         assert plain_optuna(name) == N_TRIALS
+
+
+IMMEDIATE_SIGTERM = """
+import os, signal, time
+from tunefleet import checkpoint
+from tunefleet._children import own_children
+own_children()
+checkpoint.install_preemption(5.0)  # a worker's SIGTERM handler, inherited by its forks
+survived = 0
+for _ in range(20):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(2)
+        os._exit(7)
+    os.kill(pid, signal.SIGTERM)  # before the child ran: Pool.terminate() on a busy machine
+    _, status = os.waitpid(pid, 0)
+    survived += os.waitstatus_to_exitcode(status) == 7
+print(survived)
+"""
+
+
+def test_a_process_forked_by_a_worker_dies_of_a_sigterm_sent_before_it_ran():
+    """The cause of the fork-context Pool's hang: a SIGTERM that reached a pool process before
+    it ran went to the worker's inherited handler, and the child's interpreter dropped it after
+    the fork; the pool process lived on, waiting for the lock Pool.terminate() held. Before
+    the fix 18 of 20 such children survived."""
+    result = subprocess.run([sys.executable, "-c", IMMEDIATE_SIGTERM], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "0"
