@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import optuna
@@ -67,6 +68,22 @@ def test_workers_not_forked_from_the_parent_replace_dead_ones(start_method):
     assert states.count("COMPLETE") == 8 and states.count("FAIL") == 1
     failed = next(t for t in study.trials if t.state.name == "FAIL")
     assert "exited with code 3" in failed.system_attrs["tunefleet:fail_reason"]
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_a_coordinator_slow_to_answer_is_waited_for(start_method):
+    """A worker waits for its coordinator as long as the coordinator lives: here a callback
+    holds the coordinator 1.5 s after each trial, as a slow MLflow callback or the first TPE
+    sampling on a loaded machine does. Workers of the fork server took a silence of 1 s for
+    their coordinator's death (they compared their parent, the server, with the coordinator's
+    pid), left with exit code 0, and their trials failed."""
+    def slow(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        time.sleep(1.5)
+
+    study = optuna.create_study()
+    tunefleet.optimize(study, lambda t: t.suggest_float("x", 0, 1), n_trials=4, n_workers=2,
+                       start_method=start_method, callbacks=[slow])
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
 
 
 def test_unknown_start_method_is_a_usage_error():

@@ -44,7 +44,7 @@ from tunefleet.hub import THREAD_VARS
 from tunefleet.transport import Link, PipeChannel, PipeLink, PipeListener
 
 
-def _process_main(conn: Connection, parent_pid: int, env: dict[str, str],
+def _process_main(conn: Connection, env: dict[str, str],
                   cwd: str | None = None) -> None:
     os.environ.update(env)
     if cwd is not None and cwd != os.getcwd():  # a fork server's folder is from its start
@@ -64,7 +64,10 @@ def _process_main(conn: Connection, parent_pid: int, env: dict[str, str],
         limit_threads(int(env[THREADS_VAR]))
     # serve() shuts down the pools the objective started; then this worker's atexit handlers,
     # and multiprocessing's own clean-up, which waits for threads the objective left running.
-    code = serve(PipeChannel(conn, parent_pid))
+    # The parent to watch is this process's own: the coordinator when forked from it, the
+    # fork server otherwise (which lives as long as the coordinator). Watching the
+    # coordinator's pid there took any reply slower than 1 s for the coordinator's death.
+    code = serve(PipeChannel(conn, os.getppid()))
     end_children(services=False)  # what the objective left running (before multiprocessing's
     atexit._run_exitfuncs()        # own clean-up); services once their libraries said goodbye
     end_children()
@@ -155,7 +158,7 @@ class ProcessBackend(Backend):
                 env = {**os.environ, **env}
             parent_conn, child_conn = self._fork.Pipe(duplex=True)
             mp_proc = self._fork.Process(target=_process_main, name=f"tunefleet-worker-{slot}",
-                                         args=(child_conn, os.getpid(), env, os.getcwd()))
+                                         args=(child_conn, env, os.getcwd()))
             with _main_not_imported_again():
                 mp_proc.start()
             _set_group(mp_proc.pid)
