@@ -91,10 +91,15 @@ def reports_steadily(trial: optuna.Trial) -> float:
 
 
 def sleepy_noted(trial: optuna.Trial) -> float:
-    """``sleepy`` that notes each trial number it starts in ./started/ (the worker's folder)."""
+    """``sleepy`` that notes in ./started/ (the worker's folder) each trial whose parameters it
+    has: past that, the trial needs nothing more from its coordinator, and a worker that
+    outlives the coordinator finishes it and hands it over. (A coordinator that dies while it
+    draws the parameter the trial asked for cuts that trial: it is failed and retried.)"""
+    x = trial.suggest_float("x", -10, 10)
     Path("started").mkdir(exist_ok=True)
     (Path("started") / str(trial.number)).touch()
-    return sleepy(trial)
+    time.sleep(0.3)
+    return (x - 2) ** 2
 
 
 

@@ -98,8 +98,10 @@ def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_
     """Workers outlive their coordinator: they finish their trials, join the coordinator
     started again on the same study, and hand the results over; nothing finished is lost and
     the budget ends exact. A trial the dead coordinator had stored as RUNNING and sent, but no
-    worker received (it died in between), is the only kind failed, when the reclaim window
-    closes, and retried: every trial a worker started was handed back whole. The workers stay
+    worker received (it died in between), or whose parameter it died drawing (on a loaded
+    machine the coordinator draws no values ahead), is the only kind failed, when the reclaim
+    window closes, and retried: every trial that had its parameters was handed back whole
+    (``started`` holds those). The workers stay
     until then (they were told to stop once the rest of the budget was run, and the serve
     waited for ever for a worker to run that retry: an intermittent failure under load)."""
     args = ("--n-trials", "40", "--sampler", "random")
