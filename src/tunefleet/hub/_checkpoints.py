@@ -30,6 +30,8 @@ from tunefleet.hub import _protocol as P
 
 #: Bytes per round trip of a streamed checkpoint.
 CHUNK = 4 * 1024 * 1024
+#: Seconds the end of a run waits for uploads still running (of workers that are gone).
+CLOSE_WAIT = 30.0
 
 
 def _relative(path: str) -> PurePosixPath:
@@ -190,10 +192,15 @@ class CheckpointKeeper:
         if self._uploader is not None:
             # Saves still uploading belong to workers that are gone (a worker waits for its
             # save's reply): their files go, and their trials continue from the save before.
-            self._uploader.shutdown(wait=True, cancel_futures=True)
+            # The wait is bounded: an upload still running then (a store that hangs) is left;
+            # its prefix is in the stored index, so the next run removes what it wrote.
+            self._uploader.shutdown(wait=False, cancel_futures=True)
+            done, _ = concurrent.futures.wait([p.files for p in self._pending],
+                                              timeout=CLOSE_WAIT)
             for pending in self._pending:
                 self.store.abort(pending.upload.tmp)
-                if not pending.files.cancelled() and pending.files.exception() is None:
+                if (pending.files in done and not pending.files.cancelled()
+                        and pending.files.exception() is None):
                     self.store.discard(pending.files.result())
             self._pending.clear()
         self.store.close()
