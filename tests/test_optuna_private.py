@@ -60,6 +60,13 @@ def test_study_and_sampler_helpers():
     assert isinstance(study._thread_local, O.ThreadLocalStudyAttribute)
 
 
+@pytest.mark.skipif(not hasattr(optuna.Trial, "set_constraint"), reason="Optuna before 5.1")
+def test_constraint_attr_is_where_set_constraint_writes():
+    trial = optuna.create_study().ask()
+    trial.set_constraint("c", 1.5)
+    assert trial.storage.get_trial_system_attrs(trial._trial_id)[O.constraint_attr("c")] == 1.5
+
+
 def test_storage_location(tmp_path):
     journal = str(tmp_path / "j.log")
     assert O.storage_location(optuna.storages.JournalStorage(

@@ -276,6 +276,13 @@ from optuna.pruners import _filter_study as filter_study  # noqa: E402
 # The value of a distribution with a single choice (ProxyTrial suggests it without asking).
 from optuna.distributions import _get_single_value as single_value  # noqa: E402
 
+# -- Trial.set_constraint: the system attribute that holds constraint KEY (Optuna 5.1) ---------
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY  # noqa: E402
+
+
+def constraint_attr(key: str) -> str:
+    return f"{_CONSTRAINTS_KEY}:{key}"
+
 # The lazily made numpy RandomState of Optuna's samplers: seeded runs reseed it per trial.
 from optuna.samplers._lazy_random_state import LazyRandomState  # noqa: E402
 

@@ -135,3 +135,26 @@ def tagging_when_two_joined(trial: optuna.Trial) -> float:
 def raises(trial: optuna.Trial) -> float:
     trial.suggest_float("x", -10, 10)
     raise ValueError("the objective's own error")
+
+
+def _note(line: str) -> None:
+    with open("notes.txt", "a") as f:  # one short write in append mode: lines never mix
+        f.write(line + "\n")
+
+
+def held_on_request(trial: optuna.Trial) -> float:
+    """A 0.05 s trial that notes its start and end in ./notes.txt ("start|held|end NUMBER PID
+    X"); while ./hold exists, a trial that starts waits (up to 300 s) for ./go before it ends,
+    so that a test can hold every worker in a trial the storage holds as RUNNING."""
+    x = trial.suggest_float("x", -10, 10)
+    me = f"{trial.number} {os.getpid()} {x!r}"
+    _note(f"start {me}")
+    if Path("hold").exists():
+        _note(f"held {me}")
+        deadline = time.monotonic() + 300
+        while not Path("go").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    else:
+        time.sleep(0.05)
+    _note(f"end {me}")
+    return (x - 2) ** 2

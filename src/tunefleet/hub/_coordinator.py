@@ -32,7 +32,7 @@ from tunefleet.hub._fleet import Fleet
 from tunefleet.hub._mirror import MirroredStorage
 from tunefleet.hub._ownership import recover_orphans
 from tunefleet.hub._progress import Progress
-from tunefleet.hub._requests import answer, apply_ops
+from tunefleet.hub._requests import answer, apply_ops, ops_not_stored
 from tunefleet.hub._signals import StopSignals
 from tunefleet.hub._state import (Limits, _Ended, _Running, _WorkerState, drain, log_ended,
                                   say)
@@ -181,6 +181,10 @@ class Coordinator:
         """Hold back new trials while the durable storage is more than ~0.1 s behind."""
         return self.mirror is not None and self.mirror.lag() > 0.1
 
+    def _durable_seq(self) -> int | None:
+        """How many changes the durable storage holds (None: the study has no durable one)."""
+        return self.mirror.durable_seq if self.mirror is not None else None
+
     def _waiting_on_storage(self) -> bool:
         return bool(self._unannounced or self._parked or self._awaiting
                     or (self.checkpoints is not None and self.checkpoints.uploading))
@@ -248,10 +252,8 @@ class Coordinator:
         frozen = trial._cached_frozen_trial
         self._running[trial_id] = _Running(trial, link, {}, lineage(frozen))
         _logger.info(f"Trial {number}: result reclaimed from worker {link.name}")
-        # Its ops include those the dead coordinator may have had: reports stored are skipped.
-        ops = [op for op in result.ops
-               if not (type(op) is P.Report and op.step in frozen.intermediate_values)]
-        self._finish(link, result._replace(trial_id=trial_id, ops=ops))
+        self._finish(link, result._replace(trial_id=trial_id, ops=ops_not_stored(frozen,
+                                                                               result.ops)))
 
     def _settle_orphans(self, force: bool = False) -> None:
         """Close the reclaim window: fail the orphans nobody brought back, and retry them."""
@@ -286,7 +288,7 @@ class Coordinator:
 
     def _announce(self) -> None:
         """Count the trials the durable storage now holds: callbacks, progress, best value."""
-        durable = self.mirror.durable_seq if self.mirror is not None else None
+        durable = self._durable_seq()
         while self._unannounced and (durable is None or self._unannounced[0].seq <= durable):
             ended = self._unannounced.popleft()
             self._after_trial(ended.trial, ended.state, ended.values, ended.callbacks,
@@ -311,6 +313,7 @@ class Coordinator:
         if msg.result is not None:
             self._finish(link, msg.result)
             state.finished_trials += 1
+            state.unstored.append(self.mirror.seq if self.mirror is not None else 0)
             self._lost_in_a_row = 0
         if msg.leaving:  # stopped (SIGTERM): no new trial; the fleet replaces it when it exits
             link.send(self._stop())
@@ -324,7 +327,7 @@ class Coordinator:
     def _release_awaiting(self) -> None:
         """Workers whose last trial is stored and announced (its callbacks ran) ask again, and
         replies held until the storage holds what they confirm are sent."""
-        durable = self.mirror.durable_seq if self.mirror is not None else None
+        durable = self._durable_seq()
         if durable is not None and self._awaiting[0][0] > durable:
             return  # (changes are stored in order, and held in order)
         ready = [a for a in self._awaiting if durable is None or a[0] <= durable]
@@ -422,7 +425,7 @@ class Coordinator:
             space, state.space_version = dict(self.drawer.known), self.drawer.version
         link.send(P.encode(P.NewTrial(trial_id, frozen.number, frozen.datetime_start,
                                       trial._fixed_params, presampled, space, frozen.user_attrs,
-                                      first)))
+                                      first, state.stored(self._durable_seq()))))
 
     def _history_ready(self) -> bool:
         unfinished = [r.trial.number for r in self._running.values()]

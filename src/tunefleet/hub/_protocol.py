@@ -214,7 +214,9 @@ class NewTrial(NamedTuple):
     """A trial to run. ``presampled``: values drawn ahead, by name; ``space``: the known search
     space they were drawn from, or None when unchanged since this worker's last trial;
     ``lineage``: the first trial of the retries this one continues (the key of its
-    checkpoints: its own number for a fresh trial)."""
+    checkpoints: its own number for a fresh trial); ``stored``: how many more of this
+    worker's results the durable storage holds since the last NewTrial (a worker that may
+    rejoin keeps each result until then, for a coordinator started again to reclaim)."""
 
     trial_id: int
     number: int
@@ -224,6 +226,7 @@ class NewTrial(NamedTuple):
     space: dict[str, BaseDistribution] | None
     user_attrs: dict[str, Any]
     lineage: int
+    stored: int = 0
 
 
 class Reply(NamedTuple):

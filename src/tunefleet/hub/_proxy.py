@@ -69,10 +69,8 @@ class ProxyTrial(optuna.trial.Trial):
         self._space = space
         self._cached_frozen_trial = _LocalTrialState(number, datetime_start, user_attrs)
         self._ops: list[P.Op] = []
-        # Ops sent on their own since the last reply: a coordinator that died may not have
-        # them, so a result kept for the coordinator started again carries them (see
-        # hub/_worker.py). Once it is gone, ops wait in _ops and the trial runs on.
-        self._unconfirmed: list[P.Op] = []
+        # Once the coordinator is gone, ops wait in _ops and the trial runs on; its result is
+        # kept with every op of the trial (_whole_ops) for the coordinator started again.
         self._gone = False
         self._rejoins = rejoins
         self._last_flush = time.monotonic()
@@ -207,9 +205,7 @@ class ProxyTrial(optuna.trial.Trial):
     def _rpc(self, request: P.Request) -> Any:
         ops, self._ops = self._ops, []
         self._last_flush = time.monotonic()
-        answer = self._call(self._trial_id, ops, request)
-        self._unconfirmed = []  # a reply: the coordinator has every op sent before it
-        return answer
+        return self._call(self._trial_id, ops, request)
 
     def _maybe_flush(self) -> None:
         now = time.monotonic()
@@ -223,12 +219,19 @@ class ProxyTrial(optuna.trial.Trial):
                     raise
                 self._gone = True
                 self._ops = ops + self._ops
-                return
-            self._unconfirmed += ops
 
     def _take_ops(self) -> list[P.Op]:
         ops, self._ops = self._ops, []
         return ops
+
+    def _whole_ops(self) -> list[P.Op]:
+        """Every op of this trial so far, as a coordinator that knows none of them needs them
+        (one started again after the one that ran it died before storing them)."""
+        state = self._cached_frozen_trial
+        return [*(P.Param(k, state.distributions[k], v) for k, v in state.params.items()),
+                *(P.Report(step, v) for step, v in state.intermediate_values.items()),
+                *(P.UserAttr(k, v) for k, v in state.user_attrs.items()),
+                *(P.Constraint(k, v) for k, v in self._constraints.items())]
 
     def __repr__(self) -> str:
         return f"ProxyTrial(number={self.number}, params={self._cached_frozen_trial.params})"

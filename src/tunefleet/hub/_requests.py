@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 
+from tunefleet._optuna import constraint_attr
 from tunefleet.hub import _protocol as P
 from tunefleet.hub._checkpoints import CheckpointKeeper
 from tunefleet.hub._drawing import Drawer
@@ -33,6 +34,21 @@ def apply_ops(storage: Any, drawer: Drawer, run: _Running, ops: list[P.Op]) -> N
             trial.set_user_attr(op.key, op.value)
         elif kind is P.Constraint:
             trial.set_constraint(op.key, op.value)
+
+
+def ops_not_stored(frozen: Any, ops: list[P.Op]) -> list[P.Op]:
+    """The ops of a reclaimed trial (every op it made, kept by its worker) that the stored
+    trial ``frozen`` lacks: the dead coordinator may have stored any of them, or none."""
+    def lacks(op: P.Op) -> bool:
+        kind = type(op)
+        if kind is P.Param:
+            return op.name not in frozen.params
+        if kind is P.Report:
+            return op.step not in frozen.intermediate_values
+        if kind is P.UserAttr:
+            return op.key not in frozen.user_attrs or frozen.user_attrs[op.key] != op.value
+        return constraint_attr(op.key) not in frozen.system_attrs
+    return [op for op in ops if lacks(op)]
 
 
 def answer(study: optuna.Study, storage: Any, drawer: Drawer,

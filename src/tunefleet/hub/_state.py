@@ -3,6 +3,7 @@ trials that ended but are not stored yet, and the limits of the run."""
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,17 @@ class _WorkerState:
     finished_trials: int = 0
     space_version: int = -1  # the version of the known search space this worker holds
     heard: float = field(default_factory=time.monotonic)  # when it last sent anything
+    # The mirror's change number of each result it sent that the storage may not hold yet.
+    unstored: collections.deque = field(default_factory=collections.deque)
+
+    def stored(self, durable_seq: int | None) -> int:
+        """How many of its results the storage (at ``durable_seq``; None: no durable storage)
+        has come to hold since this was last asked: the worker forgets that many."""
+        n = 0
+        while self.unstored and (durable_seq is None or self.unstored[0] <= durable_seq):
+            self.unstored.popleft()
+            n += 1
+        return n
 
 
 @dataclass

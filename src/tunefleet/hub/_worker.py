@@ -136,12 +136,13 @@ def _sources(*functions: Any) -> dict[str, list[str]]:
 
 
 class _Lost(CoordinatorGone):
-    """The coordinator went away; ``result`` is the finished trial it may not have received,
-    as ``(number, Result)``, for a coordinator started again to reclaim."""
+    """The coordinator went away; ``results`` are the finished trials that its storage may
+    not hold (not received, or received and not stored yet), as ``(number, Result)``, each
+    with every op of its trial, for a coordinator started again to reclaim."""
 
-    def __init__(self, message: str, result: tuple[int, P.Result] | None) -> None:
+    def __init__(self, message: str, results: list[tuple[int, P.Result]]) -> None:
         super().__init__(message)
-        self.result = result
+        self.results = results
 
 
 def serve(channel: Channel, label: str | None = None,
@@ -149,8 +150,9 @@ def serve(channel: Channel, label: str | None = None,
     """Run trials for the coordinator behind ``channel`` until it says stop. Returns an exit
     code: 0 when the study is done or the coordinator is gone, 1 when the objective could not
     be loaded here. With ``reconnect`` (a new channel to the same address, raising
-    ``CoordinatorGone`` once it gives up), a worker whose coordinator disappears keeps its last
-    finished result, joins the coordinator started again and hands the result over."""
+    ``CoordinatorGone`` once it gives up), a worker whose coordinator disappears keeps the
+    finished results its storage may not hold, joins the coordinator started again and hands
+    them over."""
     global _worker_data
     config: WorkerConfig | None = None
     reclaim: list[tuple[int, P.Result]] = []
@@ -180,8 +182,8 @@ def serve(channel: Channel, label: str | None = None,
             except CoordinatorGone as exc:
                 if reconnect is None:
                     return 0
-                if isinstance(exc, _Lost):  # lost while running trials: its last result
-                    reclaim = [exc.result] if exc.result else []
+                if isinstance(exc, _Lost):  # lost while running trials: results not stored
+                    reclaim = exc.results
                 # else lost before the Hello was answered: the results it carried are kept
                 channel.close()
                 channel = reconnect()  # CoordinatorGone once it gives up: exit 0
@@ -221,23 +223,29 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool,
         channel.send(P.encode(P.Ops(trial_id, ops)))
 
     result: P.Result | None = None
-    unconfirmed: list[P.Op] = []  # the last trial's ops that no reply confirmed
-    number = -1
+    # Results sent that the coordinator's storage may not hold yet (it says how many it came
+    # to hold with each new trial): a coordinator killed before its group commit loses them,
+    # and one started again takes them back. Each carries every op of its trial, the
+    # parameters too, which the dead one may have answered without storing them.
+    unstored: collections.deque[tuple[int, P.Result]] = collections.deque()
+    whole: tuple[int, P.Result] | None = None
     space: dict = {}  # the search space known to the coordinator, sent when it changes
     study_info = StudyInfo()
     store = checkpoint.FolderStore(config.checkpoints) if local and config.checkpoints else None
     worn_out = False  # a local worker leaves to be replaced by a fresh process (see leave_reason)
     while True:
         leaving = worn_out or checkpoint.stop_requested()
+        if whole is not None and rejoins:
+            unstored.append(whole)
         try:
             channel.send(P.encode(P.Next(result, leaving)))
             msg = P.decode(channel.recv())  # a reply means the coordinator has the result
         except CoordinatorGone as exc:
-            kept = (number, result._replace(ops=unconfirmed + list(result.ops))) \
-                if result is not None else None
-            raise _Lost(str(exc), kept) from None
+            raise _Lost(str(exc), list(unstored)) from None
         if type(msg) is not P.NewTrial:
             return _stopped(msg, local) if type(msg) is P.Stop else 0
+        for _ in range(min(msg.stored, len(unstored))):
+            unstored.popleft()
         number = msg.number
         if msg.space is not None:
             space = msg.space
@@ -249,7 +257,7 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool,
         with checkpoint.running(session):  # load/save find the session while the objective runs
             children.trial_started()
             result = run_objective(config, trial)
-        unconfirmed = trial._unconfirmed
+        whole = (number, result._replace(ops=trial._whole_ops())) if rejoins else None
         children.trial_ended()  # processes the trial left running end with it
         # Only a process the fleet started here is replaced; one that joined over TCP, or
         # runs inside an engine's long-lived process, would just be gone.
