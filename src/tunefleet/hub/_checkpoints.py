@@ -21,6 +21,7 @@ import itertools
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -93,7 +94,6 @@ class CheckpointKeeper:
         self.temporary = temporary
         self._uploads: dict[int, _Upload] = {}
         self._ids = itertools.count(1)
-        self._uploader: concurrent.futures.ThreadPoolExecutor | None = None  # made when used
         self._pending: list[_Pending] = []
 
     def answer(self, trial_id: int, number: int, lineage: int, request: Any) -> Any:
@@ -127,11 +127,8 @@ class CheckpointKeeper:
             if not isinstance(self.store, ArtifactCheckpoints):
                 self.store.commit(upload.lineage, upload.tmp, upload.number)
                 return None
-            if self._uploader is None:
-                self._uploader = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="tunefleet-upload")
             # Answered by the caller once uploaded (reply_when_uploaded, uploaded).
-            return _Pending(upload, self._uploader.submit(self.store.upload, upload.tmp))
+            return _Pending(upload, _in_background(self.store.upload, upload.tmp))
         raise ValueError(f"unknown checkpoint request {kind.__name__}")
 
     @property
@@ -189,18 +186,17 @@ class CheckpointKeeper:
         for upload in self._uploads.values():
             upload.close()
         self._uploads.clear()
-        if self._uploader is not None:
+        if self._pending:
             # Saves still uploading belong to workers that are gone (a worker waits for its
             # save's reply): their files go, and their trials continue from the save before.
-            # The wait is bounded: an upload still running then (a store that hangs) is left;
-            # its prefix is in the stored index, so the next run removes what it wrote.
-            self._uploader.shutdown(wait=False, cancel_futures=True)
+            # The wait is bounded: an upload still running then (a store that hangs) is left
+            # to its daemon thread, which holds neither the run nor the process's exit; its
+            # prefix is in the stored index, so the next run removes what it wrote.
             done, _ = concurrent.futures.wait([p.files for p in self._pending],
                                               timeout=CLOSE_WAIT)
             for pending in self._pending:
                 self.store.abort(pending.upload.tmp)
-                if (pending.files in done and not pending.files.cancelled()
-                        and pending.files.exception() is None):
+                if pending.files in done and pending.files.exception() is None:
                     self.store.discard(pending.files.result())
             self._pending.clear()
         self.store.close()
@@ -218,6 +214,22 @@ class CheckpointKeeper:
                 folder.rmdir()  # only an empty one
             except OSError:
                 break
+
+
+def _in_background(fn: Any, *args: Any) -> concurrent.futures.Future:
+    """``fn(*args)`` on a daemon thread of its own, as a future: an upload to a store that
+    hangs must not hold the process at its exit (an executor's threads are joined there)."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="tunefleet-upload", daemon=True).start()
+    return future
 
 
 class RemoteSession(Session):
