@@ -118,9 +118,14 @@ def open_stamped_rdb(url: str, **kwargs: Any) -> optuna.storages.RDBStorage:
 def rdb_time(value: datetime | None) -> datetime | None:
     """A naive local time (as Optuna's trials hold them) as this Optuna's RDBStorage stores it in
     its tables: naive UTC where its models convert (5.x), the naive local time itself before."""
-    if value is None or not hasattr(rdb_models().TrialModel, "_datetime_start_utc"):
+    if value is None or not _rdb_stores_utc():
         return value
     return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+@functools.cache
+def _rdb_stores_utc() -> bool:
+    return hasattr(rdb_models().TrialModel, "_datetime_start_utc")
 
 
 @functools.cache

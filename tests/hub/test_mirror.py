@@ -316,3 +316,24 @@ def test_a_missing_study_is_a_key_error(tmp_path):
     with pytest.raises(KeyError):
         MirroredStorage(fresh(url), "nope")
     assert os.path.exists(tmp_path / "mirror.db")
+
+
+def test_equal_choices_of_other_types_keep_their_own_distribution(tmp_path):
+    """The writer makes each distribution's JSON once: True == 1, yet [True, False] and [1, 0]
+    are different choices and the durable storage gets each as it is."""
+    url = sqlite_url(tmp_path)
+    study = optuna.create_study(study_name="kinds", storage=fresh(url))
+    mirrored, mirror = mirrored_study(study)
+
+    def both(trial: optuna.Trial) -> float:
+        a = trial.suggest_categorical("a", [True, False])
+        b = trial.suggest_categorical("b", [1, 0])
+        return float(a) + b
+
+    mirrored.optimize(both, n_trials=6)
+    mirror.close()
+    for t in durable_trials(url, "kinds"):
+        assert t.distributions["a"].choices == (True, False)
+        assert [type(c) for c in t.distributions["a"].choices] == [bool, bool]
+        assert [type(c) for c in t.distributions["b"].choices] == [int, int]
+        assert type(t.params["a"]) is bool and type(t.params["b"]) is int

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import optuna
+from optuna.distributions import CategoricalDistribution as Categorical
 from optuna.distributions import distribution_to_json
 
 from tunefleet._optuna import rdb_models, rdb_time
@@ -68,6 +69,10 @@ class _RDBWriter(_Writer):
         if self.retry_safe:
             quiet_outage_noise(self.engine)
         self.plans: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
+        # A parameter's distribution as its rows store it, made once per distribution: the
+        # same few distributions come back in every trial (its JSON was a fifth of the
+        # writer's time).
+        self.dist_json: dict[Any, str] = {}
         if self.raw:
             try:  # the compiled form's parts used are SQLAlchemy's, not public API
                 self._plan("trials", ["number", "study_id", "state", "datetime_start",
@@ -194,9 +199,14 @@ class _RDBWriter(_Writer):
         m = self.m
         for k in (t.params if whole else c.params):
             dist = t.distributions[k]
+            # (Equal choices may differ in type: True == 1, and JSON keeps them apart.)
+            key = (dist, tuple(map(type, dist.choices))) if type(dist) is Categorical else dist
+            text = self.dist_json.get(key)
+            if text is None:
+                text = self.dist_json[key] = distribution_to_json(dist)
             rows["params"].append({"trial_id": durable_id, "param_name": k,
                                    "param_value": dist.to_internal_repr(t.params[k]),
-                                   "distribution_json": distribution_to_json(dist)})
+                                   "distribution_json": text})
         for s in (t.intermediate_values if whole else c.steps):
             value, kind = m.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
                 t.intermediate_values[s])

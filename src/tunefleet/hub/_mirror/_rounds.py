@@ -3,7 +3,6 @@ durable storage, and the study-level operations made since the last round."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +64,8 @@ class _Round:
 def _snapshot(trial: FrozenTrial) -> FrozenTrial:
     """A copy of memory's trial that later changes cannot reach: memory replaces a trial on
     each write, but ``optuna.Trial`` also updates the dicts of the object it was given."""
-    out = copy.copy(trial)
+    out = FrozenTrial.__new__(FrozenTrial)  # copy.copy's work, without its generic protocol
+    out.__dict__.update(trial.__dict__)
     out._params = dict(trial._params)
     out._distributions = dict(trial._distributions)
     out._user_attrs = dict(trial._user_attrs)
