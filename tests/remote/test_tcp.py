@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import time
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
@@ -93,6 +95,21 @@ def test_workers_exit_when_the_coordinator_is_killed(procs, tmp_path):
         assert w.returncode == 0, w.stderr.read()[-2000:]
 
 
+@contextlib.contextmanager
+def _telling_what_workers_said(workers: list) -> Iterator[None]:
+    """A failure inside tells what the workers said (their stderr); else they must exit 0."""
+    try:
+        yield
+    except BaseException as exc:
+        said = []
+        for w in workers:
+            w.kill()
+            said.append(w.communicate(timeout=30)[1][-3000:])
+        raise AssertionError(f"{exc}\nworkers said: {said}") from exc
+    for w in workers:
+        finish(w, timeout=60)
+
+
 @pytest.mark.timeout(600)  # the reclaim window (120 s) may have to close
 def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_path):
     """Workers outlive their coordinator: they finish their trials, join the coordinator
@@ -114,7 +131,7 @@ def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_
     left_running = count(tmp_path, TrialState.RUNNING)
     assert left_running >= 1  # the workers were in the middle of trials
     again = procs.serve(f"{TARGET}:sleepy_noted", port, *args, "--reclaim-window", "120")
-    try:
+    with _telling_what_workers_said(workers):
         out, err = finish(again, timeout=400)  # the reclaim window may have to close: 120 s
         summary = json.loads(out.strip().splitlines()[-1])
         study = load(tmp_path)
@@ -130,14 +147,6 @@ def test_serve_killed_and_started_again_gets_the_running_trials_back(procs, tmp_
                          if t.system_attrs.get(attrs.RETRY_OF) == failed.number)
             assert retry.state == TrialState.COMPLETE
         assert [t.number for t in study.trials] == list(range(len(study.trials)))
-    except BaseException as exc:  # what the workers said tells why
-        said = []
-        for w in workers:
-            w.kill()
-            said.append(w.communicate(timeout=30)[1][-3000:])
-        raise AssertionError(f"{exc}\nworkers said: {said}") from exc
-    for w in workers:
-        finish(w, timeout=60)
 
 
 def _notes(tmp_path: Path) -> list[tuple[str, int, int, float]]:
@@ -205,7 +214,7 @@ def test_results_a_killed_serve_answered_but_had_not_stored_are_handed_to_the_ne
         engine.dispose()
     assert all(t.state == TrialState.RUNNING for t in trials() if t.number in held)
     again = procs.serve(f"{TARGET}:held_on_request", port, *args, "--reclaim-window", "60")
-    try:
+    with _telling_what_workers_said(workers):
         finish(again, timeout=400)
         final = trials()
         states = [t.state for t in final]
@@ -215,14 +224,6 @@ def test_results_a_killed_serve_answered_but_had_not_stored_are_handed_to_the_ne
             assert final[number].state == TrialState.COMPLETE
             assert final[number].params == {"x": x}
             assert final[number].value == pytest.approx((x - 2) ** 2)
-    except BaseException as exc:  # what the workers said tells why
-        said = []
-        for w in workers:
-            w.kill()
-            said.append(w.communicate(timeout=30)[1][-3000:])
-        raise AssertionError(f"{exc}\nworkers said: {said}") from exc
-    for w in workers:
-        finish(w, timeout=60)
 
 
 def test_a_worker_tries_again_when_the_coordinator_does_not_greet_it(procs, tmp_path):
