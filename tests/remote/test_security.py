@@ -170,7 +170,9 @@ class Serve:
         wait_until(self._started, 120, "serve's coordinator to wait for workers")
         # and for its first group commit (the study's mode) to be in the storage: from then on
         # serve holds what it will hold while it waits, so its memory can be measured
-        wait_until(self._first_round_written, 120, "serve's first write to its storage")
+        wait_until(self._first_round_written, 120,
+                   lambda: f"serve's first write to its storage; serve said: "
+                           f"{self.stderr()[-3000:]}")
         self.port = int(re.search(r" on tcp://127\.0\.0\.1:(\d+);", self.stderr()).group(1))
         self.pid = self.proc.pid
 

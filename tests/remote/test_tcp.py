@@ -170,6 +170,7 @@ def test_results_a_killed_serve_answered_but_had_not_stored_are_handed_to_the_ne
 
     url = postgres.new_database("unstored_results")
     args = ("--n-trials", "30", "--sampler", "random", "--storage", url)
+    (tmp_path / "hold").touch()  # the first trial of each worker waits for ./go
     serve = procs.serve(f"{TARGET}:held_on_request", 0, *args)
     port = procs.port_of(serve)
     workers = [procs.worker(port, "hub.key", "--reconnect-timeout", "300") for _ in range(2)]
@@ -180,9 +181,6 @@ def test_results_a_killed_serve_answered_but_had_not_stored_are_handed_to_the_ne
         except KeyError:  # not created yet
             return []
 
-    wait_until(lambda: sum(t.state == TrialState.COMPLETE for t in trials()) >= 4, 120,
-               "some trials")
-    (tmp_path / "hold").touch()
     wait_until(lambda: len({pid for w, _, pid, _ in _notes(tmp_path) if w == "held"}) == 2,
                120, "both workers to hold a trial")
     held = {n: x for w, n, _, x in _notes(tmp_path) if w == "held"}

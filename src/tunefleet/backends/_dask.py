@@ -30,24 +30,30 @@ from tunefleet.transport import Link
 RESOURCE_WAIT = 10.0
 
 
+def _polled(read: Callable[[], Any], wait: float) -> Any:
+    """``read()`` until it gives something true, for up to ``wait`` seconds (a cluster may still
+    be starting, or a worker be restarted by its nanny); its last value."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while not (value := read()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return value
+
+
+def _workers(client: Any) -> list[dict]:
+    return list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
+
+
 def check_resources(client: Any, resources: dict[str, float] | None,
                     wait: float = RESOURCE_WAIT) -> None:
     """Dask queues a task whose resources no worker has, silently and for ever: wait up to
-    ``wait`` seconds for a worker that has them (a cluster may still be starting), else a
-    one-line ``UsageError`` that says how to start workers with them."""
-    import time
-
-    if not resources:
+    ``wait`` seconds for a worker that has them, else a one-line ``UsageError`` that says how
+    to start workers with them."""
+    if not resources or _polled(lambda: any(
+            all(w.get("resources", {}).get(name, 0) >= amount
+                for name, amount in resources.items()) for w in _workers(client)), wait):
         return
-    deadline = time.monotonic() + wait
-    while True:
-        workers = client.scheduler_info(n_workers=-1).get("workers", {}).values()
-        if any(all(w.get("resources", {}).get(name, 0) >= amount
-                   for name, amount in resources.items()) for w in workers):
-            return
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.5)
     given = ", ".join(f"{k}={v:g}" for k, v in resources.items())
     raise UsageError(
         f"no Dask worker has the resources each worker task needs ({given}): its tasks would "
@@ -103,8 +109,8 @@ class DaskBackend(EngineBackend):
         if self._packing is None:
             return max(1, sum(self.client.nthreads().values()))
         share = gpu_share(*self._packing)
-        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
-        total = sum(w.get("resources", {}).get("GPU", 0) for w in workers)
+        total = _polled(lambda: sum(w.get("resources", {}).get("GPU", 0)
+                                    for w in _workers(self.client)), RESOURCE_WAIT)
         if not total:
             raise UsageError("no Dask worker declares a GPU resource: start them with "
                              "resources={'GPU': N} (dask-cuda does) or leave GPU packing out")
