@@ -235,7 +235,7 @@ def _trial_loop(channel: Channel, config: WorkerConfig, local: bool,
     worn_out = False  # a local worker leaves to be replaced by a fresh process (see leave_reason)
     while True:
         leaving = worn_out or checkpoint.stop_requested()
-        if whole is not None and rejoins:
+        if whole is not None:  # (kept only by a worker that rejoins)
             unstored.append(whole)
         try:
             channel.send(P.encode(P.Next(result, leaving)))
