@@ -57,7 +57,7 @@ RUN = textwrap.dedent('''
     else:
         import tunefleet
         tunefleet.optimize(study, objective, n_trials=n_trials, n_workers=workers,
-                           start_method=how)
+                           start_method=None if how == "default" else how)
     wall = time.time() - t0
     by_pid = {}
     for t in sorted(study.trials, key=lambda t: t.user_attrs["start"]):
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
-    results: dict[str, list[dict]] = {"plain": [], "spawn": [], "forkserver": []}
+    results: dict[str, list[dict]] = {"plain": [], "spawn": [], "forkserver": [], "default": []}
     for _ in range(args.rounds):  # interleaved: a load change hits every configuration
         for how in results:
             results[how].append(one(how, args.trials, args.workers))

@@ -22,12 +22,18 @@ def slow(trial: optuna.Trial) -> float:
     """0.3 s per trial (TF_SLOW_S seconds if set). With TF_SLEEPING_DIR, the file
     ``<dir>/<pid>`` exists while it sleeps,
     so that a test stops a worker in its sleep and never in the middle of a storage write
-    (a SQLite writer stopped mid-transaction holds the file's lock, and every writer waits)."""
+    (a SQLite writer stopped mid-transaction holds the file's lock, and every writer waits).
+    With TF_GATE, the sleep also lasts while that file exists (120 s at most): a test holds
+    the study's trials until it has stopped a worker in one, however loaded the machine."""
     x = trial.suggest_float("x", 0, 1)
     folder = os.environ.get("TF_SLEEPING_DIR")
     mark = Path(folder) / str(os.getpid()) if folder else None
     if mark is not None:
         mark.touch()
+    gate = os.environ.get("TF_GATE")
+    deadline = time.monotonic() + 120
+    while gate and os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
     time.sleep(float(os.environ.get("TF_SLOW_S", "0.3")))
     if mark is not None:
         mark.unlink()

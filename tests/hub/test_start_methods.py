@@ -46,12 +46,26 @@ def test_a_parent_that_ran_torch_gets_workers_that_do_not_hang(tmp_path):
     assert "trials 6 " in proc.stdout
 
 
-def test_default_start_method_is_fork_without_torch_and_forkserver_with_it():
-    code = ("from tunefleet.backends._processes import default_start_method as d; a = d(); "
-            "import torch; print(a, d())")
+def test_default_start_method_forks_a_torch_parent_only_for_one_thread_per_worker():
+    code = ("from tunefleet.backends._processes import default_start_method as d; a = d(2); "
+            "import torch; print(a, d(1), d(2), d(None))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120).stdout.split()
-    assert out == ["fork", "forkserver"]
+    assert out == ["fork", "fork", "forkserver", "forkserver"]
+
+
+def test_a_parent_that_ran_torch_on_two_threads_gets_workers_that_run_two(tmp_path):
+    """Workers of two threads each: from the fork server (forked from the parent, whose pool
+    exists, they hung in their first parallel region)."""
+    script = tmp_path / "two_threads.py"
+    script.write_text(SCRIPT.replace("n_workers=2)", "n_workers=2, threads_per_worker=2)")
+                      .replace("return x * x", "trial.set_user_attr('t', torch.get_num_threads()); "
+                               "return x * x")
+                      .replace('"end")', '"end", {t.user_attrs["t"] for t in study.trials})'))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "trials 6 end {2}" in proc.stdout
 
 
 @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
@@ -152,20 +166,24 @@ WARM_SCRIPT = textwrap.dedent("""
 
     os.chdir("elsewhere")               # after the fork server may have started: followed
     study = optuna.create_study()
+    torch.randn(300, 300).sum()        # a torch operation in the parent
     tunefleet.optimize(study, objective, n_trials=6, n_workers=2, threads_per_worker=1)
-    tunefleet.optimize(study, objective, n_trials=2, n_workers=2)   # the same server again
+    tunefleet.optimize(study, objective, n_trials=4, n_workers=2, threads_per_worker=2)
+    tunefleet.optimize(study, objective, n_trials=2, n_workers=2, threads_per_worker=2)
     for t in study.trials:
         a = t.user_attrs
-        print(t.state.name, a["warm"], a["ppid"] != os.getpid(), a["threads"], a["cwd"] == os.getcwd())
+        parent = "parent" if a["ppid"] == os.getpid() else a["ppid"]
+        print(t.state.name, a["warm"], parent, a["threads"], a["cwd"] == os.getcwd())
     print("end")
 """)
 
 
-def test_workers_of_a_torch_parent_are_forked_warm_from_one_server(tmp_path):
-    """The workers of a parent that imported torch come from a fork server that imported torch
-    (and torch._dynamo, which PyTorch 2 imports when the first optimizer is built) once: the
-    objective finds it imported, its parent is the server and not the coordinator, the thread
-    limit and the coordinator's folder still hold."""
+def test_workers_of_a_torch_parent_start_warm(tmp_path):
+    """The workers of a parent that imported torch find torch._dynamo (which PyTorch 2 imports
+    when the first optimizer is built) imported before their first trial: forked from the
+    parent when they run one thread each, else from a fork server that imported torch and
+    torch._dynamo once (the second run of two threads uses the same server). The thread limit
+    and the coordinator's folder hold either way."""
     (tmp_path / "elsewhere").mkdir()
     script = tmp_path / "warm.py"
     script.write_text(WARM_SCRIPT)
@@ -174,7 +192,25 @@ def test_workers_of_a_torch_parent_are_forked_warm_from_one_server(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.split("end")[0].split("\n")
     rows = [line.split() for line in lines if line]
-    assert len(rows) == 8, proc.stdout
-    assert all(r[0] == "COMPLETE" and r[1] == "True" and r[2] == "True" and r[4] == "True"
-               for r in rows), proc.stdout
-    assert {r[3] for r in rows[:6]} == {"1"}, proc.stdout  # threads_per_worker=1
+    assert len(rows) == 12, proc.stdout
+    assert all(r[0] == "COMPLETE" and r[1] == "True" and r[4] == "True" for r in rows), proc.stdout
+    forked, served = rows[:6], rows[6:]
+    assert {(r[2], r[3]) for r in forked} == {("parent", "1")}, proc.stdout
+    assert len({r[2] for r in served}) == 1 and served[0][2] != "parent", proc.stdout  # one server
+    assert {r[3] for r in served} == {"2"}, proc.stdout
+
+
+def _env_var(trial: optuna.Trial) -> float:
+    trial.set_user_attr("var", os.environ.get("TF_TEST_VAR"))
+    return trial.suggest_float("x", 0, 1)
+
+
+def test_fork_server_workers_see_the_coordinators_environment_of_now(monkeypatch):
+    """The fork server keeps the environment of its start: a variable the coordinator has
+    since removed must not reach the workers of a later run."""
+    monkeypatch.setenv("TF_TEST_VAR", "then")
+    study = optuna.create_study()
+    tunefleet.optimize(study, _env_var, n_trials=2, n_workers=2, start_method="forkserver")
+    monkeypatch.delenv("TF_TEST_VAR")
+    tunefleet.optimize(study, _env_var, n_trials=2, n_workers=2, start_method="forkserver")
+    assert [t.user_attrs["var"] for t in study.trials] == ["then", "then", None, None]

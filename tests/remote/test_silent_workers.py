@@ -34,10 +34,6 @@ def states(tmp_path: Path) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def n_complete(tmp_path: Path) -> int:
-    return sum(t.state.name == "COMPLETE" for t in states(tmp_path))
-
-
 def ends(proc: subprocess.Popen, timeout: float, what: str) -> tuple[str, str]:
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -58,14 +54,36 @@ def check_study(tmp_path: Path, ended: float) -> None:
     assert ended - last <= TIMEOUT + 5, f"ended {ended - last:.1f} s after the last trial"
 
 
-def test_a_stopped_tcp_worker_does_not_hold_serve(procs, tmp_path):
+@pytest.fixture
+def gate(tmp_path, monkeypatch) -> Path:
+    """Every trial of ``slow`` holds in its sleep while the returned file exists, so a test
+    stops a worker inside a trial before the study can end (the marks are in ``sleeping/``)."""
+    gate = tmp_path / "gate"
+    gate.touch()
+    (tmp_path / "sleeping").mkdir()
+    monkeypatch.setenv("TF_GATE", str(gate))
+    monkeypatch.setenv("TF_SLEEPING_DIR", str(tmp_path / "sleeping"))
+    return gate
+
+
+def in_trials(tmp_path: Path, n: int) -> set[int]:
+    """Wait until N worker processes are held in a trial; their pids."""
+    def held() -> set[int] | None:
+        pids = {int(p.name) for p in (tmp_path / "sleeping").iterdir()}
+        return pids if len(pids) == n else None
+
+    return wait_until(held, 120, f"{n} worker processes in a trial")
+
+
+def test_a_stopped_tcp_worker_does_not_hold_serve(procs, tmp_path, gate):
     serve = procs.serve(f"{OBJECTIVES}:slow", 0, "--n-trials", "30",
                         "--worker-timeout", str(TIMEOUT))
     port = procs.port_of(serve)
     workers = [procs.worker(port, "hub.key", "--reconnect-timeout", "0") for _ in range(3)]
-    wait_until(lambda: n_complete(tmp_path) >= 2, 120, "2 complete trials")
     victim = workers[0]
+    assert victim.pid in in_trials(tmp_path, 3)
     victim.send_signal(signal.SIGSTOP)
+    gate.unlink()
     ends(serve, 120, "serve")
     check_study(tmp_path, time.time())
     for w in workers[1:]:
@@ -75,20 +93,18 @@ def test_a_stopped_tcp_worker_does_not_hold_serve(procs, tmp_path):
     ends(victim, 30, "the stopped worker, continued")
 
 
-def test_a_worker_command_does_not_wait_for_its_stopped_process(procs, tmp_path):
+def test_a_worker_command_does_not_wait_for_its_stopped_process(procs, tmp_path, gate):
     serve = procs.serve(f"{OBJECTIVES}:slow", 0, "--n-trials", "30",
                         "--worker-timeout", str(TIMEOUT))
     port = procs.port_of(serve)
     command = procs.worker(port, "hub.key", "--processes", "3", "--reconnect-timeout", "0")
-    parent = psutil.Process(command.pid)
-
-    def three_at_work() -> list[psutil.Process] | None:
-        kids = parent.children()
-        return kids if len(kids) == 3 and n_complete(tmp_path) >= 2 else None
-
-    victim = wait_until(three_at_work, 120, "3 worker processes and 2 complete trials")[0]
-    os.kill(victim.pid, signal.SIGSTOP)
+    held = in_trials(tmp_path, 3)
+    kids = {p.pid for p in psutil.Process(command.pid).children()}
+    assert held == kids, (held, kids)  # the three forked workers, each held in a trial
+    victim = min(kids)
+    os.kill(victim, signal.SIGSTOP)
+    gate.unlink()
     ends(serve, 120, "serve")
     check_study(tmp_path, time.time())
     ends(command, 30, "the worker command")
-    assert not psutil.pid_exists(victim.pid)
+    assert not psutil.pid_exists(victim)

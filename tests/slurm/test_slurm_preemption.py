@@ -134,19 +134,28 @@ def test_a_new_job_continues_the_trials_of_a_cancelled_one(slurm_cluster, cli, t
     args = _args(url, total, "--time", "5", "--grace", "10")
     log = tmp_path / "steps"
     log.mkdir()
-    env = {"TF_STEP_LOG": str(log), "TF_STEPS": str(STEPS), "TF_SLEEP": "0.2"}
+    env = {"TF_STEP_LOG": str(log), "TF_STEPS": str(STEPS), "TF_SLEEP": "0.3"}
     job = _submit(cli, args, tmp_path, slurm_cluster, env)
 
-    def mid_trial() -> bool:  # every worker at least 5 steps into a trial, none near its end
-        lasts = [p.read_text().splitlines()[-1].split() for p in log.iterdir()]
-        return len(lasts) == 2 and all(5 <= int(step) < 15 for _, step in lasts)
+    def mid_trial() -> bool:
+        """Every worker 3 to 9 steps into a trial: at least 3 s (10 steps) before it could end
+        it, for the cancel to reach it on a loaded machine."""
+        lasts = [p.read_text().split()[-1:] for p in log.iterdir()]  # a new log may be empty
+        return len(lasts) == 2 and all(step and 3 <= int(step[0]) < 10 for step in lasts)
 
     wait_until(mid_trial, 120, "both workers mid-trial", interval=0.05)
     subprocess.run(["scancel", job], check=True, env=_env(slurm_cluster))
     _wait_gone(job, slurm_cluster, 120)
-    after_cancel = trials_of(url, "pre")
+
+    def handed_back() -> list | None:
+        """The two trials' hand-back, written by the workers as Slurm ends the job (squeue may
+        show it cancelled while they still write)."""
+        trials = trials_of(url, "pre")
+        return trials if not [t for t in trials if t.state == TrialState.RUNNING] else None
+
+    after_cancel = wait_until(handed_back, 60, "no RUNNING trial after the cancel")
     handed = [t for t in after_cancel if t.state == TrialState.FAIL]
-    assert len(handed) == 2 and not [t for t in after_cancel if t.state == TrialState.RUNNING]
+    assert len(handed) == 2
     assert sum(t.state == TrialState.WAITING for t in after_cancel) == 2
     saved = {t.number: max(s for (n, s) in steps_run(log) if n == t.number) for t in handed}
 

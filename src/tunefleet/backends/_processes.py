@@ -2,18 +2,22 @@
 
 By default a worker is forked from the coordinator, which has already imported Optuna, the
 objective's modules and tunefleet: a worker is ready in milliseconds instead of paying a fresh
-interpreter's start-up on a busy machine. A parent that has imported PyTorch, JAX or TensorFlow
-cannot be forked safely (an OpenMP pool or a CUDA context inherited half-made hangs the child),
-and a parent that has used joblib's loky executor (scikit-learn with ``n_jobs>1``,
-``joblib.Parallel``) neither (a forked child inherits the executor without its manager thread
-and hangs in its first ``joblib.Parallel``). Then the default is ``"forkserver"``: one fresh
-interpreter, started once per process, imports tunefleet, Optuna and PyTorch (if the parent has
-it; never JAX or TensorFlow, never the user's ``__main__``) and forks each worker from there, so
-that no worker pays those imports again (a fresh interpreter that imports torch took 2-3 s per
-worker, all of them at once on a small machine). It never runs a torch operation, so nothing
-half-made is inherited. ``"spawn"``: each worker is a fresh ``python -m
-tunefleet.backends._child``. Either way a worker gets the objective by cloudpickle, without
-re-running the user's ``__main__`` (no ``if __name__ == "__main__"`` guard needed).
+interpreter's start-up on a busy machine. A parent that has imported PyTorch is forked too when
+each worker runs one CPU thread (PyTorch's DataLoader forks its workers the same way) and no
+CUDA context exists; ``torch._dynamo``, which PyTorch 2 imports when the first optimizer is
+built, is imported in the parent first, once. A torch parent whose workers run more threads
+cannot be forked safely (its OpenMP pool, inherited half-made, hangs the child in its first
+parallel region), nor can one with JAX or TensorFlow (threads started at import), nor one that
+has used joblib's loky executor (scikit-learn with ``n_jobs>1``, ``joblib.Parallel``: a forked
+child inherits the executor without its manager thread and hangs in its first
+``joblib.Parallel``). Then the default is ``"forkserver"``: one fresh interpreter, started once
+per process, imports tunefleet, Optuna and PyTorch (if the parent has it; never JAX or
+TensorFlow, never the user's ``__main__``) and forks each worker from there, so that no worker
+pays those imports again (a fresh interpreter that imports torch took 2-3 s per worker, all of
+them at once on a small machine). It never runs a torch operation, so nothing half-made is
+inherited. ``"spawn"``: each worker is a fresh ``python -m tunefleet.backends._child``. Either
+way a worker gets the objective by cloudpickle, without re-running the user's ``__main__`` (no
+``if __name__ == "__main__"`` guard needed).
 ``start_method=`` overrides the choice.
 
 Each worker's OpenMP and BLAS pools are capped at ``threads_per_worker`` threads (default: the
@@ -45,7 +49,9 @@ from tunefleet.transport import Link, PipeChannel, PipeLink, PipeListener
 
 
 def _process_main(conn: Connection, env: dict[str, str],
-                  cwd: str | None = None) -> None:
+                  cwd: str | None = None, whole_env: bool = False) -> None:
+    if whole_env:  # a fork server's environment is from its start: the coordinator's is now
+        os.environ.clear()
     os.environ.update(env)
     if cwd is not None and cwd != os.getcwd():  # a fork server's folder is from its start
         os.chdir(cwd)
@@ -110,12 +116,10 @@ class ProcessBackend(Backend):
 
     def __init__(self, gpus: Sequence[int | str] | None = None,
                  start_method: str | None = None, threads_per_worker: int | None = None) -> None:
-        method = start_method or default_start_method()
-        if method not in ("fork", "spawn", "forkserver"):
+        if start_method not in (None, "fork", "spawn", "forkserver"):
             raise UsageError(f"start_method {start_method!r}: choose fork, forkserver or spawn")
-        self._fork = forkserver_context() if method == "forkserver" else (
-            mp.get_context("fork") if method == "fork" else None)
-        self._method = method
+        self._method = start_method  # None: chosen at start, once the thread limit is known
+        self._fork: mp.context.BaseContext | None = None
         self._gpus = list(gpus) if gpus else None
         self.listener = PipeListener()
         self._procs: dict[PipeLink, tuple[int, _Proc]] = {}
@@ -131,6 +135,11 @@ class ProcessBackend(Backend):
 
     def start(self, n_workers: int) -> None:
         self._threads = threads_per_worker(n_workers, self._threads_requested)
+        method = self._method = self._method or default_start_method(self._threads)
+        if method == "fork" and "torch" in sys.modules:
+            _preload(_PRELOAD_TORCH)  # here once, not in each worker's first trial
+        self._fork = forkserver_context() if method == "forkserver" else (
+            mp.get_context("fork") if method == "fork" else None)
         for slot in range(n_workers):
             self._spawn(slot)
 
@@ -158,7 +167,8 @@ class ProcessBackend(Backend):
                 env = {**os.environ, **env}
             parent_conn, child_conn = self._fork.Pipe(duplex=True)
             mp_proc = self._fork.Process(target=_process_main, name=f"tunefleet-worker-{slot}",
-                                         args=(child_conn, env, os.getcwd()))
+                                         args=(child_conn, env, os.getcwd(),
+                                               self._method == "forkserver"))
             with _main_not_imported_again():
                 mp_proc.start()
             _set_group(mp_proc.pid)
@@ -239,18 +249,42 @@ def _end_group(pgid: int) -> None:
         pass
 
 
-_NOT_FORK_SAFE = ("torch", "jax", "tensorflow")
+#: Libraries that start threads when imported: a forked child inherits their state without
+#: the threads.
+_NOT_FORK_SAFE = ("jax", "tensorflow")
 
 
-def default_start_method() -> str:
-    """``fork`` (fast: the parent's imports are shared) unless a library that is not fork-safe
-    is loaded in the parent, or the parent has a loky executor; then ``forkserver`` (its
-    imports are shared too), or ``spawn`` where neither exists."""
+def default_start_method(threads: int | None = None) -> str:
+    """``fork`` (fast: the parent's imports are shared) unless the parent is not safe to fork
+    for workers that run ``threads`` OpenMP threads each (see ``_torch_fork_safe``), or has
+    a loky executor; then ``forkserver`` (its imports are shared too), or ``spawn`` where
+    neither exists."""
     methods = mp.get_all_start_methods()
     if ("fork" in methods and not any(name in sys.modules for name in _NOT_FORK_SAFE)
-            and not _loky_executor_started()):
+            and not _loky_executor_started() and _torch_fork_safe(threads)):
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _torch_fork_safe(threads: int | None) -> bool:
+    """Whether workers forked from this process may run PyTorch: yes without torch; with
+    torch, only when no CUDA context exists and each worker runs one CPU thread
+    (``limit_threads(1)`` before its first trial). An OpenMP pool the parent started by
+    running a torch operation comes half-made into a forked child, which hangs in its first
+    parallel region of two threads or more; with one thread it never enters one. PyTorch's
+    DataLoader forks its workers the same way, one thread each."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return True
+    cuda = getattr(torch, "cuda", None)
+    return threads == 1 and not (cuda is not None and cuda.is_initialized())
+
+
+def _preload(modules: list[str]) -> None:
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
 
 
 #: What the fork server imports before it forks workers: what every worker needs, and PyTorch,
