@@ -96,6 +96,12 @@ def optimize(
             one whose objective raised a ``MemoryError`` that ``catch`` covers; an objective
             that leaks (a module-level cache) then cannot take the machine's memory.
             ``backend="processes"`` only.
+        start_method, threads_per_worker: ``backend="processes"`` only. How local workers
+            start: "fork", "forkserver" or "spawn"; by default each is forked from this
+            process, or from a fork server when this process has imported PyTorch and each
+            worker runs more than one CPU thread (a forked torch process hangs then). How many
+            OpenMP and BLAS threads each worker runs: by default this process's CPUs divided
+            among the workers (at least 1); 0 for no limit.
         storage_timeout: seconds a database server may stay away (restarted, failed over,
             unreachable) before the run stops with :class:`tunefleet.MirrorError`; meanwhile
             running trials go on, their results wait in memory, and no new trial starts.

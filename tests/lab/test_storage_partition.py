@@ -77,12 +77,19 @@ def test_storage_workers_on_three_hosts_survive_a_partition(netlab, lab_postgres
     (number,) = wait_until(found, 240, "the worker on w2 to be in a trial with others done")
     victim_host.partition()
 
+    def what_the_others_did() -> str:
+        said = [f"{name} (exit code {proc.poll()}): "
+                f"{(tmp_path / f'{name}.err').read_text()[-1500:]}"
+                for name, proc in workers.items() if name != victim_host.name]
+        return f"states {[t.state.name for t in trials_of(here, 'lab')]}; " + "; ".join(said)
+
     def its_trial() -> object:
         return next(t for t in trials_of(here, "lab") if t.number == number)
 
     try:
         wait_until(lambda: its_trial().state == TrialState.FAIL, 120,
-                   f"the other hosts to fail trial {number} of the cut-off worker")
+                   lambda: f"the other hosts to fail trial {number} of the cut-off worker; "
+                           f"{what_the_others_did()}")
     finally:
         victim_host.heal()
     for name, proc in workers.items():

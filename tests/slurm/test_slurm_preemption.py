@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from optuna.trial import TrialState
 
@@ -49,6 +50,16 @@ def _submit(cli, args: tuple[str, ...], cwd: Path, cluster, env: dict[str, str])
     return re.search(r"submitted job (\d+)", r.stdout).group(1)
 
 
+def _stepds(job: str) -> list[int]:
+    """The slurmstepd processes of JOB on this node ("slurmstepd: [N.batch]", "[N.0]")."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        line = " ".join(proc.info["cmdline"] or ())
+        if line.startswith(f"slurmstepd: [{job}."):
+            found.append(proc.pid)
+    return found
+
+
 def _wait_gone(job: str, cluster, timeout: float) -> int:
     """Wait until JOB left the queue, releasing Slurm's two-minute hold of a requeued job on
     the way; how many times it was released."""
@@ -61,11 +72,12 @@ def _wait_gone(job: str, cluster, timeout: float) -> int:
         if not seen or seen[-1] != state:
             seen.append(state)
         if state.startswith("PENDING") and "BeginTime" in state:
-            # Released after 20 s, not at once: slurmd refuses to launch a job it has just
-            # killed ("Job N already killed, do not launch batch job"), and the run fails.
+            # Released after 20 s and once the node has no slurmstepd of the job left, not at
+            # once: slurmd refuses to launch a job whose last run it is still ending ("Job N
+            # already killed, do not launch batch job"), and the run fails (JobLaunchFailure).
             if not held_since:
                 held_since.append(time.monotonic())
-            if time.monotonic() - held_since[0] >= 20:
+            if time.monotonic() - held_since[0] >= 20 and not _stepds(job):
                 subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"],
                                check=True, env=_env(cluster))
                 released.append(state)

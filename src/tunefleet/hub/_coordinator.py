@@ -87,6 +87,7 @@ class Coordinator:
         self._next_silence_check = 0.0
         self._counted = len(self._orphans)  # trials of this run that count against n_trials
         self._error: BaseException | None = None
+        self._let_running_end = False  # an objective's error: as in Optuna, they end first
         self._lost_in_a_row = 0
         self._heartbeat = is_heartbeat_enabled(self._storage)
         self._next_beat = 0.0
@@ -190,7 +191,7 @@ class Coordinator:
                     or (self.checkpoints is not None and self.checkpoints.uploading))
 
     def _done(self) -> bool:
-        if self._error is not None:
+        if self._error is not None and not self._let_running_end:
             return True
         if self.signals.signum is not None and self.signals.grace_over():
             return True
@@ -199,10 +200,10 @@ class Coordinator:
 
     def _tick(self) -> None:
         self._settle_orphans()
-        if self._error is None:
+        if self._error is None or self._let_running_end:
             if self.mirror is not None and self.mirror.error is not None:
-                self._error = self.mirror.error  # nothing more can be counted: stop the study
-            else:
+                self._error, self._let_running_end = self.mirror.error, False  # nothing counts
+            elif self._error is None:
                 failure = self.fleet.failure()
                 if failure is not None:
                     self._error = WorkerStartError(failure)
@@ -281,8 +282,7 @@ class Coordinator:
                           f"(worker_timeout {self.worker_timeout:g} s)")
                 self._silenced[trial_id] = reason
                 self._fail_lost(run, reason)
-            # Ended (SIGKILL, or its connection dropped) and counted lost: its place is taken,
-            # and the run never waits for it.
+            # Ended (SIGKILL, or its connection dropped), counted lost: its place is taken.
             self.fleet.kill(link)
             self._on_lost(link)
 
@@ -388,10 +388,8 @@ class Coordinator:
     def _dispatch(self, link: Link, state: _WorkerState) -> None:
         if not self._may_dispatch():
             state.trial_id = None
-            # Kept while trials run or orphans wait for the reclaim window: a trial the dead
-            # coordinator handed out but no worker received is retried when the window closes,
-            # and needs a worker then (told to stop, the workers had left a restarted serve
-            # waiting for ever).
+            # Kept while trials run or orphans wait for the reclaim window: a retry may need a
+            # worker then (told to stop, they had left a restarted serve waiting for ever).
             if (self._running or self._orphans) and not self.fleet.starts_workers \
                     and self._error is None:
                 self._idle.append(link)
@@ -412,9 +410,8 @@ class Coordinator:
         self._counted += 1
         trial_id = trial._trial_id
         presampled = self.drawer.sample_known(trial)
-        # One write on the hot path: the report reads the host from "host/pid", and the
-        # trial's times from datetime_start/complete, which the coordinator sets as it hands
-        # the trial out and as the result comes in.
+        # One write on the hot path: the report reads the host from "host/pid", and the times
+        # from datetime_start/complete, set as the trial is handed out and as its result comes.
         self._storage.set_trial_system_attr(trial_id, attrs.WORKER, link.name)
         frozen = trial._cached_frozen_trial
         first = lineage(frozen)
@@ -490,6 +487,9 @@ class Coordinator:
             self._error = error.exc if error.exc is not None else RuntimeError(
                 f"objective failed in trial {number}: {error.text}\n{error.traceback or ''}"
                 .rstrip())
+            if self._running:  # as Study.optimize's other threads, they finish first
+                self._let_running_end = True
+                say(f"trial {number} raised: stopping after {len(self._running)} running trial(s)")
 
     def _count(self, trial: optuna.Trial, state: TrialState, values: Any, *,
                callbacks: bool = True, continued: bool = False,
