@@ -171,6 +171,11 @@ class MariaDB:
     def start(self) -> "MariaDB":
         install = _need("mariadb-install-db", "mariadb-server")
         self.base = _private_dir("tunefleet-my-", "mysql")
+        # Its own folder for temporary tables: in the shared /tmp, a file of one went missing
+        # under a test ("Error on delete of '/tmp/#sql-temptable-...'") while other servers
+        # of parallel test runs started and stopped.
+        (self.base / "tmp").mkdir()
+        shutil.chown(self.base / "tmp", "mysql", "mysql")
         self.port = free_port()
         _run([install, "--no-defaults", "--user=mysql", f"--datadir={self.base / 'data'}",
               "--auth-root-authentication-method=normal", "--skip-test-db"], "mariadb-install-db")
@@ -186,7 +191,8 @@ class MariaDB:
         self.proc = subprocess.Popen(
             [server, "--no-defaults", "--user=mysql", f"--datadir={self.base / 'data'}",
              f"--socket={self.sock}", f"--port={self.port}", "--bind-address=127.0.0.1",
-             f"--pid-file={self.base / 'pid'}", "--max-connections=300",
+             f"--pid-file={self.base / 'pid'}", f"--tmpdir={self.base / 'tmp'}",
+             "--max-connections=300",
              "--innodb-flush-log-at-trx-commit=2"],
             stdout=subprocess.DEVNULL, stderr=open(self.base / "server.log", "a"))
 
