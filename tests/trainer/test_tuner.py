@@ -95,3 +95,17 @@ def test_fixed_trials_need_parameter_sets_and_direction_follows_the_metric():
         ToyTuner("x", do_fixed_trial=True, storage=":memory:").run()
     assert direction_for("valid_loss") == "minimize" and direction_for("valid_mae") == "minimize"
     assert direction_for("valid_acc") == "maximize" and direction_for("valid_f1") == "maximize"
+
+
+def test_a_tuner_forks_its_workers_from_itself_when_each_runs_one_thread():
+    """With torch loaded: forked from this process when each worker runs one thread anyway,
+    from the fork server when the CPUs give each more (a forked torch process hangs then)."""
+    import os
+
+    import torch  # noqa: F401  (what a tuner's process has)
+
+    cpus = os.cpu_count() or 1
+    assert ToyTuner(n_workers=cpus).start_method == "fork"
+    assert ToyTuner(n_workers=1, threads_per_worker=2).start_method == "forkserver"
+    assert ToyTuner(n_workers=cpus, threads_per_worker=2).start_method == "forkserver"
+    assert ToyTuner(n_workers=1, start_method="spawn").start_method == "spawn"

@@ -84,10 +84,6 @@ class Tuner:
         if checkpoint_every is not None and checkpoint_every < 1:
             raise UsageError(f"checkpoint_every must be at least 1 epoch (or None: no "
                              f"checkpoints), not {checkpoint_every}")
-        if client is None:
-            from tunefleet.backends._processes import default_start_method
-
-            start_method = start_method or default_start_method()  # torch: "forkserver"
         if (threads_per_worker or 1) > 1 and client is None and start_method == "fork":
             raise UsageError("threads_per_worker > 1 needs start_method='forkserver' or "
                              "'spawn': a worker forked from a process that ran torch hangs in "
@@ -119,6 +115,12 @@ class Tuner:
         self.checkpoint_every = checkpoint_every
         self.verbose = verbose
         self.study: optuna.Study | None = None
+        if client is None and start_method is None:
+            from tunefleet.backends._processes import default_start_method
+
+            # Forked from this process when each worker runs one thread anyway (as many workers
+            # as CPUs, or more); with torch loaded and more threads each, the fork server.
+            self.start_method = default_start_method(self._threads_each())
 
     # -- what the user writes ------------------------------------------------------------------
     def load_items(self, **params: Any) -> Any:
@@ -236,6 +238,14 @@ class Tuner:
         return len(pack([str(i) for i in range(count)], self.trials_per_gpu,
                         self.gpus_per_trial))
 
+    def _threads_each(self) -> int:
+        """The CPU threads each local worker runs: ``threads_per_worker``, else the CPUs
+        shared out among the workers (at least 1)."""
+        if self.threads_per_worker is not None:
+            return self.threads_per_worker
+        workers = self.n_workers or self._gpu_slots() or os.cpu_count() or 1
+        return max(1, (os.cpu_count() or 1) // max(1, workers))
+
     def _limit_threads(self) -> None:
         """One CPU thread per local worker unless told otherwise: workers share the machine's
         cores, and torch's OpenMP pool, inherited half-made by a forked worker, hangs when it
@@ -244,10 +254,7 @@ class Tuner:
             return
         threads = self.threads_per_worker
         if threads is None:
-            threads = 1
-            if self.start_method not in (None, "fork"):
-                workers = self.n_workers or self._gpu_slots() or os.cpu_count() or 1
-                threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+            threads = 1 if self.start_method in (None, "fork") else self._threads_each()
         import torch
 
         torch.set_num_threads(threads)
