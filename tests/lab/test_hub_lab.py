@@ -69,7 +69,8 @@ class Hub:
 
 
 def start_worker(lab: Lab, name: str, hub: Hub, tmp: Path, *extra: str):
-    env = {**os.environ, "TF_MARKS": str(tmp / "marks"), "TF_SLEEP": "0.1", "TF_STEPS": "5"}
+    env = {**os.environ, "TF_MARKS": str(tmp / "marks"), "TF_SLEEP": "0.1", "TF_STEPS": "5",
+           "TF_GATE": str(tmp / "gate")}
     (tmp / "marks").mkdir(exist_ok=True)
     host = lab.host(name)
     proc = host.tunefleet("worker", "--connect", hub.address, "--key-file", str(hub.key),
@@ -84,20 +85,21 @@ def test_a_partitioned_hub_worker_loses_its_trial_and_its_late_result(netlab, tm
     workers = {name: start_worker(netlab, name, hub, tmp_path, "--reconnect-timeout", "0")
                for name in ("w1", "w2", "w3")}
     victim_host, victim = workers["w2"]
-    mark = tmp_path / "marks" / str(victim.pid)
 
-    def victim_in_a_trial() -> int | None:
+    def alive() -> None:
         if victim.poll() is not None:
             raise AssertionError("the worker on w2 exited early")
-        if not mark.exists() or count(hub.db, TrialState.COMPLETE) < 3:
-            return None
-        number, step = map(int, mark.read_text().split())
-        return number if step >= 1 else None
 
-    # The number found, kept: asked again, the worker may be between trials (CI: "trial None").
-    (number,) = wait_until(lambda: (lambda n: None if n is None else (n,))(victim_in_a_trial()),
-                           240, "w2's worker in a trial")
+    wait_until(lambda: alive() or count(hub.db, TrialState.COMPLETE) >= 3, 240,
+               "3 complete trials")
+    # Then the workers hold in their trials (the objective waits while the gate exists) until
+    # the victim's is cut: a trial of 0.5 s could end between a look and the cut.
+    (tmp_path / "gate").touch()
+    held = tmp_path / "marks" / f"{victim.pid}.held"
+    wait_until(lambda: alive() or held.exists(), 120, "w2's worker held in a trial")
+    number = int(held.read_text().split()[0])
     victim_host.partition()
+    (tmp_path / "gate").unlink()
     try:
         wait_until(lambda: any(t.number == number and t.state == TrialState.FAIL
                                for t in trials(hub.db)), 120,

@@ -41,7 +41,9 @@ def test_storage_workers_on_three_hosts_survive_a_partition(netlab, lab_postgres
                "random").returncode == 0
     marks = tmp_path / "marks"
     marks.mkdir()
-    env = {**os.environ, "TF_MARKS": str(marks), "TF_SLEEP": "0.3", "TF_STEPS": "5"}
+    gate = tmp_path / "gate"
+    env = {**os.environ, "TF_MARKS": str(marks), "TF_SLEEP": "0.3", "TF_STEPS": "5",
+           "TF_GATE": str(gate)}
     hosts = [netlab.host(f"w{i}") for i in (1, 2, 3)]
     workers = {}
     for host in hosts:
@@ -57,25 +59,20 @@ def test_storage_workers_on_three_hosts_survive_a_partition(netlab, lab_postgres
     def done() -> int:
         return sum(t.state == TrialState.COMPLETE for t in trials_of(here, "lab"))
 
-    def victim_sleeping_in_a_trial() -> int | None:
-        """The trial the victim runs, once it reported a step and sleeps (no storage call
-        of its own in flight), after a few trials are done."""
-        mark = marks / str(victim.pid)
+    def alive() -> None:
         if victim.poll() is not None:
             raise AssertionError(f"the worker on {victim_host.name} exited early: "
                                  f"{(tmp_path / 'w2.err').read_text()[-2000:]}")
-        if not mark.exists() or done() < 3:
-            return None
-        number, step = map(int, mark.read_text().split())
-        return number if step >= 1 else None
 
-    def found() -> tuple[int] | None:  # a tuple: trial 0 is a trial too
-        n = victim_sleeping_in_a_trial()
-        return (n,) if n is not None else None
-
-    # The number seen, not a second look: by then the worker may have begun another trial.
-    (number,) = wait_until(found, 240, "the worker on w2 to be in a trial with others done")
+    wait_until(lambda: alive() or done() >= 3, 240, "3 complete trials")
+    # Then the workers hold in their trials (the objective waits while the gate exists) until
+    # the victim's is cut: a trial of 1.5 s could end between a look and the cut.
+    gate.touch()
+    held = marks / f"{victim.pid}.held"
+    wait_until(lambda: alive() or held.exists(), 120, "the worker on w2 held in a trial")
+    number = int(held.read_text().split()[0])
     victim_host.partition()
+    gate.unlink()
 
     def what_the_others_did() -> str:
         said = [f"{name} (exit code {proc.poll()}): "

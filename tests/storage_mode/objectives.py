@@ -57,7 +57,10 @@ def reporting(trial: optuna.Trial) -> float:
     """Reports an intermediate value every step (a dead worker that comes back hits its failed
     trial here). Trial number TF_STOP_AT, first run only, stops its own process with SIGSTOP
     after its first report: a worker silent past the grace period, stopped at a known point.
-    Each step first touches TF_MARKS/<pid> (a test waits for it before cutting the network)."""
+    Each step first touches TF_MARKS/<pid> (a test waits for it before cutting the network).
+    From step 1 on, while the file TF_GATE exists, the step holds (120 s at most) and says so in
+    TF_MARKS/<pid>.held ("number step"): a test cuts a worker off in a trial that cannot end
+    before the cut, however loaded the machine."""
     import signal
 
     x = trial.suggest_float("x", -10, 10)
@@ -76,5 +79,13 @@ def reporting(trial: optuna.Trial) -> float:
             with open(f"{mark}.tmp", "w") as f:
                 f.write(f"{trial.number} {step}\n")
             os.replace(f"{mark}.tmp", mark)
+            gate = os.environ.get("TF_GATE")
+            if gate and step >= 1 and os.path.exists(gate):
+                with open(f"{mark}.tmp", "w") as f:
+                    f.write(f"{trial.number} {step}\n")
+                os.replace(f"{mark}.tmp", f"{mark}.held")
+                deadline = time.monotonic() + 120
+                while os.path.exists(gate) and time.monotonic() < deadline:
+                    time.sleep(0.02)
         time.sleep(float(os.environ.get("TF_SLEEP", "0.1")))
     return x * x
