@@ -488,8 +488,8 @@ class Coordinator:
                 f"objective failed in trial {number}: {error.text}\n{error.traceback or ''}"
                 .rstrip())
             if self._running:  # as Study.optimize's other threads, they finish first
-                self._let_running_end = True
-                say(f"trial {number} raised: stopping after {len(self._running)} running trial(s)")
+                self._let_running_end, n = True, len(self._running)
+                _logger.info(f"Trial {number} raised: stopping once {n} running trial(s) end")
 
     def _count(self, trial: optuna.Trial, state: TrialState, values: Any, *,
                callbacks: bool = True, continued: bool = False,
