@@ -146,18 +146,21 @@ def test_a_new_job_continues_the_trials_of_a_cancelled_one(slurm_cluster, cli, t
     args = _args(url, total, "--time", "5", "--grace", "10")
     log = tmp_path / "steps"
     log.mkdir()
-    env = {"TF_STEP_LOG": str(log), "TF_STEPS": str(STEPS), "TF_SLEEP": "0.3"}
+    gate = tmp_path / "gate"  # each worker holds at step 3 of its first trial until SIGTERM
+    gate.touch()
+    env = {"TF_STEP_LOG": str(log), "TF_STEPS": str(STEPS), "TF_SLEEP": "0.3",
+           "TF_GATE": str(gate)}
     job = _submit(cli, args, tmp_path, slurm_cluster, env)
 
-    def mid_trial() -> bool:
-        """Every worker 3 to 9 steps into a trial: at least 3 s (10 steps) before it could end
-        it, for the cancel to reach it on a loaded machine."""
-        lasts = [p.read_text().split()[-1:] for p in log.iterdir()]  # a new log may be empty
-        return len(lasts) == 2 and all(step and 3 <= int(step[0]) < 10 for step in lasts)
+    def both_held() -> list[str] | None:
+        held = [p.read_text() for p in tmp_path.glob("held.*") if p.suffix != ".tmp"]
+        return held if len(held) == 2 else None
 
-    wait_until(mid_trial, 120, "both workers mid-trial", interval=0.05)
+    held = wait_until(both_held, 120, "both workers held mid-trial by the gate", interval=0.1)
+    assert sorted(int(h.split()[0]) for h in held) == [0, 1], held
     subprocess.run(["scancel", job], check=True, env=_env(slurm_cluster))
     _wait_gone(job, slurm_cluster, 120)
+    gate.unlink()  # the next job's workers run freely
 
     def handed_back() -> list | None:
         """The two trials' hand-back, written by the workers as Slurm ends the job (squeue may

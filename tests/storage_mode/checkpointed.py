@@ -4,7 +4,10 @@ and Slurm tests of trials that survive their workers.
 Every step it runs is one line ``trial step`` appended to TF_STEP_LOG/<pid> (one write, so the
 files always hold whole lines): the tests count the steps run against the ideal, and wait for
 a worker seen mid-trial before they kill or stop it. With TF_BEGUN_LOG, TF_BEGUN_LOG/<pid>
-holds the step begun last (``trial step``), written before its sleep."""
+holds the step begun last (``trial step``), written before its sleep. With TF_GATE, from step 3
+on, each step saved holds while that file exists (120 s at most) until the worker is asked to
+stop (SIGTERM), and says so in ``held.<pid>`` beside the gate ("trial step"): a test stops the
+workers mid-trial, however loaded the machine."""
 
 from __future__ import annotations
 
@@ -35,7 +38,21 @@ def stepping(trial: optuna.Trial) -> float:
             os.close(fd)
         with tunefleet.checkpoint.save(trial) as d:
             (d / "step").write_text(str(step))
+        gate = os.environ.get("TF_GATE")
+        if gate and step >= 3 and os.path.exists(gate):
+            _hold(gate, f"{trial.number} {step}")
     return x * x
+
+
+def _hold(gate: str, where: str) -> None:
+    held = os.path.join(os.path.dirname(gate), f"held.{os.getpid()}")
+    with open(f"{held}.tmp", "w") as f:
+        f.write(where)
+    os.replace(f"{held}.tmp", held)
+    deadline = time.monotonic() + 120
+    while (os.path.exists(gate) and not tunefleet.checkpoint.stop_requested()
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
 
 
 def bucket():
