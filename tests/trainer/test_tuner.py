@@ -97,15 +97,21 @@ def test_fixed_trials_need_parameter_sets_and_direction_follows_the_metric():
     assert direction_for("valid_acc") == "maximize" and direction_for("valid_f1") == "maximize"
 
 
-def test_a_tuner_forks_its_workers_from_itself_when_each_runs_one_thread():
-    """With torch loaded: forked from this process when each worker runs one thread anyway,
-    from the fork server when the CPUs give each more (a forked torch process hangs then)."""
+def test_a_tuner_forks_its_workers_from_itself_when_each_runs_one_thread(monkeypatch):
+    """With torch run in this process: workers forked from it when each runs one thread (the
+    CPUs shared out among them), from the fork server when each runs more (a forked torch
+    process hangs then); either way torch in a worker runs the threads it was given."""
     import os
 
-    import torch  # noqa: F401  (what a tuner's process has)
+    import torch
 
-    cpus = os.cpu_count() or 1
-    assert ToyTuner(n_workers=cpus).start_method == "fork"
-    assert ToyTuner(n_workers=1, threads_per_worker=2).start_method == "forkserver"
-    assert ToyTuner(n_workers=cpus, threads_per_worker=2).start_method == "forkserver"
-    assert ToyTuner(n_workers=1, start_method="spawn").start_method == "spawn"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # set by the user: left alone
+    assert torch.ones(4).sum().item() == 4  # what a tuner's process has done
+    cpus = len(os.sched_getaffinity(0))
+    for options, forked, threads in (({"n_workers": cpus}, True, 1),
+                                     ({"n_workers": 1, "threads_per_worker": 2}, False, 2)):
+        study = ToyTuner("t", "valid_acc", n_trials=2, storage=":memory:", log=False,
+                         **options).run()
+        assert [t.state for t in study.trials] == [COMPLETE, COMPLETE], options
+        assert ({t.user_attrs["ppid"] for t in study.trials} == {os.getpid()}) is forked, options
+        assert {t.user_attrs["threads"] for t in study.trials} == {threads}, options

@@ -75,6 +75,8 @@ class ToyTuner(Tuner):
         trial = self._trial
         trial.set_user_attr("cuda_visible_devices", os.environ.get("CUDA_VISIBLE_DEVICES"))
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("ppid", os.getppid())
+        trial.set_user_attr("threads", torch.get_num_threads())
         trial.set_user_attr("first_weight", torch.nn.Linear(4, 1).weight[0, 0].item())
         time.sleep(self.sleep)
         return make_trainer(params["lr"], params["hidden"], params["max_epoch"],

@@ -5,7 +5,6 @@ a log folder of its own and tracker runs opened in the worker."""
 from __future__ import annotations
 
 import math
-import os
 import statistics
 from typing import Any, Mapping, Sequence
 
@@ -115,12 +114,6 @@ class Tuner:
         self.checkpoint_every = checkpoint_every
         self.verbose = verbose
         self.study: optuna.Study | None = None
-        if client is None and start_method is None:
-            from tunefleet.backends._processes import default_start_method
-
-            # Forked from this process when each worker runs one thread anyway (as many workers
-            # as CPUs, or more); with torch loaded and more threads each, the fork server.
-            self.start_method = default_start_method(self._threads_each())
 
     # -- what the user writes ------------------------------------------------------------------
     def load_items(self, **params: Any) -> Any:
@@ -182,8 +175,12 @@ class Tuner:
                 backend["trials_per_gpu"] = per_gpu if per_gpu or per_trial else 1
                 backend["n_workers"] = self.n_workers or self._gpu_slots()
                 gpus = None
-        elif self.start_method is not None:
-            backend["start_method"] = self.start_method
+        else:
+            # The backend shares the CPUs out and, from that, picks how workers start: forked
+            # from this process when each runs one thread, else from the fork server.
+            backend.update(start_method=self.start_method, threads_per_worker=(
+                1 if self.threads_per_worker is None and self.start_method == "fork"
+                else self.threads_per_worker))
         try:
             backend.setdefault("n_workers", self.n_workers)
             tunefleet.optimize(study, self.objective, n_trials=n_trials, gpus=gpus,
@@ -214,7 +211,6 @@ class Tuner:
         if seed is not None:
             seed_everything(seed)
             trial.set_user_attr(SEED_ATTR, seed)
-        self._limit_threads()
         config = {**self.get_other_cfg(), **params}
         with trial_run(trial, self.trackers, self.study_name, config) as run:
             trainer = self.load_items(**config)
@@ -237,27 +233,6 @@ class Tuner:
         count = self.gpus if isinstance(self.gpus, int) else len(self.gpus)
         return len(pack([str(i) for i in range(count)], self.trials_per_gpu,
                         self.gpus_per_trial))
-
-    def _threads_each(self) -> int:
-        """The CPU threads each local worker runs: ``threads_per_worker``, else the CPUs
-        shared out among the workers (at least 1)."""
-        if self.threads_per_worker is not None:
-            return self.threads_per_worker
-        workers = self.n_workers or self._gpu_slots() or os.cpu_count() or 1
-        return max(1, (os.cpu_count() or 1) // max(1, workers))
-
-    def _limit_threads(self) -> None:
-        """One CPU thread per local worker unless told otherwise: workers share the machine's
-        cores, and torch's OpenMP pool, inherited half-made by a forked worker, hangs when it
-        starts a second thread. Spawned workers may share the cores out instead."""
-        if self.on_dask:
-            return
-        threads = self.threads_per_worker
-        if threads is None:
-            threads = 1 if self.start_method in (None, "fork") else self._threads_each()
-        import torch
-
-        torch.set_num_threads(threads)
 
     def __getstate__(self) -> dict[str, Any]:
         # The tuner travels to the workers with its objective; the study stays with its owner.
