@@ -343,3 +343,28 @@ def test_equal_choices_of_other_types_keep_their_own_distribution(tmp_path):
         assert [type(c) for c in t.distributions["a"].choices] == [bool, bool]
         assert [type(c) for c in t.distributions["b"].choices] == [int, int]
         assert type(t.params["a"]) is bool and type(t.params["b"]) is int
+
+
+def test_the_writers_snapshot_of_a_trial_does_not_make_its_dict():
+    """The writer's thread copies memory's trials attribute by attribute: making an object's
+    ``__dict__`` there, while the coordinator's thread may make the same one (``copy.copy``),
+    crashed Python 3.11 now and then (a dict left on freed values). Python keeps an object's
+    attributes without a dict until something asks for ``__dict__``; the garbage collector
+    shows which (a made dict is one of the object's referents)."""
+    import gc
+
+    from tunefleet.hub._mirror._rounds import _snapshot
+
+    trial = optuna.trial.FrozenTrial(3, TrialState.COMPLETE, 1.5, None, None, {"x": 0.5},
+                                     {"x": optuna.distributions.FloatDistribution(0, 1)},
+                                     {"u": 1}, {"s": 2}, {0: 1.0}, 7)
+
+    def made() -> bool:
+        return any(isinstance(r, dict) and "_trial_id" in r for r in gc.get_referents(trial))
+
+    assert not made()
+    copy = _snapshot(trial)
+    assert not made()
+    assert copy == trial and copy is not trial and copy.params is not trial.params
+    trial.__dict__  # noqa: B018  (what the check sees once the dict is made)
+    assert made()

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
@@ -33,6 +34,8 @@ from tunefleet.hub import _protocol as P
 CHUNK = 4 * 1024 * 1024
 #: Seconds the end of a run waits for uploads still running (of workers that are gone).
 CLOSE_WAIT = 30.0
+#: Seconds between two removals of the folders of trials that ended for good.
+SWEEP_EVERY = 1.0
 
 
 def _relative(path: str) -> PurePosixPath:
@@ -95,6 +98,8 @@ class CheckpointKeeper:
         self._uploads: dict[int, _Upload] = {}
         self._ids = itertools.count(1)
         self._pending: list[_Pending] = []
+        self._ended: set[int] = set()  # lineages ended for good whose folders are not removed yet
+        self._next_sweep = 0.0
 
     def answer(self, trial_id: int, number: int, lineage: int, request: Any) -> Any:
         kind = type(request)
@@ -180,7 +185,27 @@ class CheckpointKeeper:
                 self.store.abort(upload.tmp)
                 del self._uploads[upload_id]
         if for_good and not self.keep:
-            self.store.remove(lineage)
+            if self.indexed:  # the index is in memory: no file to look for
+                self.store.remove(lineage)
+                return
+            self._ended.add(lineage)
+            if time.monotonic() >= self._next_sweep:
+                self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove the folders of the lineages ended for good: one listing of the folder a
+        second, not a removal (system calls) per trial. Each system call on the coordinator's
+        thread lets the mirror's writer take the GIL, which the coordinator then waits to get
+        back: the removal per trial was an eighth of the durable run's coordinator time."""
+        ended, self._ended = self._ended, set()
+        self._next_sweep = time.monotonic() + SWEEP_EVERY
+        try:
+            names = os.listdir(self.root) if ended and self.root is not None else []
+        except OSError:  # no folder: no checkpoint was ever saved
+            return
+        for name in names:
+            if name.isdigit() and int(name) in ended:
+                self.store.remove(int(name))
 
     def close(self) -> None:
         for upload in self._uploads.values():
@@ -199,6 +224,7 @@ class CheckpointKeeper:
                 if pending.files in done and pending.files.exception() is None:
                     self.store.discard(pending.files.result())
             self._pending.clear()
+        self._sweep()
         self.store.close()
         if self.root is None:
             return
