@@ -185,15 +185,9 @@ def test_sqlite_rounds_take_the_direct_path(tmp_path):
     """On SQLite the writer runs its statements compiled once on the DBAPI cursor (fewer
     hand-offs of the GIL with the sampler); a SQLAlchemy without the compiled parts it reads would
     silently fall back to the slower path, so check it is taken."""
-    import sys
-
     from tunefleet.hub._mirror._commit import _make_writer
-    from tunefleet.hub._mirror._rdb import RAW_SQLITE_PYTHON
 
     writer = _make_writer(fresh(sqlite_url(tmp_path)))
-    if sys.version_info < RAW_SQLITE_PYTHON:  # it crashed there: SQLAlchemy's path only
-        assert not writer.raw
-        return
     assert writer.raw and writer.plans["trials"][0].startswith("INSERT INTO trials")
 
 

@@ -4,7 +4,6 @@ INSERTs on the DBAPI cursor."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any
 
@@ -17,10 +16,6 @@ from tunefleet._outage import quiet_outage_noise
 from tunefleet.errors import MirrorError
 from tunefleet.hub._mirror._rounds import _Change, _Round, _Written
 from tunefleet.hub._mirror._writer import _Writer
-
-
-#: The Python from which the SQLite writer runs its statements on the DBAPI cursor.
-RAW_SQLITE_PYTHON = (3, 12)
 
 
 class _RDBWriter(_Writer):
@@ -66,13 +61,8 @@ class _RDBWriter(_Writer):
         # once: SQLAlchemy's work per call was most of the writer's Python time, which the
         # coordinator's sampler waits out (one GIL). On a server SQLAlchemy stays: its batched
         # INSERT (insertmanyvalues) beats a DBAPI executemany there.
-        # Python 3.12 and later only: on 3.11.7 the coordinator died of a SIGSEGV in about 1
-        # run in 40 of 2200 fast trials with this path (a trial's __dict__ whose values were
-        # freed, found by the garbage collector; core dumps), never in 142 runs through
-        # SQLAlchemy, nor in 200 on 3.12.1 with this path (docs/benchmarks.md).
         dialect = self.engine.dialect
-        self.raw = (dialect.name == "sqlite" and dialect.paramstyle == "qmark"
-                    and sys.version_info >= RAW_SQLITE_PYTHON)
+        self.raw = dialect.name == "sqlite" and dialect.paramstyle == "qmark"
         # A database server may be away for a while (restart, failover): a round is one
         # transaction, so it is written again once it is back. SQLite is a file: no outage.
         self.retry_safe = dialect.name != "sqlite"
