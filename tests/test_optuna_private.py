@@ -89,6 +89,17 @@ def test_classes():
     assert hasattr(rng, "rng")
 
 
+def test_random_samplers_draw():
+    """What tunefleet.samplers.RandomDraw reads: the sampler's state, and the transform's box
+    and its way back (tests/samplers/test_random_draw.py checks the values)."""
+    sampler = optuna.samplers.RandomSampler(seed=0)
+    assert isinstance(sampler._rng, O.LazyRandomState)
+    assert _params(optuna.samplers.RandomSampler.sample_independent) == [
+        "self", "study", "trial", "param_name", "param_distribution"]
+    trans = O.SearchSpaceTransform({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert trans.bounds.shape == (1, 2) and trans.untransform(np.array([0.25])) == {"x": 0.25}
+
+
 def test_rdb_models():
     models = O.rdb_models()
     for name, columns in {

@@ -291,6 +291,10 @@ def constraint_attr(key: str) -> str:
 # The lazily made numpy RandomState of Optuna's samplers: seeded runs reseed it per trial.
 from optuna.samplers._lazy_random_state import LazyRandomState  # noqa: E402
 
+# RandomSampler's map of a one-parameter space to the box it draws uniformly from, and back
+# (tunefleet.samplers.RandomDraw keeps one per parameter).
+from optuna._transform import _SearchSpaceTransform as SearchSpaceTransform  # noqa: E402
+
 # Optuna's own warning function (5.x; a plain warnings.warn before it existed).
 try:
     from optuna._warnings import optuna_warn

@@ -21,8 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tunefleet._optuna import (FAST_TPE, filter_study, pop_waiting_trial_id, tpe_is_multivariate,
                                wrapped_sampler)
 from tunefleet.hub._ordered import HistoryView
-from tunefleet.samplers import TPESampler
-from tunefleet.samplers import Reseeder
+from tunefleet.samplers import Reseeder, TPESampler, random_draw
 
 #: Samplers whose ``sample_independent`` may run at ask time for parameters the objective has
 #: not asked for yet (their result depends only on the study and the parameter). Any other
@@ -97,6 +96,7 @@ class Drawer:
         # study.optimize does not. Those get their relative values ahead, the rest on demand.
         self._independent = _independent_is_primary(study.sampler, study)
         self._reseeder = Reseeder(study.sampler, seed) if seed is not None else None
+        self._random = random_draw(study.sampler)  # Random's draw, reading no study or trial
         self._limit = _AHEAD if self._presample and _draws_ahead(study) and seed is None else 0
         # Values drawn ahead: (relative search space, relative values, independent values).
         self._prepared: deque[tuple[dict, dict, dict]] = deque()
@@ -152,10 +152,13 @@ class Drawer:
             if prepared is not None and name in prepared:
                 out[name] = prepared[name]
                 continue
+            self._reseed(trial.number, name)
+            if self._random is not None:
+                out[name] = self._random(name, dist)
+                continue
             if frozen is None:
                 frozen = trial._get_latest_trial()
                 filtered = filter_study(trial.study, frozen)
-            self._reseed(trial.number, name)
             out[name] = self.study.sampler.sample_independent(filtered, frozen, name, dist)
         return out
 

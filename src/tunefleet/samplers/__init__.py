@@ -6,6 +6,7 @@ as if never stopped, shared by the hub, storage mode and P2P (``Reseeder``, ``Se
 import optuna
 
 from tunefleet._optuna import FAST_TPE
+from tunefleet.samplers._random import RandomDraw, random_draw
 from tunefleet.samplers._seeded import Reseeder, SeededTrial, random_states
 
 if FAST_TPE:
@@ -16,4 +17,5 @@ else:  # Optuna 4.x: its TPE internals differ from the 5.x ones tunefleet's TPE 
         """Optuna's own TPE (this Optuna's TPE internals are not those tunefleet's faster TPE
         reuses; with Optuna 5.x this is the faster one): same arguments, same proposals."""
 
-__all__ = ["TPESampler", "Reseeder", "SeededTrial", "random_states"]
+__all__ = ["TPESampler", "RandomDraw", "random_draw", "Reseeder", "SeededTrial",
+           "random_states"]
