@@ -74,6 +74,17 @@ class FolderStore:
         """Remove every checkpoint of ``lineage`` (its trial has finished)."""
         shutil.rmtree(self._dir(lineage), ignore_errors=True)
 
+    def remove_many(self, lineages: set[int]) -> None:
+        """Remove every checkpoint of ``lineages``: one listing of the folder, then a removal
+        for those that have any (most trials never save one)."""
+        try:
+            names = os.listdir(self.root)
+        except OSError:  # no folder: nothing was ever saved
+            return
+        for name in names:
+            if name.isdigit() and int(name) in lineages:
+                self.remove(int(name))
+
     def manifest(self, lineage: int) -> tuple[str, list[tuple[str, int]]] | None:
         """The latest checkpoint of ``lineage``: its version (the directory's name) and its
         files (paths relative to it, POSIX) with their sizes; None when it has none."""

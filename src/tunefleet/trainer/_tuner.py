@@ -101,7 +101,6 @@ class Tuner:
         self.trials_per_gpu = trials_per_gpu
         self.gpus_per_trial = gpus_per_trial
         self.client = client
-        self.on_dask = client is not None
         self.allow_prune = allow_prune and not do_fixed_trial
         self.sampler = sampler
         self.pruner = pruner
