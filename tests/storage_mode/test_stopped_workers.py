@@ -109,7 +109,10 @@ def test_a_worker_cut_off_inside_a_transaction_holds_no_lock_past_the_grace_peri
     from tunefleet.storage_mode._db import open_worker_storage
 
     url = postgres.new_database("cut_off_in_a_transaction")
-    storage = open_worker_storage(url, heartbeat_interval=1, grace_period=3)
+    # A grace period of 10 s, not less: the server ends any of this client's sessions idle
+    # in a transaction for that long, the opening's own too (CI, loaded: "server closed the
+    # connection unexpectedly" as the storage was opened with 3 s).
+    storage = open_worker_storage(url, heartbeat_interval=1, grace_period=10)
     study = optuna.create_study(storage=storage, study_name="s")
     trial_id = storage.create_new_trial(study._study_id)
     storage.record_heartbeat(trial_id)
