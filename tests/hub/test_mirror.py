@@ -349,16 +349,48 @@ def test_the_writers_snapshot_of_a_trial_does_not_make_its_dict():
 
     from tunefleet.hub._mirror._rounds import _snapshot
 
-    trial = optuna.trial.FrozenTrial(3, TrialState.COMPLETE, 1.5, None, None, {"x": 0.5},
+    trial = optuna.trial.FrozenTrial(3, TrialState.RUNNING, None, None, None, {"x": 0.5},
                                      {"x": optuna.distributions.FloatDistribution(0, 1)},
                                      {"u": 1}, {"s": 2}, {0: 1.0}, 7)
 
-    def made() -> bool:
+    def made(trial: optuna.trial.FrozenTrial) -> bool:
         return any(isinstance(r, dict) and "_trial_id" in r for r in gc.get_referents(trial))
 
-    assert not made()
+    assert not made(trial)
     copy = _snapshot(trial)
-    assert not made()
+    assert not made(trial)
     assert copy == trial and copy is not trial and copy.params is not trial.params
     trial.__dict__  # noqa: B018  (what the check sees once the dict is made)
-    assert made()
+    assert made(trial)
+    # A finished trial is taken as it is: nothing changes it any more, and a copy per trial
+    # made the garbage collector run sooner.
+    ended = optuna.trial.FrozenTrial(4, TrialState.COMPLETE, 1.5, None, None, {"x": 0.5},
+                                     {"x": optuna.distributions.FloatDistribution(0, 1)},
+                                     {}, {}, {}, 8)
+    assert _snapshot(ended) is ended and not made(ended)
+
+
+def test_the_direct_paths_conversions_give_sqlalchemys_text(tmp_path):
+    """The SQLite rounds convert states and times themselves (a lookup, ``isoformat``) where
+    SQLAlchemy's own conversion gives the same text: for every state, and times with and
+    without microseconds, before 1000 and at the end of a day, the stored text is the same."""
+    import datetime
+
+    from tunefleet.hub._mirror._rdb import KEYS, _RDBWriter
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db")
+    writer = _RDBWriter(storage)
+    for name in ("trials", "state"):
+        writer._plan(name)
+        compiled = writer.stmts[name].compile(dialect=storage.engine.dialect)
+        procs = compiled._bind_processors
+        fast = [p for _, p in writer.plans[name][1] if p is not None]
+        assert len(fast) == len([k for k in compiled.positiontup if procs.get(k)]) == 3
+        assert all(p not in procs.values() for p in fast)  # each replaced by a faster one
+    by_key = {KEYS["state"][i]: p for i, p in writer.plans["state"][1]}
+    state_of, time_of = by_key["b_state"], by_key["b_start"]
+    slow = writer.stmts["state"].compile(dialect=storage.engine.dialect)._bind_processors
+    assert [state_of(s) for s in TrialState] == [slow["b_state"](s) for s in TrialState]
+    times = [None, datetime.datetime(2026, 12, 6, 23, 59, 59, 999999),
+             datetime.datetime(2026, 1, 1), datetime.datetime(999, 3, 4, 5, 6, 7, 80)]
+    assert [time_of(t) for t in times] == [slow["b_start"](t) for t in times]

@@ -95,6 +95,6 @@ class _JournalWriter(_Writer):
                 if len(ids) != expected[c.study_id]:
                     raise MirrorError("the journal holds trials this coordinator did not write: "
                                       "someone else wrote to the study")
-                c.written = _Written(ids[c.trial.number], c.trial.state, set(), set(), {}, {})
+                c.written = _Written.new(ids[c.trial.number], c.trial.state)
         for c in rnd.changes:
             self.done(c, c.written.durable_id)  # type: ignore[union-attr]

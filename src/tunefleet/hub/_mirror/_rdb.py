@@ -5,17 +5,34 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.distributions import CategoricalDistribution as Categorical
 from optuna.distributions import distribution_to_json
+from optuna.trial import TrialState
 
 from tunefleet._optuna import rdb_models, rdb_time
 from tunefleet._outage import quiet_outage_noise
 from tunefleet.errors import MirrorError
 from tunefleet.hub._mirror._rounds import _Change, _Round, _Written
 from tunefleet.hub._mirror._writer import _Writer
+
+
+#: Each statement's values, in the order the rows below are built (tuples, not dicts: a fast
+#: fleet's rounds hold thousands of rows, and each dict was work and a count towards the
+#: garbage collector's next run).
+KEYS: dict[str, tuple[str, ...]] = {
+    "trials": ("number", "study_id", "state", "datetime_start", "datetime_complete"),
+    "params": ("trial_id", "param_name", "param_value", "distribution_json"),
+    "inter": ("trial_id", "step", "intermediate_value", "intermediate_value_type"),
+    "user": ("trial_id", "key", "value_json"), "system": ("trial_id", "key", "value_json"),
+    "values": ("trial_id", "objective", "value", "value_type"),
+    "state": ("b_id", "b_state", "b_start", "b_complete"),
+    "user-update": ("b_id", "b_key", "b_json"), "system-update": ("b_id", "b_key", "b_json"),
+    "ids": ("s", "f")}
 
 
 class _RDBWriter(_Writer):
@@ -75,39 +92,45 @@ class _RDBWriter(_Writer):
         self.dist_json: dict[Any, str] = {}
         if self.raw:
             try:  # the compiled form's parts used are SQLAlchemy's, not public API
-                self._plan("trials", ["number", "study_id", "state", "datetime_start",
-                                      "datetime_complete"])
+                self._plan("trials")
             except AttributeError:  # pragma: no cover - another SQLAlchemy
                 self.raw = False
 
-    def _plan(self, name: str, keys: list[str]) -> tuple[str, list[tuple[str, Any]]]:
-        """Statement ``name`` compiled for this database once: its SQL and, in bind order, each
-        bind's name and SQLAlchemy's conversion of its value (enums, datetimes, floats)."""
+    def _plan(self, name: str) -> tuple[str, list[tuple[int, Any]]]:
+        """Statement ``name`` compiled for this database once: its SQL and, in bind order, the
+        place of each bind's value in a row of ``KEYS[name]`` and SQLAlchemy's conversion of
+        it (enums, datetimes), or a faster one that gives the same text."""
         plan = self.plans.get(name)
         if plan is None:
-            compiled = self.stmts[name].compile(dialect=self.engine.dialect, column_keys=keys)
+            keys = KEYS[name]
+            compiled = self.stmts[name].compile(dialect=self.engine.dialect,
+                                                column_keys=list(keys))
             procs = compiled._bind_processors
             plan = self.plans[name] = (compiled.string,
-                                       [(k, procs.get(k)) for k in compiled.positiontup])
+                                       [(keys.index(k), _faster(procs.get(k)))
+                                        for k in compiled.positiontup])
         return plan
 
-    def _many(self, conn: Any, name: str, rows: list[dict[str, Any]]) -> list[Any]:
-        """Execute statement ``name`` once per row of ``rows`` (all with the same keys) in the
-        round's transaction; return the rows of a query."""
+    def _many(self, conn: Any, name: str, rows: list[tuple]) -> list[Any]:
+        """Execute statement ``name`` once per row of ``rows`` (tuples in the order of
+        ``KEYS[name]``) in the round's transaction; return the rows of a query."""
         if not self.raw:
-            result = conn.execute(self.stmts[name], rows if len(rows) > 1 else rows[0])
+            keys = KEYS[name]
+            dicts = [dict(zip(keys, row)) for row in rows]
+            result = conn.execute(self.stmts[name], dicts if len(dicts) > 1 else dicts[0])
             return list(result) if result.returns_rows else []
-        sql, order = self._plan(name, list(rows[0]))
+        sql, order = self._plan(name)
 
-        def values(row: dict[str, Any]) -> list[Any]:
-            return [row[k] if p is None else p(row[k]) for k, p in order]
+        def values(rows: list[tuple]) -> list[Any]:
+            """The rows' values in bind order, in one flat list (no list per row)."""
+            return [row[i] if p is None else p(row[i]) for row in rows for i, p in order]
 
         cursor = conn.connection.cursor()
         try:
             if not sql.startswith("INSERT"):
                 if len(rows) == 1:
-                    return cursor.execute(sql, values(rows[0])).fetchall()
-                cursor.executemany(sql, [values(row) for row in rows])
+                    return cursor.execute(sql, values(rows)).fetchall()
+                cursor.executemany(sql, [values([row]) for row in rows])
                 return []
             # Multi-row INSERTs: one step of SQLite (one release of the GIL, which the sampler
             # then has to wait to get back) per statement instead of per row. Their sizes are
@@ -118,18 +141,18 @@ class _RDBWriter(_Writer):
             start = 0
             while start < len(rows):
                 size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
-                flat = [v for row in rows[start:start + size] for v in values(row)]
-                cursor.execute(f"{head} VALUES {', '.join([one] * size)}", flat)
+                cursor.execute(f"{head} VALUES {', '.join([one] * size)}",
+                               values(rows[start:start + size]))
                 start += size
             return []
         finally:
             cursor.close()
 
     def _write(self, rnd: _Round) -> None:
-        rows: dict[str, list[dict[str, Any]]] = {"params": [], "values": [], "inter": [],
-                                                 "user": [], "system": []}
-        updates: dict[str, list[dict[str, Any]]] = {"user": [], "system": []}
-        state_rows: list[dict[str, Any]] = []
+        rows: dict[str, list[tuple]] = {"params": [], "values": [], "inter": [], "user": [],
+                                        "system": []}
+        updates: dict[str, list[tuple]] = {"user": [], "system": []}
+        state_rows: list[tuple] = []
         new = [c for c in rnd.changes if c.written is None]
         counts = dict(self.counts)
         try:
@@ -143,9 +166,8 @@ class _RDBWriter(_Writer):
         for c in rnd.changes:
             self.done(c, c.written.durable_id)  # type: ignore[union-attr]
 
-    def _transaction(self, rnd: _Round, new: list[_Change], rows: dict[str, list[dict[str, Any]]],
-                     updates: dict[str, list[dict[str, Any]]],
-                     state_rows: list[dict[str, Any]]) -> None:
+    def _transaction(self, rnd: _Round, new: list[_Change], rows: dict[str, list[tuple]],
+                     updates: dict[str, list[tuple]], state_rows: list[tuple]) -> None:
         with self.engine.begin() as conn:
             for kind, study_id, key, value in rnd.study_ops:
                 table = self.study_user if kind == "user" else self.study_system
@@ -155,24 +177,21 @@ class _RDBWriter(_Writer):
                                                "value_json": json.dumps(value)}])
             if new:
                 self._check_numbers(conn, new)
-                trial_rows = [{"number": c.trial.number, "study_id": c.study_id,
-                               "state": c.trial.state,
-                               "datetime_start": rdb_time(c.trial.datetime_start),
-                               "datetime_complete": rdb_time(c.trial.datetime_complete)}
-                              for c in new]
+                trial_rows = [(c.trial.number, c.study_id, c.trial.state,
+                               rdb_time(c.trial.datetime_start),
+                               rdb_time(c.trial.datetime_complete)) for c in new]
                 self._many(conn, "trials", trial_rows)
                 # Numbers are unique in a study (checked above), so they give the new ids:
                 # one query instead of one INSERT ... RETURNING per row.
                 ids: dict[tuple[int, int], int] = {}
                 for study_id in {c.study_id for c in new}:
                     first = min(c.trial.number for c in new if c.study_id == study_id)
-                    for trial_id, number in self._many(conn, "ids", [{"s": study_id,
-                                                                          "f": first}]):
+                    for trial_id, number in self._many(conn, "ids", [(study_id, first)]):
                         ids[(study_id, number)] = trial_id
                 new_ids = [ids[(c.study_id, c.trial.number)] for c in new]
                 for c, durable_id in zip(new, new_ids):
                     self._children(c, durable_id, rows, whole=True)
-                    c.written = _Written(durable_id, c.trial.state, set(), set(), {}, {})
+                    c.written = _Written.new(durable_id, c.trial.state)
             fresh = set(new)
             for c in rnd.changes:
                 if c in fresh:
@@ -181,9 +200,8 @@ class _RDBWriter(_Writer):
                 self._children(c, durable_id, rows, whole=False, updates=updates)
                 if c.state:
                     t = c.trial
-                    state_rows.append({"b_id": durable_id, "b_state": t.state,
-                                       "b_start": rdb_time(t.datetime_start),
-                                       "b_complete": rdb_time(t.datetime_complete)})
+                    state_rows.append((durable_id, t.state, rdb_time(t.datetime_start),
+                                       rdb_time(t.datetime_complete)))
             for name in ("params", "inter", "user", "system", "values"):
                 if rows[name]:
                     self._many(conn, name, rows[name])
@@ -193,8 +211,8 @@ class _RDBWriter(_Writer):
             if state_rows:
                 self._many(conn, "state", state_rows)
 
-    def _children(self, c: _Change, durable_id: int, rows: dict[str, list[dict[str, Any]]], *,
-                  whole: bool, updates: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    def _children(self, c: _Change, durable_id: int, rows: dict[str, list[tuple]], *,
+                  whole: bool, updates: dict[str, list[tuple]] | None = None) -> None:
         t = c.trial
         m = self.m
         for k in (t.params if whole else c.params):
@@ -204,30 +222,24 @@ class _RDBWriter(_Writer):
             text = self.dist_json.get(key)
             if text is None:
                 text = self.dist_json[key] = distribution_to_json(dist)
-            rows["params"].append({"trial_id": durable_id, "param_name": k,
-                                   "param_value": dist.to_internal_repr(t.params[k]),
-                                   "distribution_json": text})
+            rows["params"].append((durable_id, k, dist.to_internal_repr(t.params[k]), text))
         for s in (t.intermediate_values if whole else c.steps):
             value, kind = m.TrialIntermediateValueModel.intermediate_value_to_stored_repr(
                 t.intermediate_values[s])
-            rows["inter"].append({"trial_id": durable_id, "step": s, "intermediate_value": value,
-                                  "intermediate_value_type": kind})
+            rows["inter"].append((durable_id, s, value, kind))
         for name, attrs, old in (("user", t.user_attrs if whole else c.user,
                                   None if whole else c.written.user),  # type: ignore[union-attr]
                                  ("system", t.system_attrs if whole else c.system,
                                   None if whole else c.written.system)):  # type: ignore[union-attr]
             for k, v in attrs.items():
                 if old is not None and k in old:
-                    updates[name].append({"b_id": durable_id, "b_key": k,  # type: ignore[index]
-                                          "b_json": json.dumps(v)})
+                    updates[name].append((durable_id, k, json.dumps(v)))  # type: ignore[index]
                 else:
-                    rows[name].append({"trial_id": durable_id, "key": k,
-                                       "value_json": json.dumps(v)})
+                    rows[name].append((durable_id, k, json.dumps(v)))
         if (whole or c.state) and t.state.is_finished() and t.values is not None:
             for objective, v in enumerate(t.values):
                 value, kind = m.TrialValueModel.value_to_stored_repr(v)
-                rows["values"].append({"trial_id": durable_id, "objective": objective,
-                                       "value": value, "value_type": kind})
+                rows["values"].append((durable_id, objective, value, kind))
 
     def _check_numbers(self, conn: Any, new: list[_Change]) -> None:
         """New trials are numbered by memory; check now and then (and for each study's first
@@ -250,3 +262,31 @@ class _RDBWriter(_Writer):
                 raise MirrorError(f"the durable storage would number trial {c.trial.number} as "
                                   f"{expected}: someone else wrote to the study")
             self.counts[study_id] = expected + 1
+
+
+_SAMPLE_TIMES = (datetime(2026, 12, 6, 7, 5, 3, 12), datetime(1999, 1, 2, 3, 4, 5))
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat(" ", "microseconds")
+
+
+def _faster(proc: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+    """SQLAlchemy's conversion of a bound value, or one that gives the same result for every
+    value it will get, faster: a lookup for the trial states (an enum's name), the datetime's
+    own ``isoformat`` for SQLite's text times (SQLAlchemy builds a dict per value). Each is
+    checked against SQLAlchemy's own on samples first."""
+    if proc is None:
+        return None
+    try:
+        names = {state: proc(state) for state in TrialState}
+        if all(name == state.name for state, name in names.items()):
+            return names.__getitem__
+    except Exception:  # not an enum's conversion
+        pass
+    try:
+        if proc(None) is None and all(proc(t) == _sqlite_time(t) for t in _SAMPLE_TIMES):
+            return _sqlite_time
+    except Exception:  # not a datetime's conversion
+        pass
+    return proc
