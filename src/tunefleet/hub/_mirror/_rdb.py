@@ -90,6 +90,9 @@ class _RDBWriter(_Writer):
         # same few distributions come back in every trial (its JSON was a fifth of the
         # writer's time).
         self.dist_json: dict[Any, str] = {}
+        # Each parameter's last distribution and its JSON: one comparison instead of a hash
+        # (which sorts the distribution's fields) and a comparison.
+        self.last_dist: dict[str, tuple[Any, str]] = {}
         if self.raw:
             try:  # the compiled form's parts used are SQLAlchemy's, not public API
                 self._plan("trials")
@@ -217,11 +220,17 @@ class _RDBWriter(_Writer):
         m = self.m
         for k in (t.params if whole else c.params):
             dist = t.distributions[k]
-            # (Equal choices may differ in type: True == 1, and JSON keeps them apart.)
-            key = (dist, tuple(map(type, dist.choices))) if type(dist) is Categorical else dist
-            text = self.dist_json.get(key)
-            if text is None:
-                text = self.dist_json[key] = distribution_to_json(dist)
+            last = self.last_dist.get(k)
+            if last is not None and type(dist) is not Categorical and last[0] == dist:
+                text = last[1]  # the usual case: the parameter's distribution of last time
+            else:
+                # (Equal choices may differ in type: True == 1, and JSON keeps them apart.)
+                key = ((dist, tuple(map(type, dist.choices))) if type(dist) is Categorical
+                       else dist)
+                text = self.dist_json.get(key)
+                if text is None:
+                    text = self.dist_json[key] = distribution_to_json(dist)
+                self.last_dist[k] = (dist, text)
             rows["params"].append((durable_id, k, dist.to_internal_repr(t.params[k]), text))
         for s in (t.intermediate_values if whole else c.steps):
             value, kind = m.TrialIntermediateValueModel.intermediate_value_to_stored_repr(

@@ -11,7 +11,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 
-@dataclass
+@dataclass(slots=True)
 class _Written:
     """What the durable storage holds of a trial that was not finished when last written."""
 
@@ -40,7 +40,7 @@ _NO_NAMES: frozenset = frozenset()
 _NO_ATTRS: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Change:
     """One trial's difference between memory and the durable storage, for one round."""
 
