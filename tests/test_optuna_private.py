@@ -98,6 +98,9 @@ def test_random_samplers_draw():
         "self", "study", "trial", "param_name", "param_distribution"]
     trans = O.SearchSpaceTransform({"x": optuna.distributions.FloatDistribution(0, 1)})
     assert trans.bounds.shape == (1, 2) and trans.untransform(np.array([0.25])) == {"x": 0.25}
+    assert O.untransform_numerical(0.25, optuna.distributions.FloatDistribution(0, 1), True) == 0.25
+    assert O.untransform_numerical(
+        0.0, optuna.distributions.FloatDistribution(0.5, 2, log=True), True) == 1.0
 
 
 def test_rdb_models():

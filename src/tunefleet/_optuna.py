@@ -294,6 +294,8 @@ from optuna.samplers._lazy_random_state import LazyRandomState  # noqa: E402
 # RandomSampler's map of a one-parameter space to the box it draws uniformly from, and back
 # (tunefleet.samplers.RandomDraw keeps one per parameter).
 from optuna._transform import _SearchSpaceTransform as SearchSpaceTransform  # noqa: E402
+from optuna._transform import (  # noqa: E402
+    _untransform_numerical_param as untransform_numerical)
 
 # Optuna's own warning function (5.x; a plain warnings.warn before it existed).
 try:
