@@ -5,7 +5,13 @@ connections taken) is normal: the hub and the storage-mode workers wait it out f
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 #: Seconds an outage is waited out by default: a restart of PostgreSQL or MariaDB (an upgrade,
 #: a failover) takes seconds to a minute; five minutes covers one on a loaded machine.
@@ -115,3 +121,86 @@ def quiet_outage_noise(engine: Any) -> None:
     for logger in loggers:
         if _OUTAGE_NOISE not in logger.filters:
             logger.addFilter(_OUTAGE_NOISE)
+
+
+#: When this process last saw a database away (``time.monotonic()``). Every storage-mode
+#: worker's heartbeats stop during an outage, so trials that look stale right after it are not
+#: failed until a grace period after it (see ``StorageWorker._reap``).
+_last_outage = -math.inf
+
+
+def note_outage() -> None:
+    """Remember that the database was seen away just now."""
+    global _last_outage
+    _last_outage = time.monotonic()
+
+
+def seconds_since_outage() -> float:
+    """Seconds since this process last saw the database away (infinite if never)."""
+    return time.monotonic() - _last_outage
+
+
+@dataclass(frozen=True)
+class Notice:
+    """How a caller of :func:`with_backoff` says a wait in its log, in its own words, and
+    what it raises when the database stays away past the deadline."""
+
+    logger: logging.Logger
+    away: str  # formatted with what, words, wait (the deadline in seconds)
+    back: str  # formatted with what, seconds
+    gone: Callable[[float, str], BaseException]  # (seconds away, words) -> the exception
+    busy: str = "{what}: {why}; retrying with back-off"  # formatted with what, why
+    why: Callable[[BaseException], str] = str  # the words of a retried error, for ``busy``
+
+
+def _never(exc: BaseException) -> bool:
+    return False
+
+
+def with_backoff(call: Callable[[], T], *, what: str, notice: Notice, max_wait: float = 600.0,
+                 first: float = 0.05, cap: float = 5.0,
+                 retry_if: Callable[[BaseException], bool] = _never,
+                 outage_wait: float | None = None) -> T:
+    """Run CALL, retrying errors RETRY_IF accepts with jittered exponential back-off for up to
+    MAX_WAIT seconds in all; other errors, and the last retried one, propagate. The one retry
+    loop of tunefleet's database calls: the hub's mirror and storage-mode workers.
+
+    With OUTAGE_WAIT, an outage (the database away, whatever RETRY_IF says) is waited out the
+    same way for up to OUTAGE_WAIT seconds from its first error, then ``notice.gone`` is raised
+    from the last one; the wait and the return are said in one line each. Without it an outage
+    is any other error. CALL must be safe to run again after an error whose reply may have
+    been lost (see the callers)."""
+    deadline = time.monotonic() + max_wait
+    delay = first
+    tries = 0
+    away_since: float | None = None
+    while True:
+        try:
+            result = call()
+        except Exception as exc:
+            words = outage_words(exc) if outage_wait is not None else None
+            now = time.monotonic()
+            if words is not None:
+                note_outage()
+                if away_since is None:
+                    away_since = now
+                    notice.logger.warning(notice.away.format(what=what, words=words,
+                                                             wait=outage_wait))
+                left = outage_wait - (now - away_since)  # type: ignore[operator]
+                if left <= 0:
+                    raise notice.gone(now - away_since, words) from exc
+                pause = min(delay * (0.5 + random.random()), left)  # a last try at the end
+            else:
+                if not retry_if(exc) or now + delay > deadline:
+                    raise
+                tries += 1
+                if tries in (1, 10, 100):
+                    notice.logger.warning(notice.busy.format(what=what, why=notice.why(exc)))
+                pause = delay * (0.5 + random.random())
+            time.sleep(pause)
+            delay = min(cap, delay * 2)
+            continue
+        if away_since is not None:
+            notice.logger.warning(notice.back.format(what=what,
+                                                     seconds=time.monotonic() - away_since))
+        return result

@@ -14,15 +14,12 @@ the worker with one line instead of a traceback.
 from __future__ import annotations
 
 import logging
-import math
-import random
-import time
 from typing import Callable, TypeVar
 
-from tunefleet._outage import outage_words
+from tunefleet._outage import Notice
+from tunefleet._outage import with_backoff as backoff
 
 T = TypeVar("T")
-_log = logging.getLogger("tunefleet.storage")
 
 
 class StorageUnreachable(BaseException):
@@ -37,22 +34,6 @@ class StorageUnreachable(BaseException):
         self.seconds = seconds
         self.words = words
 
-
-#: When this process last saw the database away (``time.monotonic()``). Every worker's
-#: heartbeats stop during an outage, so trials that look stale right after it are not failed
-#: until a grace period after it (see ``StorageWorker._reap``).
-_last_outage = -math.inf
-
-
-def note_outage() -> None:
-    """Remember that the database was seen away just now."""
-    global _last_outage
-    _last_outage = time.monotonic()
-
-
-def seconds_since_outage() -> float:
-    """Seconds since this process last saw the database away (infinite if never)."""
-    return time.monotonic() - _last_outage
 
 _TRANSIENT = (
     "database is locked",
@@ -114,49 +95,22 @@ def _why(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
 
 
+#: How a storage-mode worker says a wait.
+_NOTICE = Notice(
+    logging.getLogger("tunefleet.storage"),
+    away="storage unreachable during {what} ({words}); waiting up to {wait:g} s for it to "
+         "come back",
+    back="storage back after {seconds:.0f} s ({what})",
+    gone=StorageUnreachable,
+    busy="storage busy during {what} ({why}); retrying with back-off", why=_why)
+
+
 def with_backoff(call: Callable[[], T], *, what: str, max_wait: float = 600.0,
                  first: float = 0.05, cap: float = 5.0,
                  retry_if: Callable[[BaseException], bool] = is_transient,
                  outage_wait: float | None = None) -> T:
-    """Run CALL, retrying errors RETRY_IF accepts (transient storage errors by default) with
-    jittered exponential back-off for up to MAX_WAIT seconds in all; other errors, and the
-    last retried one, propagate.
-
-    With OUTAGE_WAIT, an outage (the database away, whatever RETRY_IF says) is waited out the
-    same way for up to OUTAGE_WAIT seconds from its first error, then :class:`StorageUnreachable`
-    is raised from the last one. Without it an outage is any other error, as before. CALL must be
-    safe to run again after an error whose reply may have been lost (see the callers)."""
-    deadline = time.monotonic() + max_wait
-    delay = first
-    tries = 0
-    away_since: float | None = None
-    while True:
-        try:
-            result = call()
-        except Exception as exc:
-            words = outage_words(exc) if outage_wait is not None else None
-            now = time.monotonic()
-            if words is not None:
-                note_outage()
-                if away_since is None:
-                    away_since = now
-                    _log.warning("storage unreachable during %s (%s); waiting up to %g s for "
-                                 "it to come back", what, words, outage_wait)
-                left = outage_wait - (now - away_since)
-                if left <= 0:
-                    raise StorageUnreachable(now - away_since, words) from exc
-                pause = min(delay * (0.5 + random.random()), left)  # a last try at the end
-            else:
-                if not retry_if(exc) or now + delay > deadline:
-                    raise
-                tries += 1
-                if tries in (1, 10, 100):
-                    _log.warning("storage busy during %s (%s); retrying with back-off", what,
-                                 _why(exc))
-                pause = delay * (0.5 + random.random())
-            time.sleep(pause)
-            delay = min(cap, delay * 2)
-            continue
-        if away_since is not None:
-            _log.warning("storage back after %.0f s (%s)", time.monotonic() - away_since, what)
-        return result
+    """:func:`tunefleet._outage.with_backoff` in a storage-mode worker's words, retrying
+    transient storage errors (a locked SQLite file, a deadlock) by default; past OUTAGE_WAIT
+    it raises :class:`StorageUnreachable`."""
+    return backoff(call, what=what, notice=_NOTICE, max_wait=max_wait, first=first, cap=cap,
+                   retry_if=retry_if, outage_wait=outage_wait)

@@ -22,7 +22,7 @@ from tunefleet._outage import is_outage
 from tunefleet._retry import retry_of
 from tunefleet._optuna import (BaseHeartbeat, UpdateFinishedTrialError, is_heartbeat_enabled,
                                rdb_models)
-from tunefleet.storage_mode._backoff import note_outage
+from tunefleet._outage import note_outage
 
 _log = logging.getLogger("tunefleet.storage")
 

@@ -25,7 +25,8 @@ from tunefleet.errors import ObjectiveFailed, OptionError
 from tunefleet.samplers import Reseeder, SeededTrial
 from tunefleet.storage_mode._atomic import _rdb, create_within_budget, pop_waiting
 from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT
-from tunefleet.storage_mode._backoff import is_transient, seconds_since_outage, with_backoff
+from tunefleet._outage import seconds_since_outage
+from tunefleet.storage_mode._backoff import is_transient, with_backoff
 from tunefleet.storage_mode._patient import wait_out_outages
 from tunefleet.storage_mode._budget import Census, census, has_room, within_budget
 from tunefleet.storage_mode._heartbeat import Heartbeat, fail_trial, queue_retry

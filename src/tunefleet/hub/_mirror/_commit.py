@@ -13,7 +13,7 @@ from optuna.storages import BaseStorage, InMemoryStorage
 from optuna.trial import TrialState
 
 from tunefleet import _attrs as attrs
-from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT, StorageOutage, outage_words
+from tunefleet._outage import DEFAULT_STORAGE_TIMEOUT, Notice, StorageOutage, with_backoff
 from tunefleet.errors import MirrorError
 from tunefleet.hub._mirror._journal import _JournalWriter
 from tunefleet.hub._mirror._rdb import _RDBWriter
@@ -21,6 +21,12 @@ from tunefleet.hub._mirror._rounds import _Change, _Round, _snapshot
 from tunefleet.hub._mirror._writer import _Writer
 
 _logger = logging.getLogger("tunefleet.mirror")
+
+#: How the mirror says that the durable storage is away, and back.
+_NOTICE = Notice(_logger, away="tunefleet: the durable storage is unreachable ({words}); running "
+                 "trials go on, new ones wait; retrying for up to {wait:g} s",
+                 back="tunefleet: the durable storage is back after {seconds:.0f} s; every "
+                 "change made meanwhile is written", gone=StorageOutage)
 
 #: Seconds a round waits for more changes before it is written (group commit). Half the 0.1 s
 #: the coordinator lets the storage fall behind; long enough that a coordinator whose trials end
@@ -55,7 +61,6 @@ class _GroupCommit:
         self._durable = durable
         self._writer = _make_writer(durable)
         self._storage_timeout = storage_timeout
-        self._outage_since: float | None = None  # the durable storage is away since then
         self._memory = InMemoryStorage()
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -135,33 +140,11 @@ class _GroupCommit:
         """Write ``rnd``; while the database is away (restarted, failed over, unreachable),
         write it again with back-off for up to the storage timeout. Memory goes on meanwhile:
         running trials keep running, their results wait in memory (nothing is shown before it
-        is stored), and the coordinator hands out no new trial while the storage lags."""
-        delay = 0.1
-        while True:
-            try:
-                self._writer.write(rnd)
-            except Exception as exc:
-                words = outage_words(exc) if self._writer.retry_safe else None
-                if words is None:
-                    raise
-                now = time.monotonic()
-                if self._outage_since is None:
-                    self._outage_since = now
-                    _logger.warning(f"tunefleet: the durable storage is unreachable ({words}); "
-                                    f"running trials go on, new ones wait; retrying for up to "
-                                    f"{self._storage_timeout:g} s")
-                away = now - self._outage_since
-                if away + delay > self._storage_timeout:
-                    raise StorageOutage(away, words) from exc
-                time.sleep(delay)  # back-off between attempts, bounded by the timeout above
-                delay = min(5.0, delay * 2)
-                continue
-            if self._outage_since is not None:
-                _logger.warning(f"tunefleet: the durable storage is back after "
-                                f"{time.monotonic() - self._outage_since:.0f} s; every change "
-                                f"made meanwhile is written")
-                self._outage_since = None
-            return
+        is stored), and the coordinator hands out no new trial while the storage lags. Only a
+        writer whose failed round leaves nothing behind (one transaction) writes it again."""
+        with_backoff(lambda: self._writer.write(rnd), what="a round of writes", notice=_NOTICE,
+                     first=0.1, outage_wait=(self._storage_timeout if self._writer.retry_safe
+                                             else None))
 
     def _run(self) -> None:
         while True:
