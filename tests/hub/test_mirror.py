@@ -376,6 +376,7 @@ def test_the_direct_paths_conversions_give_sqlalchemys_text(tmp_path):
     without microseconds, before 1000 and at the end of a day, the stored text is the same."""
     import datetime
 
+    from tunefleet._optuna import rdb_models
     from tunefleet.hub._mirror._rdb import KEYS, _RDBWriter
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db")
@@ -387,6 +388,14 @@ def test_the_direct_paths_conversions_give_sqlalchemys_text(tmp_path):
         fast = [p for _, p in writer.plans[name][1] if p is not None]
         assert len(fast) == len([k for k in compiled.positiontup if procs.get(k)]) == 3
         assert all(p not in procs.values() for p in fast)  # each replaced by a faster one
+    models = rdb_models()
+    for name, key, kind in (("values", "value_type", models.TrialValueModel.TrialValueType),
+                            ("inter", "intermediate_value_type",
+                             models.TrialIntermediateValueModel.TrialIntermediateValueType)):
+        by_key = {KEYS[name][i]: p for i, p in writer._plan(name)[1]}
+        slow = writer.stmts[name].compile(dialect=storage.engine.dialect)._bind_processors
+        assert by_key[key] is not slow[key]
+        assert [by_key[key](m) for m in kind] == [slow[key](m) for m in kind]
     by_key = {KEYS["state"][i]: p for i, p in writer.plans["state"][1]}
     state_of, time_of = by_key["b_state"], by_key["b_start"]
     slow = writer.stmts["state"].compile(dialect=storage.engine.dialect)._bind_processors

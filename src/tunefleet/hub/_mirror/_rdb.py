@@ -3,6 +3,7 @@ INSERTs on the DBAPI cursor."""
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from collections.abc import Callable
@@ -59,6 +60,9 @@ class _RDBWriter(_Writer):
         self.study_user = models.StudyUserAttributeModel.__table__
         self.study_system = models.StudySystemAttributeModel.__table__
         self.next_check = 0.0
+        # The enums the tables store by name, which a lookup converts (see _faster).
+        self.enums = (TrialState, models.TrialValueModel.TrialValueType,
+                      models.TrialIntermediateValueModel.TrialIntermediateValueType)
         T, bind = self.trials, sa.bindparam
         # Built once: each round executes them with its rows (executemany).
         self.stmts: dict[str, Any] = {
@@ -110,7 +114,7 @@ class _RDBWriter(_Writer):
                                                 column_keys=list(keys))
             procs = compiled._bind_processors
             plan = self.plans[name] = (compiled.string,
-                                       [(keys.index(k), _faster(procs.get(k)))
+                                       [(keys.index(k), _faster(procs.get(k), self.enums))
                                         for k in compiled.positiontup])
         return plan
 
@@ -280,19 +284,21 @@ def _sqlite_time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat(" ", "microseconds")
 
 
-def _faster(proc: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+def _faster(proc: Callable[[Any], Any] | None,
+            enums: tuple[type[enum.Enum], ...] = ()) -> Callable[[Any], Any] | None:
     """SQLAlchemy's conversion of a bound value, or one that gives the same result for every
-    value it will get, faster: a lookup for the trial states (an enum's name), the datetime's
-    own ``isoformat`` for SQLite's text times (SQLAlchemy builds a dict per value). Each is
-    checked against SQLAlchemy's own on samples first."""
+    value it will get, faster: a lookup for the enums of ``enums`` (the trial states, the
+    value types: each member's name), the datetime's own ``isoformat`` for SQLite's text times
+    (SQLAlchemy builds a dict per value). Each is checked against SQLAlchemy's own first."""
     if proc is None:
         return None
-    try:
-        names = {state: proc(state) for state in TrialState}
-        if all(name == state.name for state, name in names.items()):
+    for kind in enums:
+        try:
+            names = {member: proc(member) for member in kind}
+        except Exception:  # not this enum's conversion
+            continue
+        if all(name == member.name for member, name in names.items()):
             return names.__getitem__
-    except Exception:  # not an enum's conversion
-        pass
     try:
         if proc(None) is None and all(proc(t) == _sqlite_time(t) for t in _SAMPLE_TIMES):
             return _sqlite_time
