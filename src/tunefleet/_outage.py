@@ -157,6 +157,11 @@ def _never(exc: BaseException) -> bool:
     return False
 
 
+#: The back-off's jitter: a generator of its own, so that waiting out an outage never moves
+#: the user's ``random`` sequence (a seeded objective's draws).
+_jitter = random.Random()
+
+
 def with_backoff(call: Callable[[], T], *, what: str, notice: Notice, max_wait: float = 600.0,
                  first: float = 0.05, cap: float = 5.0,
                  retry_if: Callable[[BaseException], bool] = _never,
@@ -189,14 +194,14 @@ def with_backoff(call: Callable[[], T], *, what: str, notice: Notice, max_wait: 
                 left = outage_wait - (now - away_since)  # type: ignore[operator]
                 if left <= 0:
                     raise notice.gone(now - away_since, words) from exc
-                pause = min(delay * (0.5 + random.random()), left)  # a last try at the end
+                pause = min(delay * (0.5 + _jitter.random()), left)  # a last try at the end
             else:
                 if not retry_if(exc) or now + delay > deadline:
                     raise
                 tries += 1
                 if tries in (1, 10, 100):
                     notice.logger.warning(notice.busy.format(what=what, why=notice.why(exc)))
-                pause = delay * (0.5 + random.random())
+                pause = delay * (0.5 + _jitter.random())
             time.sleep(pause)
             delay = min(cap, delay * 2)
             continue
